@@ -1,0 +1,247 @@
+//! The few tensor operations the backbone needs beyond candle's basics, each fast on the CPU for
+//! inference and still differentiable for adapter training.
+//!
+//! candle's fused layer norm and softmax have no backward pass, and its QuickGELU costs three passes
+//! over memory. Here each operation takes the fused path when nothing asks for gradients and the
+//! composite (differentiable) path when the input is tracked, so the same forward code serves
+//! serving and training. Row-major folding of `(batch, tokens)` into GEMM rows also lives here.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// A linear layer `y = x W^T + b` whose leading dimensions are folded into the GEMM rows, so a
+/// batch of 12 images x 50 tokens is one 600-row matrix product rather than 12 small ones.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// (out, in), as stored by PyTorch.
+    pub weight: Tensor,
+    /// (out,)
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// x W^T without the bias: (.., in) -> (.., out).
+    pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner;
+        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward_no_bias(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// LayerNorm over the last dimension.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op() || !x.device().is_cpu() || !x.is_contiguous() {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+                .broadcast_mul(&self.weight)?
+                .broadcast_add(&self.bias)
+        } else {
+            candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Softmax over the last dimension: fused when untracked, composite (with backward) otherwise.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() || !x.is_contiguous() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+const QUICK_GELU_ALPHA: f32 = 1.702;
+
+#[inline(always)]
+fn quick_gelu_scalar(x: f32) -> f32 {
+    x / (1.0 + (-QUICK_GELU_ALPHA * x).exp())
+}
+
+/// QuickGELU, `x * sigmoid(1.702 x)`, the activation of OpenAI CLIP and of every MV-Adapter.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+        let zero = Tensor::zeros(x.dim(D::Minus1)?, DType::F32, x.device())?;
+        return x.apply_op2_no_bwd(&zero, &BiasQuickGelu);
+    }
+    x * candle_nn::ops::sigmoid(&(x * QUICK_GELU_ALPHA as f64)?)?
+}
+
+/// `quick_gelu(x + bias)` with bias broadcast over the last dimension: one pass over memory on the
+/// CPU instead of four (bias add, scale, sigmoid, multiply).
+pub fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        if x.track_op() || bias.track_op() {
+            return x.apply_op2(bias, BiasQuickGelu);
+        }
+        return x.apply_op2_no_bwd(bias, &BiasQuickGelu);
+    }
+    quick_gelu(&x.broadcast_add(bias)?)
+}
+
+struct BiasQuickGelu;
+
+impl CustomOp2 for BiasQuickGelu {
+    fn name(&self) -> &'static str {
+        "bias-quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("bias-quick-gelu: f32 only");
+        };
+        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("bias-quick-gelu: inputs must be contiguous");
+        };
+        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let n = b.len();
+        if n == 0 || x.len() % n != 0 || l1.dims().last() != Some(&n) {
+            candle_core::bail!("bias-quick-gelu: bias does not match the last dimension");
+        }
+        let mut out = vec![0f32; x.len()];
+        // Rows of a few thousand values keep rayon's per-task overhead negligible.
+        let rows_per_task = (16384 / n).max(1);
+        out.par_chunks_mut(n * rows_per_task)
+            .zip(x.par_chunks(n * rows_per_task))
+            .for_each(|(o, xs)| {
+                for (orow, xrow) in o.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
+                    for ((o, &x), &b) in orow.iter_mut().zip(xrow).zip(b) {
+                        *o = quick_gelu_scalar(x + b);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // d/dz [z * s(a z)] = s + a z s (1 - s), with z = x + b and s = sigmoid(a z).
+        let z = x.broadcast_add(bias)?.detach();
+        let s = candle_nn::ops::sigmoid(&(&z * QUICK_GELU_ALPHA as f64)?)?;
+        let ds = (&s + ((&z * QUICK_GELU_ALPHA as f64)? * &s)?.mul(&(1.0 - &s)?)?)?;
+        let gz = grad.mul(&ds)?;
+        let rank = gz.rank();
+        let mut gb = gz.clone();
+        for _ in 0..rank - 1 {
+            gb = gb.sum(0)?;
+        }
+        Ok((Some(gz), Some(gb)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn reference(x: &Tensor, b: &Tensor) -> Tensor {
+        let z = x.broadcast_add(b).unwrap();
+        (&z * candle_nn::ops::sigmoid(&(&z * 1.702).unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn fused_bias_quick_gelu_matches_the_composite() {
+        let x = Tensor::randn(0f32, 3.0, (5, 7, 33), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 33, &Device::Cpu).unwrap();
+        let d = (bias_quick_gelu(&x, &b).unwrap() - reference(&x, &b))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn fused_bias_quick_gelu_gradients_match_the_composite() {
+        let x = Var::randn(0f32, 2.0, (4, 9), &Device::Cpu).unwrap();
+        let b = Var::randn(0f32, 1.0, 9, &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 9), &Device::Cpu).unwrap();
+        let fused = (bias_quick_gelu(x.as_tensor(), b.as_tensor()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let plain = (reference(x.as_tensor(), b.as_tensor()) * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &b] {
+            let d = (fused.get(v).unwrap() - plain.get(v).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "{d}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_paths_agree() {
+        let x = Tensor::randn(0f32, 2.0, (3, 4, 16), &Device::Cpu).unwrap();
+        let ln = LayerNorm {
+            weight: Tensor::randn(1f32, 0.1, 16, &Device::Cpu).unwrap(),
+            bias: Tensor::randn(0f32, 0.1, 16, &Device::Cpu).unwrap(),
+            eps: 1e-5,
+        };
+        let fused = ln.forward(&x).unwrap();
+        let v = Var::from_tensor(&x).unwrap();
+        let slow = ln.forward(v.as_tensor()).unwrap();
+        let d = (fused - slow)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+}
