@@ -12,7 +12,7 @@ use image::RgbImage;
 
 /// CLIP's per-channel normalisation constants (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Pillow's fixed-point precision for 8-bit resampling (`32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;

@@ -1,0 +1,233 @@
+//! The transformer encoder shared by both CLIP towers, with the adapter hook.
+//!
+//! A block is pre-LN: `h = x + Attn(LN1(x))`, `f = MLP(LN2(h))`, `out = h + f + hook(f)`. The hook is
+//! where MV-Adapter sits (spec section 2): it reads the MLP branch output `f`, not the residual
+//! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
+
+use super::ops::{bias_quick_gelu, softmax_last_dim, LayerNorm, Linear};
+use super::weights::Weights;
+use super::{BackboneError, LoadResult};
+use candle_core::{Module, Result, Tensor};
+
+/// What the backbone asks of an adapter. Implemented by the `adapter` module (one task or a batch
+/// that mixes tasks); the backbone knows nothing else about adapters.
+pub trait BlockHook {
+    /// Given the MLP branch output `f` of block `layer`, (N, T, D) for N samples of T tokens,
+    /// returns the term to add to the block output (already scaled), or `None` for plain CLIP.
+    fn after_mlp(&self, layer: usize, f: &Tensor) -> Result<Option<Tensor>>;
+}
+
+/// Activation of the MLP (OpenAI CLIP uses QuickGELU; some re-trained checkpoints use GELU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> LoadResult<Self> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            other => Err(BackboneError::Config(format!(
+                "unsupported hidden_act {other:?} (expected quick_gelu or gelu)"
+            ))),
+        }
+    }
+}
+
+/// Multi-head self-attention with one fused QKV projection.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// (3D, D): rows are q (pre-scaled by 1/sqrt(head_dim)), k, v.
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(w: &mut Weights, prefix: &str, dim: usize, heads: usize) -> LoadResult<Self> {
+        let head_dim = dim / heads;
+        let scale = (head_dim as f64).powf(-0.5);
+        let p = |n: &str| format!("{prefix}.self_attn.{n}");
+        // Folding the softmax scale into q's weights saves a pass over the scores every layer.
+        let qw = (w.take(&p("q_proj.weight"), &[dim, dim])? * scale)?;
+        let qb = (w.take(&p("q_proj.bias"), &[dim])? * scale)?;
+        let kw = w.take(&p("k_proj.weight"), &[dim, dim])?;
+        let kb = w.take(&p("k_proj.bias"), &[dim])?;
+        let vw = w.take(&p("v_proj.weight"), &[dim, dim])?;
+        let vb = w.take(&p("v_proj.bias"), &[dim])?;
+        let qkv = Linear::new(
+            Tensor::cat(&[qw, kw, vw], 0)?,
+            Some(Tensor::cat(&[qb, kb, vb], 0)?),
+        );
+        let out = Linear::new(
+            w.take(&p("out_proj.weight"), &[dim, dim])?,
+            Some(w.take(&p("out_proj.bias"), &[dim])?),
+        );
+        Ok(Self { qkv, out, heads })
+    }
+
+    /// x: (N, T, D); mask: (T, T) additive, or None. Returns (N, T, D).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        let hd = d / self.heads;
+        // (N, T, 3D) -> (3, N, H, T, hd), one copy so q, k and v are each contiguous.
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, t, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?; // (N, H, T, T)
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let ctx = probs.matmul(&v)?; // (N, H, T, hd)
+        let ctx = ctx.transpose(1, 2)?.reshape((n, t, d))?;
+        self.out.forward(&ctx)
+    }
+}
+
+/// The position-wise MLP: fc1, activation, fc2.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(
+        w: &mut Weights,
+        prefix: &str,
+        dim: usize,
+        inner: usize,
+        act: Activation,
+    ) -> LoadResult<Self> {
+        let p = |n: &str| format!("{prefix}.mlp.{n}");
+        Ok(Self {
+            fc1: Linear::new(
+                w.take(&p("fc1.weight"), &[inner, dim])?,
+                Some(w.take(&p("fc1.bias"), &[inner])?),
+            ),
+            fc2: Linear::new(
+                w.take(&p("fc2.weight"), &[dim, inner])?,
+                Some(w.take(&p("fc2.bias"), &[dim])?),
+            ),
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = match self.act {
+            Activation::QuickGelu => {
+                let bias = self.fc1.bias.as_ref().expect("fc1 has a bias");
+                bias_quick_gelu(&self.fc1.forward_no_bias(x)?, bias)?
+            }
+            Activation::Gelu => self.fc1.forward(x)?.gelu_erf()?,
+        };
+        self.fc2.forward(&h)
+    }
+}
+
+/// One pre-LN encoder block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// Dimensions of one tower's encoder.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderDims {
+    pub width: usize,
+    pub inner: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub eps: f64,
+    pub act: Activation,
+}
+
+impl Block {
+    fn load(w: &mut Weights, prefix: &str, d: &EncoderDims) -> LoadResult<Self> {
+        Ok(Self {
+            ln1: load_layer_norm(w, &format!("{prefix}.layer_norm1"), d.width, d.eps)?,
+            attn: Attention::load(w, prefix, d.width, d.heads)?,
+            ln2: load_layer_norm(w, &format!("{prefix}.layer_norm2"), d.width, d.eps)?,
+            mlp: Mlp::load(w, prefix, d.width, d.inner, d.act)?,
+        })
+    }
+
+    /// x: (N, T, D) -> (N, T, D).
+    pub fn forward(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        hook: Option<&dyn BlockHook>,
+    ) -> Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let f = self.mlp.forward(&self.ln2.forward(&h)?)?;
+        let extra = match hook {
+            Some(hook) => hook.after_mlp(layer, &f)?,
+            None => None,
+        };
+        let out = (h + f)?;
+        match extra {
+            Some(a) => out + a,
+            None => Ok(out),
+        }
+    }
+}
+
+/// The stack of blocks of one tower.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    pub blocks: Vec<Block>,
+}
+
+impl Encoder {
+    pub fn load(w: &mut Weights, prefix: &str, d: &EncoderDims) -> LoadResult<Self> {
+        let blocks = (0..d.layers)
+            .map(|i| Block::load(w, &format!("{prefix}.layers.{i}"), d))
+            .collect::<LoadResult<_>>()?;
+        Ok(Self { blocks })
+    }
+
+    /// Runs every block; when `hidden` is given, pushes the output of each block into it.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        hook: Option<&dyn BlockHook>,
+        mut hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(i, &x, mask, hook)?;
+            if let Some(h) = hidden.as_deref_mut() {
+                h.push(x.clone());
+            }
+        }
+        Ok(x)
+    }
+}
+
+pub fn load_layer_norm(
+    w: &mut Weights,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> LoadResult<LayerNorm> {
+    Ok(LayerNorm {
+        weight: w.take(&format!("{prefix}.weight"), &[dim])?,
+        bias: w.take(&format!("{prefix}.bias"), &[dim])?,
+        eps,
+    })
+}
