@@ -1,6 +1,9 @@
 //! The `mvserve` command line: a thin layer that parses arguments and calls into the library.
 
-use clap::Parser;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -8,8 +11,30 @@ use clap::Parser;
     version,
     about = "Multi-tenant text-to-video retrieval with MV-Adapters"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Print the L2-normalised embedding of a text or an image as JSON.
+    Embed(cli::EmbedArgs),
+    /// Benchmarks that print machine-readable numbers.
+    #[command(subcommand)]
+    Bench(cli::BenchCommand),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Embed(args) => cli::embed(args),
+        Command::Bench(cmd) => cli::bench(cmd),
+    }
 }

@@ -281,6 +281,11 @@ impl Clip {
         let weights = Weights::from_tensors(tensors, dtype)?;
         Self::from_weights(config, weights, &format!("random-{seed}"), device)
     }
+
+    /// The dtype the vision tower computes in (that of its weights).
+    pub fn vision_dtype(&self) -> DType {
+        self.vision.dtype()
+    }
 }
 
 /// A loaded backbone: the model and its tokenizer.
@@ -349,11 +354,18 @@ pub fn random_weights(
     seed: u64,
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>, BackboneError> {
-    device.set_seed(seed)?;
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut m = BTreeMap::new();
     let mut put = |name: String, shape: &[usize], kind: Init| -> candle_core::Result<()> {
         let t = match kind {
-            Init::Normal(std) => Tensor::randn(0f32, std, shape, device)?,
+            Init::Normal(std) => {
+                let dist = rand_distr::Normal::new(0f32, std).expect("positive std");
+                let n = shape.iter().product::<usize>();
+                let v: Vec<f32> = (0..n).map(|_| dist.sample(&mut rng)).collect();
+                Tensor::from_vec(v, shape, device)?
+            }
             Init::Ones => Tensor::ones(shape, DType::F32, device)?,
             Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
         };

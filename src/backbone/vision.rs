@@ -66,6 +66,10 @@ impl VisionTower {
         })
     }
 
+    pub fn dtype(&self) -> candle_core::DType {
+        self.class_embedding.dtype()
+    }
+
     /// Token embeddings of a batch of images: (N, 3, S, S) -> (N, 1 + P, D), before pre-LN.
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let (n, c, h, w) = pixels.dims4()?;

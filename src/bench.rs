@@ -1,0 +1,98 @@
+//! Benchmarks shared by `mvserve bench` and `cargo bench`: full-size models with random weights,
+//! timed in-process, reported as numbers a script can read.
+
+use crate::backbone::{Clip, ClipConfig};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Multiply-adds x 2 of one image through the vision tower (patch GEMM, blocks, projection).
+pub fn vision_flops(c: &ClipConfig) -> f64 {
+    let v = &c.vision_config;
+    let t = c.vision_tokens() as f64;
+    let d = v.hidden_size as f64;
+    let inner = v.intermediate_size as f64;
+    let p = (v.patch_size * v.patch_size * 3) as f64;
+    let per_layer = 2.0 * t * d * (3.0 * d + d + 2.0 * inner) + 4.0 * t * t * d;
+    2.0 * (t - 1.0) * p * d
+        + v.num_hidden_layers as f64 * per_layer
+        + 2.0 * d * c.projection_dim as f64
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackboneBench {
+    pub images_per_s: f64,
+    pub gflops_per_s: f64,
+    /// Milliseconds for one text of 32 tokens (batch 1).
+    pub text_ms_32: f64,
+    pub batch: usize,
+    pub dtype: String,
+}
+
+/// Times the vision tower on `batch` random images and the text tower on one 32-token text,
+/// taking the best of `iters` runs after one warm-up (these machines are noisy; the minimum is
+/// the most repeatable statistic).
+pub fn backbone(clip: &Clip, batch: usize, iters: usize) -> candle_core::Result<BackboneBench> {
+    let dev = &clip.device;
+    let s = clip.config.vision_config.image_size;
+    let dtype = clip.vision_dtype();
+    let pixels = Tensor::randn(0f32, 1.0, (batch, 3, s, s), dev)?.to_dtype(dtype)?;
+    let mut best = f64::MAX;
+    for i in 0..=iters {
+        let t0 = Instant::now();
+        let out = clip.vision.forward(&pixels, None, false)?;
+        dev.synchronize()?;
+        drop(out);
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    let ids: Vec<u32> = (0..32)
+        .map(|i| {
+            if i == 0 {
+                49406
+            } else if i == 31 {
+                49407
+            } else {
+                320 + i
+            }
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (1, 32), dev)?;
+    let eot = Tensor::new(&[31u32], dev)?;
+    let mut text_best = f64::MAX;
+    for i in 0..=iters.max(5) {
+        let t0 = Instant::now();
+        let out = clip.text.forward(&ids, &eot, None, false)?;
+        dev.synchronize()?;
+        drop(out);
+        if i > 0 {
+            text_best = text_best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    let images_per_s = batch as f64 / best;
+    Ok(BackboneBench {
+        images_per_s,
+        gflops_per_s: images_per_s * vision_flops(&clip.config) / 1e9,
+        text_ms_32: text_best * 1e3,
+        batch,
+        dtype: format!("{dtype:?}").to_lowercase(),
+    })
+}
+
+/// Full-size ViT-B/32 with random weights in `dtype`.
+pub fn random_vit_b_32(
+    dtype: DType,
+    device: &Device,
+) -> Result<Clip, crate::backbone::BackboneError> {
+    Clip::random(ClipConfig::vit_b_32(), 0, dtype, device)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vit_b_32_costs_8_82_gflops_per_image() {
+        let f = super::vision_flops(&crate::backbone::ClipConfig::vit_b_32());
+        assert!((f / 1e9 - 8.82).abs() < 0.01, "{f}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Argument types and the small glue behind each `mvserve` subcommand. Each command parses, calls
+//! the library, and prints; no model or storage logic lives here.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Subcommand};
+use mvserve::backbone::{
+    l2_normalize, preprocess, Backbone, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN,
+};
+use std::path::PathBuf;
+
+/// Where the CLIP backbone comes from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A local Hugging Face CLIP directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "MVSERVE_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// A Hugging Face hub id, used when --model-dir is not given (cache first, then download).
+    #[arg(long, env = "MVSERVE_MODEL", default_value = DEFAULT_MODEL_ID)]
+    pub model: String,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        match &self.model_dir {
+            Some(d) => ModelSource::Dir(d.clone()),
+            None => ModelSource::Hub(self.model.clone()),
+        }
+    }
+
+    pub fn load(&self) -> Result<Backbone> {
+        let t0 = std::time::Instant::now();
+        let b = Backbone::load(&self.source(), &Device::Cpu)?;
+        tracing::info!(model = %b.files.name, digest = %b.clip.id.digest, ms = t0.elapsed().as_millis() as u64, "backbone loaded");
+        Ok(b)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to embed.
+    #[arg(long, conflicts_with = "image")]
+    pub text: Option<String>,
+    /// Image file to embed (JPEG, PNG or GIF; the first frame).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Padded text length in tokens.
+    #[arg(long, default_value_t = DEFAULT_TEXT_LEN)]
+    pub text_len: usize,
+}
+
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    let backbone = args.model.load()?;
+    let emb = match (&args.text, &args.image) {
+        (Some(text), None) => backbone.embed_texts(&[text], args.text_len, None)?,
+        (None, Some(path)) => {
+            let img = image::open(path)
+                .with_context(|| format!("reading image {}", path.display()))?
+                .to_rgb8();
+            let s = backbone.clip.config.vision_config.image_size as u32;
+            let pixels = candle_core::Tensor::from_vec(
+                preprocess::preprocess(&img, s),
+                (1, 3, s as usize, s as usize),
+                &Device::Cpu,
+            )?;
+            l2_normalize(&backbone.clip.vision.forward(&pixels, None, false)?.embeds)?
+        }
+        _ => bail!("give exactly one of --text or --image"),
+    };
+    let v: Vec<f32> = emb.squeeze(0)?.to_vec1()?;
+    println!("{}", serde_json::json!({ "embedding": v }));
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Vision and text tower speed with full-size random ViT-B/32 weights.
+    Backbone {
+        /// Images per batch.
+        #[arg(long, default_value_t = 12)]
+        batch: usize,
+        /// Timed iterations (the best is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Compute dtype: f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Print JSON only.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn bench(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Backbone {
+            batch,
+            iters,
+            dtype,
+            json,
+        } => {
+            let dtype = match dtype.as_str() {
+                "f32" => DType::F32,
+                "f16" => DType::F16,
+                "bf16" => DType::BF16,
+                other => bail!("unknown dtype {other:?} (f32, f16 or bf16)"),
+            };
+            let clip = mvserve::bench::random_vit_b_32(dtype, &Device::Cpu)?;
+            let r = mvserve::bench::backbone(&clip, batch, iters)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"images_per_s": r.images_per_s, "gflops_per_s": r.gflops_per_s, "text_ms_32": r.text_ms_32})
+                );
+            } else {
+                println!(
+                    "ViT-B/32 {} batch {}: {:.2} images/s, {:.1} GFLOP/s; text (1 x 32 tokens): {:.2} ms",
+                    r.dtype, r.batch, r.images_per_s, r.gflops_per_s, r.text_ms_32
+                );
+            }
+            Ok(())
+        }
+    }
+}
