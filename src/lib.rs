@@ -5,4 +5,4 @@
 //! backbone (with a task's adapter) turns frames and text into embeddings, and `store` keeps them.
 //! See `docs` in the README for the module map.
 
-
+pub mod store;
