@@ -3,11 +3,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "mvserve",
-    version,
-    about = "Multi-tenant text-to-video retrieval with MV-Adapters"
-)]
+#[command(name = "mvserve", version, about = "Multi-tenant text-to-video retrieval with MV-Adapters")]
 struct Cli {}
 
 fn main() {
