@@ -170,7 +170,10 @@ pub(crate) fn prune(dir: &Path, keep: usize) -> Result<Option<u64>, StoreError> 
     for (_, path) in snaps.iter().skip(keep) {
         fs::remove_file(path)?;
     }
-    Ok(snaps.iter().take(keep).last().map(|(seq, _)| *seq))
+    Ok(snaps
+        .get(..keep.min(snaps.len()))
+        .and_then(|s| s.last())
+        .map(|(seq, _)| *seq))
 }
 
 #[cfg(test)]
