@@ -7,3 +7,4 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod store;

@@ -1,0 +1,427 @@
+//! Benchmark of the per-task vector store: ingest, HNSW build, exact vs HNSW search, and faiss's
+//! HNSW on the same vectors (benches/store_faiss.py), all on this machine in one run.
+//!
+//! Usage: `cargo bench --bench store -- [--n 20000] [--queries 200] [--m 16] [--efc 100]
+//!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss]`
+//! Data: unit vectors in 512-d of two kinds (see `clustered` and `uniform`); queries are drawn
+//! from the same distribution but are not in the data set.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use mvserve::store::{SearchMode, StoreConfig, TaskStore};
+use serde_json::json;
+
+const DIM: usize = 512;
+const K: usize = 10;
+
+struct Args {
+    n: usize,
+    queries: usize,
+    m: usize,
+    efc: usize,
+    efs: Vec<usize>,
+    kinds: Vec<String>,
+    faiss: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        n: 20_000,
+        queries: 200,
+        m: 16,
+        efc: 100,
+        efs: vec![16, 32, 64, 128, 256],
+        kinds: vec!["clustered".into(), "uniform".into()],
+        faiss: true,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = argv.get(i + 1).cloned().unwrap_or_default();
+        let num = || val.parse::<usize>().expect("numeric argument");
+        match argv[i].as_str() {
+            "--n" => a.n = num(),
+            "--queries" => a.queries = num(),
+            "--m" => a.m = num(),
+            "--efc" => a.efc = num(),
+            "--ef" => {
+                a.efs = val
+                    .split(',')
+                    .map(|s| s.parse().expect("ef list"))
+                    .collect()
+            }
+            "--kinds" => a.kinds = val.split(',').map(str::to_owned).collect(),
+            "--no-faiss" => {
+                a.faiss = false;
+                i += 1;
+                continue;
+            }
+            _ => {
+                // cargo passes `--bench`; ignore anything unknown.
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// splitmix64 plus Box-Muller: reproducible data without extra dependencies.
+struct Rng(u64);
+impl Rng {
+    fn u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit_f64(&mut self) -> f64 {
+        ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn gauss(&mut self) -> f32 {
+        let (u, v) = (self.unit_f64(), self.unit_f64());
+        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+    }
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// Uniform on the unit sphere (normalised Gaussians): no structure for HNSW to exploit.
+fn uniform(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n * DIM];
+    for row in out.chunks_exact_mut(DIM) {
+        row.iter_mut().for_each(|x| *x = rng.gauss());
+        normalise(row);
+    }
+    out
+}
+
+/// Like real embeddings: `n / 50` cluster centres (2,000 at 100k) drawn from N(0, I) in a random
+/// 64-d subspace (basis entries N(0, 1/512)); a point is its centre plus N(0, 0.35^2 I) inside
+/// the subspace, mapped to 512-d, plus N(0, 0.02^2 I) in all 512 dimensions (about 5% of the
+/// norm), normalised.
+struct Clustered {
+    basis: Vec<f32>,
+    centres: Vec<f32>,
+}
+const SUB: usize = 64;
+impl Clustered {
+    fn new(rng: &mut Rng, n: usize) -> Self {
+        let basis = (0..SUB * DIM)
+            .map(|_| rng.gauss() / (DIM as f32).sqrt())
+            .collect();
+        let centres = (0..(n / 50).max(1) * SUB).map(|_| rng.gauss()).collect();
+        Clustered { basis, centres }
+    }
+    fn sample(&self, rng: &mut Rng, n: usize) -> Vec<f32> {
+        let nc = self.centres.len() / SUB;
+        let mut out = vec![0.0; n * DIM];
+        let mut z = [0.0f32; SUB];
+        for row in out.chunks_exact_mut(DIM) {
+            let c = (rng.u64() % nc as u64) as usize;
+            for (j, zj) in z.iter_mut().enumerate() {
+                *zj = self.centres[c * SUB + j] + 0.35 * rng.gauss();
+            }
+            for (d, x) in row.iter_mut().enumerate() {
+                let mut s = 0.02 * rng.gauss();
+                for (j, zj) in z.iter().enumerate() {
+                    s += zj * self.basis[j * DIM + d];
+                }
+                *x = s;
+            }
+            normalise(row);
+        }
+        out
+    }
+}
+
+fn write_f32(path: &Path, v: &[f32]) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for x in v {
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+}
+
+fn ids_of(hits: &[mvserve::store::Hit]) -> Vec<u32> {
+    hits.iter().map(|h| h.id[1..].parse().unwrap()).collect()
+}
+
+fn recall(got: &[Vec<u32>], truth: &[Vec<u32>]) -> f64 {
+    let mut hit = 0;
+    for (g, t) in got.iter().zip(truth) {
+        let t: HashSet<_> = t.iter().collect();
+        hit += g.iter().filter(|x| t.contains(x)).count();
+    }
+    hit as f64 / (truth.len() * K) as f64
+}
+
+fn run_kind(args: &Args, kind: &str, work: &Path) {
+    let mut rng = Rng(if kind == "uniform" { 1 } else { 2 });
+    let t = Instant::now();
+    let (data, queries) = match kind {
+        "uniform" => (uniform(&mut rng, args.n), uniform(&mut rng, args.queries)),
+        _ => {
+            let gen = Clustered::new(&mut rng, args.n);
+            (
+                gen.sample(&mut rng, args.n),
+                gen.sample(&mut rng, args.queries),
+            )
+        }
+    };
+    println!(
+        "\n== {kind}: n={} dim={DIM} queries={} M={} ef_construction={} (data generated in {:.1}s)",
+        args.n,
+        args.queries,
+        args.m,
+        args.efc,
+        t.elapsed().as_secs_f64()
+    );
+    let dir = work.join(kind);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = StoreConfig {
+        exact_threshold: usize::MAX,
+        hnsw_m: args.m,
+        ef_construction: args.efc,
+        snapshot_every: 0,
+        ..StoreConfig::default()
+    };
+
+    // Ingest: log + memory only (the threshold keeps the graph out of it).
+    let store = TaskStore::open(&dir.join("store"), DIM, cfg.clone()).unwrap();
+    let t = Instant::now();
+    let single = 300.min(args.n);
+    for i in 0..single {
+        let v = &data[i * DIM..(i + 1) * DIM];
+        store
+            .add(&format!("i{i}"), v, "bench", json!({"i": i}))
+            .unwrap();
+    }
+    let single_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for start in (single..args.n).step_by(1000) {
+        let end = (start + 1000).min(args.n);
+        let batch = (start..end)
+            .map(|i| {
+                (
+                    format!("i{i}"),
+                    data[i * DIM..(i + 1) * DIM].to_vec(),
+                    json!({"i": i}),
+                )
+            })
+            .collect();
+        store.add_batch("bench", batch).unwrap();
+    }
+    let batch_s = t.elapsed().as_secs_f64();
+    println!(
+        "ingest (log fsync + memory): add() one by one {:.0}/s, add_batch(1000) {:.0}/s",
+        single as f64 / single_s,
+        (args.n - single) as f64 / batch_s
+    );
+    let t = Instant::now();
+    store.snapshot().unwrap();
+    println!(
+        "snapshot of {} vectors: {:.2}s",
+        args.n,
+        t.elapsed().as_secs_f64()
+    );
+
+    // Exact search: ground truth, on all cores (rayon) and on one.
+    let q = |i: usize| &queries[i * DIM..(i + 1) * DIM];
+    let t = Instant::now();
+    let truth: Vec<Vec<u32>> = (0..args.queries)
+        .map(|i| ids_of(&store.search_with(q(i), K, SearchMode::Exact).unwrap()))
+        .collect();
+    let exact_all = args.queries as f64 / t.elapsed().as_secs_f64();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    pool.install(|| {
+        for i in 0..args.queries {
+            store.search_with(q(i), K, SearchMode::Exact).unwrap();
+        }
+    });
+    let exact_one = args.queries as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "exact: {exact_one:.0} queries/s on 1 thread ({:.2} ms/query), {exact_all:.0} queries/s on {} threads",
+        1000.0 / exact_one,
+        rayon::current_num_threads()
+    );
+    drop(store);
+
+    // HNSW: reopen with a threshold below n; the graph builds in the background from the
+    // snapshot, with parallel inserts on all cores.
+    cfg.exact_threshold = 1;
+    let t = Instant::now();
+    let store = TaskStore::open(&dir.join("store"), DIM, cfg.clone()).unwrap();
+    let open_s = t.elapsed().as_secs_f64();
+    store.wait_for_maintenance();
+    let build_s = t.elapsed().as_secs_f64() - open_s;
+    assert!(store.has_graph());
+    println!(
+        "open (snapshot load) {open_s:.2}s; HNSW build {build_s:.1}s = {:.0} inserts/s on {} threads",
+        args.n as f64 / build_s,
+        rayon::current_num_threads()
+    );
+    // Incremental adds into the built graph (each one fsynced and inserted).
+    let extra = uniform(&mut Rng(99), 200);
+    let t = Instant::now();
+    for (i, v) in extra.chunks_exact(DIM).enumerate() {
+        store
+            .add(&format!("x{i}"), v, "bench", json!(null))
+            .unwrap();
+    }
+    println!(
+        "add() into the graph, one by one: {:.0}/s",
+        200.0 / t.elapsed().as_secs_f64()
+    );
+    for i in 0..200 {
+        store.delete(&format!("x{i}")).unwrap();
+    }
+
+    // (ef, recall, queries/s)
+    let mut ours = Vec::new();
+    for &ef in &args.efs {
+        let t = Instant::now();
+        let got: Vec<Vec<u32>> = (0..args.queries)
+            .map(|i| {
+                ids_of(
+                    &store
+                        .search_with(q(i), K, SearchMode::Graph { ef_search: ef })
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let qps = args.queries as f64 / t.elapsed().as_secs_f64();
+        ours.push((ef, recall(&got, &truth), qps));
+    }
+    drop(store);
+
+    let faiss = if args.faiss {
+        run_faiss(args, &dir, &data, &queries, &truth)
+    } else {
+        None
+    };
+    if let Some(f) = &faiss {
+        println!(
+            "faiss HNSW build {:.1}s = {:.0} inserts/s; ours / faiss build speed {:.2}x",
+            f.build_s,
+            args.n as f64 / f.build_s,
+            f.build_s / build_s
+        );
+    }
+    println!("| ef_search | recall@10 | queries/s (1 thread) | vs exact (1 thread) | faiss recall@10 | faiss queries/s | ours / faiss queries/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for &(ef, r, qps) in &ours {
+        let fr = faiss
+            .as_ref()
+            .and_then(|f| f.rows.iter().find(|row| row.0 == ef).copied());
+        let (fr_s, fq_s, ratio) = match fr {
+            Some((_, fr, fq)) => (
+                format!("{fr:.4}"),
+                format!("{fq:.0}"),
+                format!("{:.2}x", qps / fq),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {ef} | {r:.4} | {qps:.0} | {:.1}x | {fr_s} | {fq_s} | {ratio} |",
+            qps / exact_one
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct FaissResult {
+    build_s: f64,
+    /// (ef, recall, queries/s)
+    rows: Vec<(usize, f64, f64)>,
+}
+
+fn run_faiss(
+    args: &Args,
+    dir: &Path,
+    data: &[f32],
+    queries: &[f32],
+    truth: &[Vec<u32>],
+) -> Option<FaissResult> {
+    let data_path = dir.join("data.f32");
+    let query_path = dir.join("queries.f32");
+    let truth_path = dir.join("truth.u32");
+    write_f32(&data_path, data);
+    write_f32(&query_path, queries);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&truth_path).unwrap());
+    for x in truth.iter().flatten() {
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+    drop(f);
+    let efs: Vec<String> = args.efs.iter().map(|e| e.to_string()).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/store_faiss.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--data", data_path.to_str()?])
+        .args(["--queries", query_path.to_str()?])
+        .args(["--truth", truth_path.to_str()?])
+        .args(["--dim", &DIM.to_string(), "--k", &K.to_string()])
+        .args(["--m", &args.m.to_string(), "--efc", &args.efc.to_string()])
+        .args(["--ef", &efs.join(",")])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .output();
+    for p in [data_path, query_path, truth_path] {
+        let _ = std::fs::remove_file(p);
+    }
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            println!(
+                "faiss script failed (pip install faiss-cpu numpy): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("faiss script not run: {e}");
+            return None;
+        }
+    };
+    let mut res = FaissResult {
+        build_s: f64::NAN,
+        rows: Vec::new(),
+    };
+    for line in out.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["build", s, _] => res.build_s = s.parse().ok()?,
+            ["ef", ef, r, q] => res
+                .rows
+                .push((ef.parse().ok()?, r.parse().ok()?, q.parse().ok()?)),
+            _ => {}
+        }
+    }
+    Some(res)
+}
+
+fn main() {
+    let args = parse_args();
+    let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/store-bench");
+    std::fs::create_dir_all(&work).unwrap();
+    println!(
+        "store benchmark: {} threads, avx2 {}, fma {}",
+        rayon::current_num_threads(),
+        std::is_x86_feature_detected!("avx2"),
+        std::is_x86_feature_detected!("fma")
+    );
+    for kind in args.kinds.clone() {
+        run_kind(&args, &kind, &work);
+    }
+}

@@ -1,0 +1,319 @@
+//! The in-memory index of one task: records, vectors, tombstones, exact search and the HNSW graph.
+//!
+//! Owns the slot table (a slot is a position in the vector array and the graph's data id; a
+//! deleted or replaced record leaves a tombstone in its slot, since hnsw_rs cannot delete), the
+//! exact top-k scan, and the hnsw_rs graph built over the slots. Does not own any I/O or locking:
+//! `TaskStore` wraps this in a lock and feeds it from the log.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use hnsw_rs::prelude::{DistDot, Hnsw};
+use rayon::prelude::*;
+
+/// hnsw_rs's own cap on layers.
+const MAX_LAYERS: usize = 16;
+/// Below this many slots a parallel scan costs more in coordination than it saves.
+const PAR_SCAN_MIN: usize = 8192;
+
+pub(crate) type Graph = Hnsw<'static, f32, DistDot>;
+
+/// What the store keeps per live id.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub slot: usize,
+    pub added_ms: u64,
+    pub meta: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub id: Arc<str>,
+    pub alive: bool,
+}
+
+pub(crate) struct Index {
+    pub dim: usize,
+    pub digest: Option<String>,
+    pub entries: HashMap<Arc<str>, Entry>,
+    pub slots: Vec<Slot>,
+    /// Row-major, `slots.len() * dim`, L2-normalised.
+    pub vectors: Vec<f32>,
+    pub dead: usize,
+    /// When present it covers every slot (inserts keep it up to date).
+    pub graph: Option<Arc<Graph>>,
+}
+
+impl Index {
+    pub(crate) fn new(dim: usize) -> Self {
+        Index {
+            dim,
+            digest: None,
+            entries: HashMap::new(),
+            slots: Vec::new(),
+            vectors: Vec::new(),
+            dead: 0,
+            graph: None,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn vector(&self, slot: usize) -> &[f32] {
+        &self.vectors[slot * self.dim..(slot + 1) * self.dim]
+    }
+
+    /// Applies an add whose checks already passed; returns the new slot. Replacing an id leaves
+    /// a tombstone in its old slot.
+    pub(crate) fn insert(
+        &mut self,
+        id: &str,
+        digest: &str,
+        added_ms: u64,
+        vector: &[f32],
+        meta: serde_json::Value,
+    ) -> usize {
+        self.remove(id);
+        if self.digest.is_none() {
+            self.digest = Some(digest.to_owned());
+        }
+        let slot = self.slots.len();
+        let id: Arc<str> = Arc::from(id);
+        self.slots.push(Slot {
+            id: id.clone(),
+            alive: true,
+        });
+        self.vectors.extend_from_slice(vector);
+        self.entries.insert(
+            id,
+            Entry {
+                slot,
+                added_ms,
+                meta,
+            },
+        );
+        slot
+    }
+
+    pub(crate) fn remove(&mut self, id: &str) -> bool {
+        let Some(e) = self.entries.remove(id) else {
+            return false;
+        };
+        self.slots[e.slot].alive = false;
+        self.dead += 1;
+        if self.entries.is_empty() {
+            // An empty store may start a new embedding space (a new adapter generation).
+            self.digest = None;
+        }
+        true
+    }
+
+    pub(crate) fn tombstone_fraction(&self) -> f32 {
+        if self.slots.is_empty() {
+            0.0
+        } else {
+            self.dead as f32 / self.slots.len() as f32
+        }
+    }
+
+    /// Exact top-k by dot product over live slots, best first.
+    pub(crate) fn search_exact(&self, q: &[f32], k: usize) -> Vec<(usize, f32)> {
+        let n = self.slots.len();
+        let scan = |range: std::ops::Range<usize>| {
+            let mut top = TopK::new(k);
+            for s in range {
+                if self.slots[s].alive {
+                    top.push(s, dot(q, self.vector(s)));
+                }
+            }
+            top
+        };
+        let top = if n < PAR_SCAN_MIN {
+            scan(0..n)
+        } else {
+            let chunk = n.div_ceil(rayon::current_num_threads().max(1) * 4);
+            (0..n.div_ceil(chunk))
+                .into_par_iter()
+                .map(|c| scan(c * chunk..((c + 1) * chunk).min(n)))
+                .reduce(|| TopK::new(k), TopK::merge)
+        };
+        top.into_sorted()
+    }
+
+    /// Approximate top-k through the graph, skipping tombstones; `None` when there is no graph.
+    pub(crate) fn search_graph(&self, q: &[f32], k: usize, ef: usize) -> Option<Vec<(usize, f32)>> {
+        let graph = self.graph.as_ref()?;
+        let alive = |d: &usize| self.slots.get(*d).is_some_and(|s| s.alive);
+        // The filter costs a lookup per visited node; skip it when there is nothing to filter.
+        let filter: Option<&dyn hnsw_rs::filter::FilterT> = (self.dead > 0).then_some(&alive);
+        let found = graph.search_filter(q, k, ef.max(k), filter);
+        // DistDot reports 1 - dot (clamped at 0); give callers the similarity back.
+        let mut hits: Vec<(usize, f32)> = found
+            .into_iter()
+            .map(|n| (n.d_id, dot(q, self.vector(n.d_id))))
+            .collect();
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+        hits.truncate(k);
+        Some(hits)
+    }
+}
+
+/// A new, empty graph sized for about `n` points.
+pub(crate) fn new_graph(m: usize, ef_construction: usize, n: usize) -> Graph {
+    // The caller validated m <= 256; hnsw_rs would exit the process otherwise.
+    Hnsw::new(m, n.max(1024), MAX_LAYERS, ef_construction, DistDot)
+}
+
+/// Dot product written so that LLVM vectorises it: eight independent accumulators over fixed
+/// chunks, and an AVX2+FMA build of the same code chosen at run time (the crate is compiled for
+/// baseline x86-64, which only has SSE2).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU features this function is compiled for were just detected.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Scales `v` to unit length in place; `false` for a zero or non-finite vector.
+pub(crate) fn normalize(v: &mut [f32]) -> bool {
+    if !v.iter().all(|x| x.is_finite()) {
+        return false;
+    }
+    // f64 so that the result's norm is 1 to within f32 rounding (DistDot asserts dot <= 1+2e-6).
+    let norm = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return false;
+    }
+    for x in v.iter_mut() {
+        *x = (*x as f64 / norm) as f32;
+    }
+    true
+}
+
+#[derive(Clone, Copy)]
+struct Scored(f32, usize);
+
+impl PartialEq for Scored {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Scored {}
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scored {
+    // Reversed so that BinaryHeap's top is the worst of the kept hits.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn push(&mut self, slot: usize, score: f32) {
+        if self.heap.len() < self.k {
+            self.heap.push(Scored(score, slot));
+        } else if let Some(worst) = self.heap.peek() {
+            if score > worst.0 {
+                self.heap.pop();
+                self.heap.push(Scored(score, slot));
+            }
+        }
+    }
+
+    fn merge(mut self, other: TopK) -> TopK {
+        for Scored(s, i) in other.heap {
+            self.push(i, s);
+        }
+        self
+    }
+
+    fn into_sorted(self) -> Vec<(usize, f32)> {
+        // Ascending by the reversed order = best first.
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Scored(s, i)| (i, s))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_on_odd_lengths() {
+        for n in [0, 1, 15, 16, 17, 100, 512] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-4, "n={n}");
+        }
+    }
+
+    #[test]
+    fn exact_search_orders_and_skips_tombstones() {
+        let mut idx = Index::new(2);
+        for (id, v) in [("a", [1.0, 0.0]), ("b", [0.6, 0.8]), ("c", [0.0, 1.0])] {
+            idx.insert(id, "d", 0, &v, serde_json::Value::Null);
+        }
+        let hits = idx.search_exact(&[1.0, 0.0], 2);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![0, 1]);
+        idx.remove("a");
+        let hits = idx.search_exact(&[1.0, 0.0], 5);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+}
