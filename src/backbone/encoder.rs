@@ -4,7 +4,7 @@
 //! where MV-Adapter sits (spec section 2): it reads the MLP branch output `f`, not the residual
 //! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
 
-use super::ops::{bias_quick_gelu, softmax_last_dim, LayerNorm, Linear};
+use super::ops::{add3, bias_quick_gelu, softmax_last_dim, split_qkv_heads, LayerNorm, Linear};
 use super::weights::Weights;
 use super::{BackboneError, LoadResult};
 use candle_core::{Module, Result, Tensor};
@@ -68,17 +68,12 @@ impl Attention {
         Ok(Self { qkv, out, heads })
     }
 
-    /// x: (N, T, D); mask: (T, T) additive, or None. Returns (N, T, D).
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// x: (N, T, D); mask: (T, T) additive, or None. Returns (N, T, D) before the output bias,
+    /// which the caller adds together with the residual.
+    fn forward_no_out_bias(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
-        let hd = d / self.heads;
         // (N, T, 3D) -> (3, N, H, T, hd), one copy so q, k and v are each contiguous.
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((n, t, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
+        let qkv = split_qkv_heads(&self.qkv.forward_no_bias(x)?, bias(&self.qkv), self.heads)?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let scores = q.matmul(&k.t()?)?; // (N, H, T, T)
         let scores = match mask {
@@ -88,7 +83,7 @@ impl Attention {
         let probs = softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?; // (N, H, T, hd)
         let ctx = ctx.transpose(1, 2)?.reshape((n, t, d))?;
-        self.out.forward(&ctx)
+        self.out.forward_no_bias(&ctx)
     }
 }
 
@@ -122,7 +117,8 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// x: (N, T, D) -> (N, T, D) before fc2's bias, which the caller folds into a sum.
+    fn forward_no_out_bias(&self, x: &Tensor) -> Result<Tensor> {
         let h = match self.act {
             Activation::QuickGelu => {
                 let bias = self.fc1.bias.as_ref().expect("fc1 has a bias");
@@ -130,7 +126,7 @@ impl Mlp {
             }
             Activation::Gelu => self.fc1.forward(x)?.gelu_erf()?,
         };
-        self.fc2.forward(&h)
+        self.fc2.forward_no_bias(&h)
     }
 }
 
@@ -172,18 +168,27 @@ impl Block {
         mask: Option<&Tensor>,
         hook: Option<&dyn BlockHook>,
     ) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
-        let f = self.mlp.forward(&self.ln2.forward(&h)?)?;
-        let extra = match hook {
-            Some(hook) => hook.after_mlp(layer, &f)?,
-            None => None,
-        };
-        let out = (h + f)?;
-        match extra {
-            Some(a) => out + a,
-            None => Ok(out),
+        let attn = self.attn.forward_no_out_bias(&self.ln1.forward(x)?, mask)?;
+        let h = add3(&attn, bias(&self.attn.out), x)?;
+        let y = self.mlp.forward_no_out_bias(&self.ln2.forward(&h)?)?;
+        let fc2_bias = bias(&self.mlp.fc2);
+        match hook {
+            None => add3(&y, fc2_bias, &h),
+            Some(hook) => {
+                let f = y.broadcast_add(fc2_bias)?;
+                match hook.after_mlp(layer, &f)? {
+                    Some(a) => add3(&h, &f, &a),
+                    None => h + f,
+                }
+            }
         }
     }
+}
+
+fn bias(l: &Linear) -> &Tensor {
+    l.bias
+        .as_ref()
+        .expect("CLIP's attention and MLP projections have biases")
 }
 
 /// The stack of blocks of one tower.

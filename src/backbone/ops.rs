@@ -6,7 +6,9 @@
 //! composite (differentiable) path when the input is tracked, so the same forward code serves
 //! serving and training. Row-major folding of `(batch, tokens)` into GEMM rows also lives here.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
+};
 use rayon::prelude::*;
 
 /// A linear layer `y = x W^T + b` whose leading dimensions are folded into the GEMM rows, so a
@@ -168,6 +170,149 @@ impl CustomOp2 for BiasQuickGelu {
     }
 }
 
+/// `a + b + c` in one pass, where `b` is either `a`'s shape or a bias over the last dimension.
+///
+/// Residual connections are three-way sums (`x + y W^T + bias`, `h + f + adapter`); candle would
+/// make a full pass over memory for each `+`.
+pub fn add3(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let fusable = a.device().is_cpu()
+        && [a, b, c]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op())
+        && a.dims() == c.dims()
+        && (b.dims() == a.dims() || (b.rank() == 1 && a.dims().last() == Some(&b.dim(0)?)));
+    if fusable {
+        return a.apply_op3_no_bwd(b, c, &Add3);
+    }
+    a.broadcast_add(b)?.add(c)
+}
+
+struct Add3;
+
+impl CustomOp3 for Add3 {
+    fn name(&self) -> &'static str {
+        "add3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) = (s1, s2, s3) else {
+            candle_core::bail!("add3: f32 only");
+        };
+        let slice = |l: &Layout| -> Result<std::ops::Range<usize>> {
+            l.contiguous_offsets()
+                .map(|(s, e)| s..e)
+                .ok_or_else(|| candle_core::Error::Msg("add3: inputs must be contiguous".into()))
+        };
+        let (a, b, c) = (&a[slice(l1)?], &b[slice(l2)?], &c[slice(l3)?]);
+        let mut out = vec![0f32; a.len()];
+        if b.len() == a.len() {
+            const CHUNK: usize = 16384;
+            out.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK))
+                .zip(b.par_chunks(CHUNK))
+                .zip(c.par_chunks(CHUNK))
+                .for_each(|(((o, a), b), c)| {
+                    for (((o, a), b), c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                        *o = a + b + c;
+                    }
+                });
+        } else {
+            let n = b.len();
+            let chunk = n * (16384 / n).max(1);
+            out.par_chunks_mut(chunk)
+                .zip(a.par_chunks(chunk))
+                .zip(c.par_chunks(chunk))
+                .for_each(|((o, a), c)| {
+                    let rows = o
+                        .chunks_exact_mut(n)
+                        .zip(a.chunks_exact(n))
+                        .zip(c.chunks_exact(n));
+                    for ((o, a), c) in rows {
+                        for (((o, a), b), c) in o.iter_mut().zip(a).zip(b).zip(c) {
+                            *o = a + b + c;
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Adds the QKV bias and splits heads in one copy: (N, T, 3D) + (3D,) -> (3, N, H, T, D/H), each
+/// of q, k and v contiguous for the attention matrix products.
+pub fn split_qkv_heads(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, d3) = qkv.dims3()?;
+    let hd = d3 / 3 / heads;
+    let fusable = qkv.device().is_cpu()
+        && [qkv, bias]
+            .iter()
+            .all(|x| x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op());
+    if fusable {
+        return qkv.apply_op2_no_bwd(bias, &SplitHeads { heads });
+    }
+    qkv.broadcast_add(bias)?
+        .reshape((n, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()
+}
+
+struct SplitHeads {
+    heads: usize,
+}
+
+impl CustomOp2 for SplitHeads {
+    fn name(&self) -> &'static str {
+        "split-qkv-heads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("split-qkv-heads: f32 only");
+        };
+        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("split-qkv-heads: inputs must be contiguous");
+        };
+        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let (n, t, d3) = l1.shape().dims3()?;
+        let h = self.heads;
+        let hd = d3 / 3 / h;
+        if b.len() != d3 || hd * 3 * h != d3 {
+            candle_core::bail!("split-qkv-heads: bias or heads do not match {d3}");
+        }
+        let mut out = vec![0f32; x.len()];
+        // One task per (which, sample, head): a contiguous (T, hd) block of the output.
+        out.par_chunks_mut(t * hd).enumerate().for_each(|(blk, o)| {
+            let head = blk % h;
+            let sample = (blk / h) % n;
+            let which = blk / (h * n);
+            let col = which * h * hd + head * hd;
+            let bias = &b[col..col + hd];
+            for tok in 0..t {
+                let src = &x[(sample * t + tok) * d3 + col..][..hd];
+                for ((o, &v), &bb) in o[tok * hd..(tok + 1) * hd].iter_mut().zip(src).zip(bias) {
+                    *o = v + bb;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((3, n, h, t, hd))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +366,51 @@ mod tests {
                 .unwrap();
             assert!(d < 1e-4, "{d}");
         }
+    }
+
+    #[test]
+    fn add3_matches_plain_adds() {
+        let a = Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap();
+        for b in [
+            Tensor::randn(0f32, 1.0, 40, &Device::Cpu).unwrap(),
+            Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap(),
+        ] {
+            let want = a.broadcast_add(&b).unwrap().add(&c).unwrap();
+            let d = (add3(&a, &b, &c).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-6, "{d}");
+        }
+    }
+
+    #[test]
+    fn split_qkv_heads_matches_reshape_and_permute() {
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 3 * 12), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 36, &Device::Cpu).unwrap();
+        let want = x
+            .broadcast_add(&b)
+            .unwrap()
+            .reshape((2, 5, 3, 4, 3))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let got = split_qkv_heads(&x, &b, 4).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
     }
 
     #[test]
