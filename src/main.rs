@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+// Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
+// kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mvserve",
