@@ -6,3 +6,4 @@
 //! See `docs` in the README for the module map.
 
 pub mod backbone;
+pub mod media;
