@@ -116,11 +116,7 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
                     stream_index += 1;
                 }
             }
-            Some((b"movi", list)) => {
-                if movi.is_none() {
-                    movi = Some((list, off + 4));
-                }
-            }
+            Some((b"movi", list)) if movi.is_none() => movi = Some((list, off + 4)),
             _ => {}
         }
     }

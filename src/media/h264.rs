@@ -495,7 +495,7 @@ fn to_rgb(info: &SBufferInfo, dst: &[*mut u8; 3], budget: &Budget) -> Result<Rgb
     let sys = unsafe { info.UsrData.sSystemBuffer };
     let (w, h) = (sys.iWidth, sys.iHeight);
     let (ys, cs) = (sys.iStride[0], sys.iStride[1]);
-    if w <= 0 || h <= 0 || ys < w || cs < (w + 1) / 2 || sys.iFormat != videoFormatI420 as i32 {
+    if w <= 0 || h <= 0 || ys < w || cs < (w + 1) / 2 || sys.iFormat != videoFormatI420 {
         return Err(MediaError::Corrupt(
             "decoder returned an invalid picture".into(),
         ));
