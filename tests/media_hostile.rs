@@ -196,3 +196,24 @@ fn garbage_is_unsupported() {
     let e = err(load_video_bytes(&fixture("video740.mp4"), &bad, &limits()));
     assert_eq!(e.code(), "invalid_spec");
 }
+
+/// Fuzzing found that the `mp4` crate loops forever on a box of size 0 (or under 8) inside `moov`;
+/// `media` now checks the box tree first. These must return promptly with `corrupt_media`.
+#[test]
+fn mp4_boxes_with_tiny_sizes_do_not_hang() {
+    for bad_size in [0u32, 1, 4, 7] {
+        let mut b = Vec::new();
+        b.extend_from_slice(&24u32.to_be_bytes());
+        b.extend_from_slice(b"ftypisom\0\0\0\0isom3gp4");
+        let moov_at = b.len();
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(b"moov");
+        b.extend_from_slice(&bad_size.to_be_bytes());
+        b.extend_from_slice(b"junk");
+        b.extend_from_slice(&[0xAB; 16]);
+        let moov_len = (b.len() - moov_at) as u32;
+        b[moov_at..moov_at + 4].copy_from_slice(&moov_len.to_be_bytes());
+        let e = err(load_video_bytes(&b, &spec(), &limits()));
+        assert_eq!(e.code(), "corrupt_media", "size {bad_size}: {e}");
+    }
+}

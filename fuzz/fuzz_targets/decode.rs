@@ -12,9 +12,12 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../src/media/mod.rs"]
 mod media;
 
+#[path = "../../src/backbone/preprocess.rs"]
+pub mod preprocess;
+
+/// `media` calls `crate::backbone::preprocess`.
 mod backbone {
-    #[path = "../../../src/backbone/preprocess.rs"]
-    pub mod preprocess;
+    pub use super::preprocess;
 }
 
 fuzz_target!(|data: &[u8]| {

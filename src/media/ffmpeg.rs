@@ -69,6 +69,24 @@ fn container_name(bytes: &[u8], c: Container) -> String {
     }
 }
 
+/// The first video CodecID in a Matroska/WebM header, for error messages.
+fn matroska_codec(bytes: &[u8]) -> Option<&'static str> {
+    let head = &bytes[..bytes.len().min(64 << 10)];
+    let ids: [(&[u8], &str); 6] = [
+        (b"V_VP8", "vp8"),
+        (b"V_VP9", "vp9"),
+        (b"V_AV1", "av1"),
+        (b"V_MPEG4/ISO/AVC", "h264"),
+        (b"V_MPEGH/ISO/HEVC", "hevc"),
+        (b"V_MPEG4/ISO", "mpeg4"),
+    ];
+    let first = |id: &[u8]| head.windows(id.len()).position(|w| w == id);
+    ids.iter()
+        .filter_map(|(id, name)| first(id).map(|p| (p, *name)))
+        .min()
+        .map(|(_, name)| name)
+}
+
 /// A temporary copy of in-memory bytes for ffmpeg to read; removed on drop.
 struct TempFile(PathBuf);
 
@@ -201,6 +219,11 @@ pub fn decode(
     budget: &mut Budget,
 ) -> Result<Decoded> {
     let cname = container_name(bytes, container);
+    let codec_hint = if codec_hint.is_empty() {
+        matroska_codec(bytes).unwrap_or("")
+    } else {
+        codec_hint
+    };
     let format = if codec_hint.is_empty() {
         cname.clone()
     } else {

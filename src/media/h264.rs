@@ -574,6 +574,52 @@ mod tests {
         );
     }
 
+    /// A baseline-profile SPS NAL for a frame of `w_mbs` x `h_mbs` macroblocks.
+    fn sps(w_mbs: u64, h_mbs: u64) -> Vec<u8> {
+        let mut bits = String::new();
+        let ue = |v: u64, bits: &mut String| {
+            let code = format!("{:b}", v + 1);
+            bits.push_str(&"0".repeat(code.len() - 1));
+            bits.push_str(&code);
+        };
+        bits.push_str(&format!("{:08b}{:08b}{:08b}", 66, 0, 30));
+        for v in [0, 0, 0, 0, 1] {
+            ue(v, &mut bits); // sps id, log2_max_frame_num, poc type 0, log2_max_poc_lsb, refs
+        }
+        bits.push('0'); // gaps
+        ue(w_mbs - 1, &mut bits);
+        ue(h_mbs - 1, &mut bits);
+        bits.push('1'); // frame_mbs_only
+        bits.push('1'); // rbsp stop bit
+        while !bits.len().is_multiple_of(8) {
+            bits.push('0');
+        }
+        let mut nal = vec![0x67];
+        nal.extend(
+            bits.as_bytes()
+                .chunks(8)
+                .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap()),
+        );
+        nal
+    }
+
+    #[test]
+    fn sps_dimensions() {
+        assert_eq!(sps_dims(&sps(20, 15)).unwrap(), (320, 240));
+        // 100000 x 100000 is read without allocating anything, then refused by the limits.
+        assert_eq!(sps_dims(&sps(6250, 6250)).unwrap(), (100_000, 100_000));
+        let limits = crate::media::MediaLimits::default();
+        let budget = Budget {
+            limits: &limits,
+            deadline: std::time::Instant::now(),
+            stats: Default::default(),
+        };
+        let mut out = Vec::new();
+        let e = push_nal(&sps(6250, 6250), &mut out, &budget).unwrap_err();
+        assert_eq!(e.code(), "too_large");
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn sps_garbage_is_an_error_not_a_panic() {
         for n in 0..64 {

@@ -23,6 +23,7 @@ pub enum Demux {
 
 /// Demuxes the first video track.
 pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
+    check_structure(bytes)?;
     let reader = match Mp4Reader::read_header(Cursor::new(bytes), bytes.len() as u64) {
         Ok(r) => r,
         Err(e) => {
@@ -211,4 +212,98 @@ fn raw_video_codec(bytes: &[u8]) -> Option<String> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Walks the box tree before the `mp4` crate does: it loops forever on a child box whose size is
+/// under 8 (or 0) and underflows on some, so every box inside the containers it descends into
+/// must have a sane size that fits its parent (found by fuzzing; see BENCHMARKS/README).
+fn check_structure(bytes: &[u8]) -> Result<()> {
+    walk(bytes, 0, bytes.len(), 0, false)
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Where the child boxes of a container start, relative to its payload; `None` for leaf boxes.
+fn children_at(kind: &[u8], payload: &[u8]) -> Option<usize> {
+    Some(match kind {
+        b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"dinf" | b"edts" | b"udta" | b"mvex"
+        | b"moof" | b"traf" | b"mfra" | b"ilst" => 0,
+        b"stsd" | b"dref" => 8,
+        b"avc1" | b"avc3" | b"hev1" | b"hvc1" | b"encv" | b"vp09" => 78,
+        b"mp4a" => 28,
+        // ISO `meta` is a full box (4 bytes of version and flags); QuickTime's is not.
+        b"meta" => {
+            if payload.get(..4) == Some(&[0, 0, 0, 0]) {
+                4
+            } else {
+                0
+            }
+        }
+        _ => return None,
+    })
+}
+
+fn walk(b: &[u8], start: usize, end: usize, depth: u32, in_ilst: bool) -> Result<()> {
+    let bad = |what: &str| Err(MediaError::Corrupt(format!("MP4 box structure: {what}")));
+    if depth > 12 {
+        return bad("boxes nested too deeply");
+    }
+    let top = depth == 0;
+    let mut pos = start;
+    while pos < end {
+        if end - pos < 8 {
+            // Top level: trailing bytes (the crate stops with an error). QuickTime `udta` may end
+            // with a 4-byte zero terminator.
+            if top || b[pos..end].iter().all(|&x| x == 0) {
+                break;
+            }
+            return bad("truncated box header");
+        }
+        let size32 = be32(b, pos);
+        let kind = &b[pos + 4..pos + 8];
+        let (header, size) = match size32 {
+            0 if top => (8, end - pos),
+            0 => {
+                if b[pos..end].iter().all(|&x| x == 0) {
+                    break; // zero padding / terminator
+                }
+                return bad("box of size 0 inside a container");
+            }
+            1 => {
+                let Some(large) = b.get(pos + 8..pos + 16) else {
+                    return bad("truncated 64-bit box size");
+                };
+                let large = u64::from_be_bytes(large.try_into().expect("8 bytes"));
+                if large < 16 {
+                    return bad("64-bit box size under 16");
+                }
+                (16, usize::try_from(large).unwrap_or(usize::MAX))
+            }
+            s if s < 8 => return bad("box size under 8"),
+            s => (8, s as usize),
+        };
+        let box_end = pos.saturating_add(size);
+        if box_end > end {
+            if top {
+                break; // a truncated last box; the crate reports it
+            }
+            return bad("box larger than its parent");
+        }
+        // Items of an `ilst` (metadata) are containers of `data` boxes whatever their name.
+        let skip = if in_ilst {
+            Some(0)
+        } else {
+            children_at(kind, &b[pos + header..box_end])
+        };
+        if let Some(skip) = skip {
+            let first = pos + header + skip;
+            if first <= box_end {
+                walk(b, first, box_end, depth + 1, kind == b"ilst")?;
+            }
+        }
+        pos = box_end;
+    }
+    Ok(())
 }
