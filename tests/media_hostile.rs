@@ -217,3 +217,15 @@ fn mp4_boxes_with_tiny_sizes_do_not_hang() {
         assert_eq!(e.code(), "corrupt_media", "size {bad_size}: {e}");
     }
 }
+
+/// The inputs the fuzzer found (both hung the `mp4` crate before the box-tree check).
+#[test]
+fn fuzz_findings_return_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let e = err(load_video_bytes(&bytes, &spec(), &limits()));
+        assert_eq!(e.code(), "corrupt_media", "{}: {e}", path.display());
+    }
+}

@@ -284,12 +284,14 @@ fn walk(b: &[u8], start: usize, end: usize, depth: u32, in_ilst: bool) -> Result
             s if s < 8 => return bad("box size under 8"),
             s => (8, s as usize),
         };
-        let box_end = pos.saturating_add(size);
+        let mut box_end = pos.saturating_add(size);
         if box_end > end {
-            if top {
-                break; // a truncated last box; the crate reports it
+            if !top {
+                return bad("box larger than its parent");
             }
-            return bad("box larger than its parent");
+            // A truncated last top-level box: the crate may still parse what is there, so its
+            // children are checked up to the end of the file (found by fuzzing).
+            box_end = end;
         }
         // Items of an `ilst` (metadata) are containers of `data` boxes whatever their name.
         let skip = if in_ilst {
