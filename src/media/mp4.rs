@@ -254,9 +254,10 @@ fn walk(b: &[u8], start: usize, end: usize, depth: u32, in_ilst: bool) -> Result
     let mut pos = start;
     while pos < end {
         if end - pos < 8 {
-            // Top level: trailing bytes (the crate stops with an error). QuickTime `udta` may end
-            // with a 4-byte zero terminator.
-            if top || b[pos..end].iter().all(|&x| x == 0) {
+            // Top level: trailing bytes (the crate stops with an error). Inside a container the
+            // crate would read a header across the parent's end (a QuickTime `udta` zero
+            // terminator included), which can loop forever: refuse.
+            if top {
                 break;
             }
             return bad("truncated box header");
@@ -265,12 +266,8 @@ fn walk(b: &[u8], start: usize, end: usize, depth: u32, in_ilst: bool) -> Result
         let kind = &b[pos + 4..pos + 8];
         let (header, size) = match size32 {
             0 if top => (8, end - pos),
-            0 => {
-                if b[pos..end].iter().all(|&x| x == 0) {
-                    break; // zero padding / terminator
-                }
-                return bad("box of size 0 inside a container");
-            }
+            // Even zero padding: the crate would seek back to this header forever (fuzz finding 3).
+            0 => return bad("box of size 0 inside a container"),
             1 => {
                 let Some(large) = b.get(pos + 8..pos + 16) else {
                     return bad("truncated 64-bit box size");
