@@ -23,7 +23,15 @@ pub enum Demux {
 
 /// Demuxes the first video track.
 pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
-    check_structure(bytes)?;
+    if let Err(e) = check_structure(bytes) {
+        // A box layout the `mp4` crate could hang on. Legitimate oddities (an old QuickTime
+        // `udta` terminator) still decode through ffmpeg when it is there.
+        if budget.limits.use_ffmpeg && super::ffmpeg::available() {
+            let codec = raw_video_codec(bytes).unwrap_or_else(|| "unknown".into());
+            return Ok(Demux::Other { codec });
+        }
+        return Err(e);
+    }
     let reader = match Mp4Reader::read_header(Cursor::new(bytes), bytes.len() as u64) {
         Ok(r) => r,
         Err(e) => {
