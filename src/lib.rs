@@ -7,4 +7,5 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod media;
 pub mod store;

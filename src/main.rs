@@ -28,6 +28,9 @@ enum Command {
     /// Benchmarks that print machine-readable numbers.
     #[command(subcommand)]
     Bench(cli::BenchCommand),
+    /// Decode and sample a video as the server would; print container, codec, timing and the
+    /// sampled timestamps (or the typed error) as JSON. Exits 1 when the video is refused.
+    Probe(cli::ProbeArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +44,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Embed(args) => cli::embed(args),
         Command::Bench(cmd) => cli::bench(cmd),
+        Command::Probe(args) => cli::probe(args),
     }
 }
