@@ -148,7 +148,7 @@ impl AdapterConfig {
     /// Internal consistency (does not look at a backbone).
     pub fn validate(&self) -> Result<(), AdapterError> {
         let bad = |m: String| Err(AdapterError::BadConfig(m));
-        if self.width == 0 || self.heads == 0 || self.width % self.heads != 0 {
+        if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return bad(format!(
                 "adapter width {} is not divisible by {} heads",
                 self.width, self.heads
@@ -191,7 +191,7 @@ impl AdapterConfig {
         if self.tying == Tying::Kronecker && !self.tied_layers.is_empty() {
             let n = self.kron_n;
             for d in [self.width, b.vision_width, b.text_width] {
-                if n == 0 || d % n != 0 {
+                if n == 0 || !d.is_multiple_of(n) {
                     return bad(format!("kron_n {n} does not divide width {d}"));
                 }
             }
