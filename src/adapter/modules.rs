@@ -61,6 +61,17 @@ fn up_linear(vb: &VarBuilder, w: usize, d: usize, init: AdapterInit) -> Result<L
     }
 }
 
+/// `s * (z W_up^T + b_up)` computed as `z (s W_up)^T + s b_up`: the scale touches the small
+/// weight instead of the (N, T, d) output.
+fn scaled_up(up: &Linear, scale: f64, z: &Tensor) -> Result<Tensor> {
+    let w = (&up.weight * scale)?;
+    let b = match &up.bias {
+        Some(b) => Some((b * scale)?),
+        None => None,
+    };
+    Linear::new(w, b).forward(z)
+}
+
 /// One pre-LN transformer layer of width w (spec section 5):
 /// `x = x + MHA(LN1(x)); x = x + MLP(LN2(x))`, MLP w -> 4w -> w with QuickGELU.
 #[derive(Clone, Debug)]
@@ -369,7 +380,7 @@ impl TextAdapter {
         let z = self.ln_pre.forward(&z)?;
         let mask = causal_mask(l, z.dtype(), z.device())?;
         let z = quick_gelu(&self.trm.forward(&z, Some(&mask))?)?;
-        self.up.forward(&z)? * self.scale
+        scaled_up(&self.up, self.scale, &z)
     }
 }
 
@@ -469,10 +480,11 @@ impl VideoAdapter {
             }
             None => (cls_t, None),
         };
-        let cls_up = self.up.forward(&cls_in)?.reshape((n, 1, d))?;
-        // 7. Patches: plain bottleneck on the pre-temporal down features.
-        let patch_up = self.up.forward(&patch_d)?;
-        let out = (Tensor::cat(&[&cls_up, &patch_up], 1)? * self.scale)?;
+        // 7. Patches: plain bottleneck on the pre-temporal down features. Both go up in one
+        // product, with the scale folded into W_up and b_up (no extra pass over (N, T, d)).
+        let z = Tensor::cat(&[&cls_in.reshape((n, 1, w))?, &patch_d], 1)?; // (N, T, w)
+        let out = scaled_up(&self.up, self.scale, &z)?;
+        debug_assert_eq!(out.dims(), &[n, t, d]);
         Ok((out, alpha))
     }
 
