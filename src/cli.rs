@@ -2,8 +2,14 @@
 //! the library, and prints; no model or storage logic lives here.
 
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
+use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
+use mvserve::adapter::{
+    clip_param_count, pool_frames, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta,
+    BackboneDims, TaskAdapter, Tying,
+};
 use mvserve::backbone::{
     l2_normalize, preprocess, Backbone, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN,
 };
@@ -41,33 +47,119 @@ pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Text to embed.
-    #[arg(long, conflicts_with = "image")]
+    #[arg(long, conflicts_with_all = ["image", "video"])]
     pub text: Option<String>,
     /// Image file to embed (JPEG, PNG or GIF; the first frame).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "video")]
     pub image: Option<PathBuf>,
-    /// Padded text length in tokens.
+    /// A video as a directory of frame images (sorted by name; F sampled uniformly, meanP pooled).
+    #[arg(long)]
+    pub video: Option<PathBuf>,
+    /// Padded text length in tokens (an adapter fixes it to its own).
     #[arg(long, default_value_t = DEFAULT_TEXT_LEN)]
     pub text_len: usize,
+    /// Frames per video without an adapter (an adapter fixes it to its own).
+    #[arg(long, default_value_t = 12)]
+    pub frames: usize,
+    /// A task's adapter file: applied to the text, image or video.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+/// Reads a directory of frame images: F indices `linspace(0, n-1, F)` rounded down when there are
+/// more, all of them when fewer. Returns (F', 3, S, S) pixels with F' <= F.
+fn frames_from_dir(dir: &std::path::Path, frames: usize, size: usize) -> Result<Tensor> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| ["jpg", "jpeg", "png", "gif"].contains(&e.to_lowercase().as_str()))
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        bail!("{} has no frame images (jpg, png, gif)", dir.display());
+    }
+    let n = paths.len();
+    let picked: Vec<&PathBuf> = if n <= frames {
+        paths.iter().collect()
+    } else {
+        (0..frames)
+            .map(|i| {
+                &paths[(i as f64 * (n - 1) as f64 / (frames - 1).max(1) as f64).floor() as usize]
+            })
+            .collect()
+    };
+    let mut data = Vec::with_capacity(picked.len() * 3 * size * size);
+    for p in &picked {
+        let img = image::open(p)
+            .with_context(|| format!("reading frame {}", p.display()))?
+            .to_rgb8();
+        data.extend(preprocess::preprocess(&img, size as u32));
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (picked.len(), 3, size, size),
+        &Device::Cpu,
+    )?)
 }
 
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let backbone = args.model.load()?;
-    let emb = match (&args.text, &args.image) {
-        (Some(text), None) => backbone.embed_texts(&[text], args.text_len, None)?,
-        (None, Some(path)) => {
+    let clip = &backbone.clip;
+    let adapter = match &args.adapter {
+        Some(p) => {
+            let f = AdapterFile::read(p).with_context(|| format!("adapter {}", p.display()))?;
+            f.check_backbone(&clip.id, &BackboneDims::of(&clip.config))
+                .with_context(|| format!("adapter {}", p.display()))?;
+            tracing::info!(task = %f.meta.task, digest = %f.digest(), "adapter loaded");
+            Some(f.adapter(&clip.device)?)
+        }
+        None => None,
+    };
+    let s = clip.config.vision_config.image_size;
+    // Frames through the video hook (a single image is a one-frame video) and meanP.
+    let video = |pixels: Tensor| -> Result<Tensor> {
+        let mask = Tensor::ones((1, pixels.dim(0)?), DType::F32, &Device::Cpu)?;
+        let frames = match &adapter {
+            Some(a) => {
+                let hook = a.video_hook(&mask)?;
+                clip.vision.forward(&pixels, Some(&hook), false)?.embeds
+            }
+            None => clip.vision.forward(&pixels, None, false)?.embeds,
+        };
+        Ok(pool_frames(&frames, &mask)?)
+    };
+    let emb = match (&args.text, &args.image, &args.video) {
+        (Some(text), None, None) => match &adapter {
+            Some(a) => {
+                let len = a.config.words;
+                let hook = a.text_hook(len)?;
+                backbone.embed_texts(&[text], len, Some(&hook))?
+            }
+            None => backbone.embed_texts(&[text], args.text_len, None)?,
+        },
+        (None, Some(path), None) => {
             let img = image::open(path)
                 .with_context(|| format!("reading image {}", path.display()))?
                 .to_rgb8();
-            let s = backbone.clip.config.vision_config.image_size as u32;
-            let pixels = candle_core::Tensor::from_vec(
-                preprocess::preprocess(&img, s),
-                (1, 3, s as usize, s as usize),
+            let pixels = Tensor::from_vec(
+                preprocess::preprocess(&img, s as u32),
+                (1, 3, s, s),
                 &Device::Cpu,
             )?;
-            l2_normalize(&backbone.clip.vision.forward(&pixels, None, false)?.embeds)?
+            match &adapter {
+                Some(_) => video(pixels)?,
+                None => l2_normalize(&clip.vision.forward(&pixels, None, false)?.embeds)?,
+            }
         }
-        _ => bail!("give exactly one of --text or --image"),
+        (None, None, Some(dir)) => {
+            let f = adapter.as_ref().map_or(args.frames, |a| a.config.frames);
+            video(frames_from_dir(dir, f, s)?)?
+        }
+        _ => bail!("give exactly one of --text, --image or --video"),
     };
     let v: Vec<f32> = emb.squeeze(0)?.to_vec1()?;
     println!("{}", serde_json::json!({ "embedding": v }));
@@ -145,4 +237,198 @@ pub fn probe(args: ProbeArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdapterCommand {
+    /// Write a new adapter for a backbone (the authors' init: the identity, plain CLIP).
+    New(AdapterNewArgs),
+    /// Show an adapter file: task, config, size, digest, whether it fits a backbone.
+    Inspect {
+        file: PathBuf,
+        /// A backbone to check the adapter against.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a checkpoint in the authors' parameter names (.bin/.pth or safetensors).
+    Import {
+        checkpoint: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// down_in or down_out, when the checkpoint cannot tell.
+        #[arg(long)]
+        tying: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        heads: usize,
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AdapterNewArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub task: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// zero: the authors' init (zero up-projection, the identity); random: everything random.
+    #[arg(long, default_value = "zero")]
+    pub init: String,
+    #[arg(long, default_value_t = 12)]
+    pub frames: usize,
+    #[arg(long, default_value_t = 32)]
+    pub words: usize,
+    /// down_in, down_out, kronecker or none.
+    #[arg(long, default_value = "down_in")]
+    pub tying: String,
+    /// Tied layers, comma separated (default: the last two).
+    #[arg(long, value_delimiter = ',')]
+    pub tied_layers: Option<Vec<usize>>,
+    /// Turn off the per-frame calibration (ablation).
+    #[arg(long)]
+    pub no_temporal: bool,
+}
+
+pub fn adapter(cmd: AdapterCommand) -> Result<()> {
+    match cmd {
+        AdapterCommand::New(a) => {
+            let init = match a.init.as_str() {
+                "zero" => AdapterInit::Authors,
+                "random" => AdapterInit::Random,
+                o => bail!("unknown --init {o:?} (zero or random)"),
+            };
+            let b = a.model.load()?;
+            let dims = BackboneDims::of(&b.clip.config);
+            let mut config =
+                AdapterConfig::standard(dims, a.frames, a.words, Tying::parse(&a.tying)?);
+            if let Some(t) = a.tied_layers {
+                config.tied_layers = t;
+            }
+            config.temporal = !a.no_temporal;
+            config.validate()?;
+            let tensors = TaskAdapter::init_tensors(&config, init, &Device::Cpu)?;
+            let meta = AdapterMeta {
+                task: a.task,
+                backbone: b.clip.id.clone(),
+                config,
+                metrics: None,
+                backbone_params: Some(clip_param_count(&b.clip.config) as u64),
+            };
+            let f = AdapterFile::new(meta, tensors)?;
+            f.write(&a.out)?;
+            println!(
+                "{} ({} parameters, digest {})",
+                a.out.display(),
+                f.param_count(),
+                f.digest()
+            );
+            Ok(())
+        }
+        AdapterCommand::Inspect {
+            file,
+            model_dir,
+            json,
+        } => {
+            let f = AdapterFile::read(&file).with_context(|| format!("{}", file.display()))?;
+            let mut backbone_params = f.meta.backbone_params;
+            let fits = match &model_dir {
+                Some(d) => {
+                    let b = Backbone::load(&ModelSource::Dir(d.clone()), &Device::Cpu)?;
+                    backbone_params = Some(clip_param_count(&b.clip.config) as u64);
+                    Some(
+                        f.check_backbone(&b.clip.id, &BackboneDims::of(&b.clip.config))
+                            .map_err(|e| e.to_string()),
+                    )
+                }
+                None => None,
+            };
+            let params = f.param_count();
+            let pct = backbone_params.map(|n| 100.0 * params as f64 / n as f64);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "task": f.meta.task, "backbone": f.meta.backbone, "config": f.meta.config,
+                        "metrics": f.meta.metrics, "params": params, "percent_of_backbone": pct,
+                        "size_bytes": f.size(), "digest": f.digest(),
+                        "fits": fits.as_ref().map(|r| r.is_ok()),
+                        "fit_error": fits.as_ref().and_then(|r| r.as_ref().err()),
+                    })
+                );
+            } else {
+                let c = &f.meta.config;
+                println!("task:       {}", f.meta.task);
+                println!(
+                    "backbone:   {} (weights {})",
+                    f.meta.backbone.name, f.meta.backbone.digest
+                );
+                println!(
+                    "config:     width {}, heads {}, scale {}, {} frames, {} words, tying {:?} in {:?}, temporal {}",
+                    c.width, c.heads, c.scale, c.frames, c.words, c.tying, c.tied_layers, c.temporal
+                );
+                println!(
+                    "layers:     vision {:?}, text {:?}",
+                    c.vision_layers, c.text_layers
+                );
+                match pct {
+                    Some(p) => println!("parameters: {params} ({p:.2}% of the backbone)"),
+                    None => println!("parameters: {params}"),
+                }
+                println!("size:       {} bytes", f.size());
+                println!("digest:     {}", f.digest());
+                if let Some(m) = &f.meta.metrics {
+                    println!("metrics:    {m}");
+                }
+                match &fits {
+                    Some(Ok(())) => println!("fits:       yes"),
+                    Some(Err(e)) => println!("fits:       no ({e})"),
+                    None => println!("fits:       unknown (give --model-dir)"),
+                }
+            }
+            Ok(())
+        }
+        AdapterCommand::Import {
+            checkpoint,
+            model,
+            task,
+            out,
+            tying,
+            heads,
+            scale,
+        } => {
+            let b = model.load()?;
+            let opts = ImportOptions {
+                tying: tying.as_deref().map(Tying::parse).transpose()?,
+                heads,
+                scale,
+            };
+            let ckpt = read_checkpoint(&checkpoint)?;
+            let (config, tensors) = import(ckpt, BackboneDims::of(&b.clip.config), &opts)?;
+            let meta = AdapterMeta {
+                task,
+                backbone: b.clip.id.clone(),
+                config,
+                metrics: None,
+                backbone_params: Some(clip_param_count(&b.clip.config) as u64),
+            };
+            let f = AdapterFile::new(meta, tensors)?;
+            f.write(&out)?;
+            println!(
+                "{} ({} parameters, digest {})",
+                out.display(),
+                f.param_count(),
+                f.digest()
+            );
+            Ok(())
+        }
+    }
 }

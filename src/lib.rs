@@ -5,6 +5,7 @@
 //! backbone (with a task's adapter) turns frames and text into embeddings, and `store` keeps them.
 //! See `docs` in the README for the module map.
 
+pub mod adapter;
 pub mod backbone;
 pub mod bench;
 pub mod media;

@@ -23,8 +23,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the L2-normalised embedding of a text or an image as JSON.
+    /// Print the L2-normalised embedding of a text, an image or a video as JSON (optionally adapted).
     Embed(cli::EmbedArgs),
+    /// Create, inspect and import MV-Adapter files.
+    #[command(subcommand)]
+    Adapter(cli::AdapterCommand),
     /// Benchmarks that print machine-readable numbers.
     #[command(subcommand)]
     Bench(cli::BenchCommand),
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Embed(args) => cli::embed(args),
+        Command::Adapter(cmd) => cli::adapter(cmd),
         Command::Bench(cmd) => cli::bench(cmd),
         Command::Probe(args) => cli::probe(args),
     }

@@ -1,0 +1,494 @@
+//! The MV-Adapter layers as candle modules (spec sections 3 to 7): the small transformer (TRM),
+//! the down-projection with Cross Modality Tying, the per-frame calibration, the text adapter and
+//! the video adapter with Temporal Adaptation.
+//!
+//! Every parameter is taken from a `VarBuilder` under our stable names (see `adapters/README.md`),
+//! so the same code builds an inference model from a file (`VarBuilder::from_tensors`) or a
+//! trainable one (`VarBuilder::from_varmap`, parameters are `Var`s). Forward passes use
+//! `backbone::ops`, which take fused kernels for inference and differentiable composites when
+//! gradients are tracked. Layout is batch-first: (N, T, D). This module does not know about files
+//! or hooks.
+
+use crate::backbone::ops::{bias_quick_gelu, quick_gelu, softmax_last_dim, LayerNorm, Linear};
+use crate::backbone::text::causal_mask;
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+/// How parameters are initialised when the `VarBuilder` creates them (ignored when loading).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdapterInit {
+    /// The authors' init (spec section 7): zero up-projection, so the adapter is the identity.
+    Authors,
+    /// Like `Authors`, but the up-projections, calibration output and shared factors are random
+    /// too, so the adapter visibly changes embeddings (tests, benchmarks, demos).
+    Random,
+}
+
+const LN_EPS: f64 = 1e-5;
+
+fn uniform(fan_in: usize) -> Init {
+    let b = (fan_in as f64).powf(-0.5);
+    Init::Uniform { lo: -b, up: b }
+}
+
+fn randn(stdev: f64) -> Init {
+    Init::Randn { mean: 0.0, stdev }
+}
+
+/// `Linear(inp -> out)` with the given weight and bias inits (bias None = no bias).
+fn linear(vb: &VarBuilder, inp: usize, out: usize, w: Init, b: Option<Init>) -> Result<Linear> {
+    let weight = vb.get_with_hints((out, inp), "weight", w)?;
+    let bias = match b {
+        Some(b) => Some(vb.get_with_hints(out, "bias", b)?),
+        None => None,
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+fn layer_norm(vb: &VarBuilder, dim: usize) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+        bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+        eps: LN_EPS,
+    })
+}
+
+/// The up-projection: zero at the authors' init (identity adapter).
+fn up_linear(vb: &VarBuilder, w: usize, d: usize, init: AdapterInit) -> Result<Linear> {
+    match init {
+        AdapterInit::Authors => linear(vb, w, d, Init::Const(0.0), Some(Init::Const(0.0))),
+        AdapterInit::Random => linear(vb, w, d, randn((w as f64).powf(-0.5)), Some(randn(0.02))),
+    }
+}
+
+/// `s * (z W_up^T + b_up)` computed as `z (s W_up)^T + s b_up`: the scale touches the small
+/// weight instead of the (N, T, d) output.
+fn scaled_up(up: &Linear, scale: f64, z: &Tensor) -> Result<Tensor> {
+    let w = (&up.weight * scale)?;
+    let b = match &up.bias {
+        Some(b) => Some((b * scale)?),
+        None => None,
+    };
+    Linear::new(w, b).forward(z)
+}
+
+/// One pre-LN transformer layer of width w (spec section 5):
+/// `x = x + MHA(LN1(x)); x = x + MLP(LN2(x))`, MLP w -> 4w -> w with QuickGELU.
+#[derive(Clone, Debug)]
+pub struct Trm {
+    ln_1: LayerNorm,
+    /// (3w, w): rows q, k, v (PyTorch's `in_proj_weight` layout).
+    in_proj: Linear,
+    out_proj: Linear,
+    ln_2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+}
+
+impl Trm {
+    /// `backbone_width` sets the authors' init scales (they use the backbone width E, not w).
+    pub fn new(vb: VarBuilder, w: usize, heads: usize, backbone_width: usize) -> Result<Self> {
+        let e = backbone_width as f64;
+        let attn_std = e.powf(-0.5);
+        let proj_std = (2.0 * e).powf(-0.5);
+        let a = vb.pp("attn");
+        Ok(Self {
+            ln_1: layer_norm(&vb.pp("ln_1"), w)?,
+            in_proj: linear(
+                &a.pp("in_proj"),
+                w,
+                3 * w,
+                randn(attn_std),
+                Some(Init::Const(0.0)),
+            )?,
+            out_proj: linear(
+                &a.pp("out_proj"),
+                w,
+                w,
+                randn(proj_std),
+                Some(Init::Const(0.0)),
+            )?,
+            ln_2: layer_norm(&vb.pp("ln_2"), w)?,
+            fc1: linear(
+                &vb.pp("mlp.fc1"),
+                w,
+                4 * w,
+                randn(proj_std),
+                Some(uniform(w)),
+            )?,
+            fc2: linear(
+                &vb.pp("mlp.fc2"),
+                4 * w,
+                w,
+                randn(proj_std),
+                Some(uniform(4 * w)),
+            )?,
+            heads,
+        })
+    }
+
+    /// x: (N, S, w); mask: additive, broadcastable to (N, heads, S, S). Returns (N, S, w).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (n, s, w) = x.dims3()?;
+        let hd = w / self.heads;
+        let h = self.ln_1.forward(x)?;
+        // (N, S, 3w) -> (3, N, H, S, hd)
+        let qkv = self
+            .in_proj
+            .forward(&h)?
+            .reshape((n, s, 3, self.heads, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?;
+        let (k, v) = (qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?; // (N, H, S, S)
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let ctx = softmax_last_dim(&scores)?.matmul(&v)?; // (N, H, S, hd)
+        let ctx = ctx.transpose(1, 2)?.reshape((n, s, w))?;
+        let x = (x + self.out_proj.forward(&ctx)?)?;
+        let m = quick_gelu(&self.fc1.forward(&self.ln_2.forward(&x)?)?)?;
+        x + self.fc2.forward(&m)?
+    }
+}
+
+/// Where a tied layer's cross-modal factor comes from.
+#[derive(Clone, Debug)]
+enum DownWeight {
+    /// An untied layer: W_down (w, d).
+    Plain(Tensor),
+    /// CMT down-in / down-out: W_down scaled by `beta = proj(shared)`, on its input (d) or output
+    /// (w) channels.
+    Scaled {
+        weight: Tensor,
+        /// Linear(factor_dim -> d or w), this modality's M_S and c_S.
+        proj: Linear,
+        /// f_C (factor_dim,), the same tensor (Var) in both modalities.
+        shared: Tensor,
+        on_input: bool,
+    },
+    /// `W_down = sum_i kron(S_i, M_i)`: S (n, n, n) shared, M (n, w/n, d/n) per modality.
+    Kron { s: Tensor, m: Tensor },
+}
+
+/// The down-projection `x W_down^T + b_down` (w x d weight), with Cross Modality Tying when the
+/// layer is tied. Only the weight is modulated, never the bias.
+#[derive(Clone, Debug)]
+pub struct Down {
+    weight: DownWeight,
+    /// (w,)
+    bias: Tensor,
+}
+
+/// What a tied layer needs from the root `VarBuilder` (shared across both modalities).
+#[derive(Clone, Copy, Debug)]
+pub enum TieSpec {
+    None,
+    DownIn { factor_dim: usize },
+    DownOut { factor_dim: usize },
+    Kronecker { n: usize },
+}
+
+impl Down {
+    /// `vb` is this adapter's builder (`vision.3`), `shared` the tied layer's (`cmt.3`).
+    /// `w_init` is the modality's W_down init.
+    pub fn new(
+        vb: &VarBuilder,
+        shared: &VarBuilder,
+        d: usize,
+        w: usize,
+        tie: TieSpec,
+        w_init: Init,
+        init: AdapterInit,
+    ) -> Result<Self> {
+        let dv = vb.pp("down");
+        let bias = dv.get_with_hints(w, "bias", Init::Const(0.0))?;
+        let shared_init = match init {
+            AdapterInit::Authors => Init::Const(0.0),
+            AdapterInit::Random => randn(1.0),
+        };
+        let weight = match tie {
+            TieSpec::None => DownWeight::Plain(dv.get_with_hints((w, d), "weight", w_init)?),
+            TieSpec::DownIn { factor_dim } | TieSpec::DownOut { factor_dim } => {
+                let on_input = matches!(tie, TieSpec::DownIn { .. });
+                let n = if on_input { d } else { w };
+                // PyTorch's default Linear init, which the authors keep for md_proj.
+                let u = uniform(factor_dim);
+                DownWeight::Scaled {
+                    weight: dv.get_with_hints((w, d), "weight", w_init)?,
+                    proj: linear(&vb.pp("cmt"), factor_dim, n, u, Some(u))?,
+                    shared: shared.get_with_hints(factor_dim, "shared", shared_init)?,
+                    on_input,
+                }
+            }
+            TieSpec::Kronecker { n } => {
+                let target = match w_init {
+                    Init::Randn { stdev, .. } => stdev,
+                    Init::Uniform { up, .. } => up / 3f64.sqrt(),
+                    _ => (d as f64).powf(-0.5),
+                };
+                DownWeight::Kron {
+                    s: shared.get_with_hints((n, n, n), "kron_s", randn((n as f64).powf(-0.5)))?,
+                    m: dv.get_with_hints((n, w / n, d / n), "kron_m", randn(target))?,
+                }
+            }
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// The CMT factor `beta` (n,), for tied down-in/down-out layers.
+    pub fn factor(&self) -> Result<Option<Tensor>> {
+        match &self.weight {
+            DownWeight::Scaled { proj, shared, .. } => {
+                Ok(Some(proj.forward(&shared.unsqueeze(0)?)?.squeeze(0)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The effective W_down, (w, d).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            DownWeight::Plain(w) => Ok(w.clone()),
+            DownWeight::Scaled {
+                weight, on_input, ..
+            } => {
+                let beta = self.factor()?.expect("scaled weight has a factor");
+                if *on_input {
+                    weight.broadcast_mul(&beta.unsqueeze(0)?)
+                } else {
+                    weight.broadcast_mul(&beta.unsqueeze(1)?)
+                }
+            }
+            DownWeight::Kron { s, m } => {
+                let (n, p, q) = m.dims3()?;
+                // sum_i S[i,a,c] M[i,b,d] -> W[(a,b),(c,d)]
+                let sm = s
+                    .reshape((n, n * n))?
+                    .t()?
+                    .matmul(&m.reshape((n, p * q))?)?;
+                sm.reshape((n, n, p, q))?
+                    .permute((0, 2, 1, 3))?
+                    .reshape((n * p, n * q))
+            }
+        }
+    }
+
+    /// x W_down^T (no bias): (.., d) -> (.., w).
+    fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        Linear::new(self.weight()?, None).forward_no_bias(x)
+    }
+}
+
+/// Temporal calibration (the authors' TaModuleV1):
+/// `alpha = FC2(ReLU(FC1(mask * [x, G(cc)]))) + 1`.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    /// Linear(w, w)
+    g: Linear,
+    /// Linear(2w, calib_dim)
+    a: Linear,
+    /// Linear(calib_dim, w), no bias, zero init (alpha == 1 at init).
+    b: Linear,
+}
+
+impl Calibration {
+    pub fn new(vb: VarBuilder, w: usize, mid: usize, init: AdapterInit) -> Result<Self> {
+        let b_init = match init {
+            AdapterInit::Authors => Init::Const(0.0),
+            AdapterInit::Random => uniform(mid),
+        };
+        Ok(Self {
+            g: linear(&vb.pp("g"), w, w, uniform(w), Some(uniform(w)))?,
+            a: linear(
+                &vb.pp("a"),
+                2 * w,
+                mid,
+                uniform(2 * w),
+                Some(uniform(2 * w)),
+            )?,
+            b: linear(&vb.pp("b"), mid, w, b_init, None)?,
+        })
+    }
+
+    /// cc: (B, 1, w); x = cls_t + pm_t: (B, F, w); mask: (B, F). Returns alpha (B, F, w).
+    pub fn forward(&self, cc: &Tensor, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let gc = self.g.forward(cc)?.broadcast_as(x.shape())?;
+        let u = Tensor::cat(&[x, &gc], D::Minus1)?.broadcast_mul(&mask.unsqueeze(2)?)?;
+        self.b.forward(&self.a.forward(&u)?.relu()?)? + 1.0
+    }
+}
+
+/// The text adapter of one block (spec section 3).
+#[derive(Clone, Debug)]
+pub struct TextAdapter {
+    down: Down,
+    /// (L, w)
+    pos: Tensor,
+    ln_pre: LayerNorm,
+    trm: Trm,
+    up: Linear,
+    scale: f64,
+}
+
+impl TextAdapter {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        shared: &VarBuilder,
+        d: usize,
+        w: usize,
+        heads: usize,
+        words: usize,
+        scale: f64,
+        tie: TieSpec,
+        init: AdapterInit,
+    ) -> Result<Self> {
+        let w_init = randn((2.0 * d as f64).powf(-0.5));
+        Ok(Self {
+            down: Down::new(&vb, shared, d, w, tie, w_init, init)?,
+            pos: vb.get_with_hints((words, w), "pos", randn(0.01))?,
+            ln_pre: layer_norm(&vb.pp("ln_pre"), w)?,
+            trm: Trm::new(vb.pp("trm"), w, heads, d)?,
+            up: up_linear(&vb.pp("up"), w, d, init)?,
+            scale,
+        })
+    }
+
+    pub fn down(&self) -> &Down {
+        &self.down
+    }
+
+    /// f: the MLP output (N, L, d), L exactly the configured words. Returns `s * A(f)` (N, L, d).
+    pub fn forward(&self, f: &Tensor) -> Result<Tensor> {
+        let (_, l, _) = f.dims3()?;
+        let words = self.pos.dim(0)?;
+        if l != words {
+            candle_core::bail!(
+                "the text adapter needs texts padded to exactly {words} tokens (its positional \
+                 table has {words} rows), got {l}"
+            );
+        }
+        let z = self
+            .down
+            .forward_no_bias(f)?
+            .broadcast_add(&self.down.bias)?
+            .broadcast_add(&self.pos)?;
+        let z = self.ln_pre.forward(&z)?;
+        let mask = causal_mask(l, z.dtype(), z.device())?;
+        let z = quick_gelu(&self.trm.forward(&z, Some(&mask))?)?;
+        scaled_up(&self.up, self.scale, &z)
+    }
+}
+
+/// The video adapter of one block, with Temporal Adaptation (spec section 4).
+#[derive(Clone, Debug)]
+pub struct VideoAdapter {
+    down: Down,
+    /// (2F+1, w)
+    pos: Tensor,
+    /// (w,)
+    cc: Tensor,
+    ln_pre: LayerNorm,
+    trm: Trm,
+    calib: Option<Calibration>,
+    up: Linear,
+    scale: f64,
+}
+
+impl VideoAdapter {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: VarBuilder,
+        shared: &VarBuilder,
+        d: usize,
+        w: usize,
+        heads: usize,
+        frames: usize,
+        scale: f64,
+        tie: TieSpec,
+        calib_dim: Option<usize>,
+        init: AdapterInit,
+    ) -> Result<Self> {
+        Ok(Self {
+            down: Down::new(&vb, shared, d, w, tie, uniform(d), init)?,
+            pos: vb.get_with_hints((2 * frames + 1, w), "pos", randn(0.01))?,
+            cc: vb.get_with_hints(w, "cc", randn((w as f64).powf(-0.5)))?,
+            ln_pre: layer_norm(&vb.pp("ln_pre"), w)?,
+            trm: Trm::new(vb.pp("trm"), w, heads, d)?,
+            calib: match calib_dim {
+                Some(mid) => Some(Calibration::new(vb.pp("calib"), w, mid, init)?),
+                None => None,
+            },
+            up: up_linear(&vb.pp("up"), w, d, init)?,
+            scale,
+        })
+    }
+
+    pub fn down(&self) -> &Down {
+        &self.down
+    }
+
+    /// f: the MLP output (B*F, 1+P, d), video-major; mask: (B, F), 1 for real frames, 0 for
+    /// padding. Returns `s * A(f)` (B*F, 1+P, d).
+    pub fn forward(&self, f: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_traced(f, mask)?.0)
+    }
+
+    /// Like `forward`, also returning the calibration weights alpha (B, F, w) when enabled.
+    pub fn forward_traced(&self, f: &Tensor, mask: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let (n, t, d) = f.dims3()?;
+        let (b, fr) = mask.dims2()?;
+        let max_frames = (self.pos.dim(0)? - 1) / 2;
+        if n != b * fr || fr > max_frames || t < 2 {
+            candle_core::bail!(
+                "the video adapter got {n} images of {t} tokens for a frame mask of {b} x {fr} \
+                 (at most {max_frames} frames per video)"
+            );
+        }
+        let w = self.cc.dim(0)?;
+        let mask = mask.to_dtype(f.dtype())?;
+        // 1. Down with QuickGELU on every token.
+        let g = bias_quick_gelu(&self.down.forward_no_bias(f)?, &self.down.bias)?; // (N, T, w)
+        let cls_d = g.narrow(1, 0, 1)?.reshape((b, fr, w))?;
+        let patch_d = g.narrow(1, 1, t - 1)?; // (N, P, w)
+                                              // 2. Mean of the patches per frame.
+        let pm = patch_d.mean(1)?.reshape((b, fr, w))?;
+        // 3. [cc; cls_1..F; pm_1..F] + pos, LN.
+        let cc = self.cc.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let seq = Tensor::cat(&[&cc, &cls_d, &pm], 1)?; // (B, 2F+1, w)
+        let seq = seq.broadcast_add(&self.pos.narrow(0, 0, 2 * fr + 1)?)?;
+        let seq = self.ln_pre.forward(&seq)?;
+        // 4. TRM: padded frames are masked as keys (-1e6, as the authors), cc always visible.
+        let keys = Tensor::cat(
+            &[&Tensor::ones((b, 1), f.dtype(), f.device())?, &mask, &mask],
+            1,
+        )?;
+        let key_mask = ((keys - 1.0)? * 1e6)?.reshape((b, 1, 1, 2 * fr + 1))?;
+        let seq = quick_gelu(&self.trm.forward(&seq, Some(&key_mask))?)?;
+        let cc_t = seq.narrow(1, 0, 1)?;
+        let cls_t = seq.narrow(1, 1, fr)?;
+        let pm_t = seq.narrow(1, 1 + fr, fr)?;
+        // 5-6. Calibrated CLS up-projection.
+        let (cls_in, alpha) = match &self.calib {
+            Some(c) => {
+                let alpha = c.forward(&cc_t, &(&cls_t + &pm_t)?, &mask)?;
+                ((&alpha * &cls_t)?, Some(alpha))
+            }
+            None => (cls_t, None),
+        };
+        // 7. Patches: plain bottleneck on the pre-temporal down features. Both go up in one
+        // product, with the scale folded into W_up and b_up (no extra pass over (N, T, d)).
+        let z = Tensor::cat(&[&cls_in.reshape((n, 1, w))?, &patch_d], 1)?; // (N, T, w)
+        let out = scaled_up(&self.up, self.scale, &z)?;
+        debug_assert_eq!(out.dims(), &[n, t, d]);
+        Ok((out, alpha))
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.cc.dtype()
+    }
+}

@@ -1,0 +1,136 @@
+//! `mvserve adapter new|inspect|import` and `mvserve embed --adapter/--video`, end to end on the
+//! tiny CLIP fixture.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn mvserve(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn embedding(stdout: &str) -> Vec<f64> {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn new_inspect_import_and_embed() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = "tests/fixtures/tiny-clip";
+    let zero = dir.path().join("zero.safetensors");
+    let z = zero.to_str().unwrap();
+    let (ok, _, err) = mvserve(&[
+        "adapter",
+        "new",
+        "--model-dir",
+        tiny,
+        "--task",
+        "demo",
+        "--out",
+        z,
+        "--frames",
+        "4",
+        "--tied-layers",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = mvserve(&["adapter", "inspect", z, "--model-dir", tiny, "--json"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["task"], "demo");
+    assert_eq!(j["fits"], true);
+    assert_eq!(j["params"], 257_856);
+    assert_eq!(
+        j["digest"].as_str().unwrap(),
+        blake3::hash(&std::fs::read(&zero).unwrap())
+            .to_hex()
+            .as_str()
+    );
+    let (ok, out, _) = mvserve(&["adapter", "inspect", z]);
+    assert!(ok && out.contains("fits:       unknown"), "{out}");
+
+    // A fresh adapter embeds exactly like plain CLIP; an imported random one does not.
+    let frames = dir.path().join("frames");
+    std::fs::create_dir(&frames).unwrap();
+    for i in 0..3 {
+        std::fs::copy(
+            root().join(format!("tests/fixtures/preprocess/frame_{i}.jpg")),
+            frames.join(format!("{i:04}.jpg")),
+        )
+        .unwrap();
+    }
+    let f = frames.to_str().unwrap();
+    let plain = mvserve(&["embed", "--model-dir", tiny, "--video", f, "--frames", "4"]);
+    let adapted = mvserve(&["embed", "--model-dir", tiny, "--video", f, "--adapter", z]);
+    assert!(plain.0 && adapted.0, "{} {}", plain.2, adapted.2);
+    assert_eq!(embedding(&plain.1), embedding(&adapted.1));
+
+    let imported = dir.path().join("fixture.safetensors");
+    let i = imported.to_str().unwrap();
+    let ckpt = "tests/fixtures/mv-adapter-official/weights.safetensors";
+    let (ok, _, err) = mvserve(&[
+        "adapter",
+        "import",
+        ckpt,
+        "--model-dir",
+        tiny,
+        "--task",
+        "fixture",
+        "--out",
+        i,
+    ]);
+    assert!(!ok && err.contains("--tying"), "{err}");
+    let (ok, _, err) = mvserve(&[
+        "adapter",
+        "import",
+        ckpt,
+        "--model-dir",
+        tiny,
+        "--task",
+        "fixture",
+        "--out",
+        i,
+        "--tying",
+        "down_in",
+    ]);
+    assert!(ok, "{err}");
+    let t_plain = mvserve(&["embed", "--model-dir", tiny, "--text", "a dog runs"]);
+    let t_adapted = mvserve(&[
+        "embed",
+        "--model-dir",
+        tiny,
+        "--text",
+        "a dog runs",
+        "--adapter",
+        i,
+    ]);
+    assert!(t_plain.0 && t_adapted.0, "{}", t_adapted.2);
+    let (a, b) = (embedding(&t_plain.1), embedding(&t_adapted.1));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+
+    // A file that is not an adapter is refused with a clear message.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not a model").unwrap();
+    let (ok, _, err) = mvserve(&["adapter", "inspect", junk.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a safetensors file"), "{err}");
+}
