@@ -7,4 +7,7 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod encode;
+pub mod registry;
+pub mod server;
 pub mod store;

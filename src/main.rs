@@ -23,6 +23,8 @@ enum Command {
     /// Benchmarks that print machine-readable numbers.
     #[command(subcommand)]
     Bench(cli::BenchCommand),
+    /// Run the HTTP server (text-to-video search over every task).
+    Serve(cli::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -36,5 +38,6 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Embed(args) => cli::embed(args),
         Command::Bench(cmd) => cli::bench(cmd),
+        Command::Serve(args) => cli::serve(args),
     }
 }
