@@ -204,3 +204,25 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .build()?
         .block_on(mvserve::server::serve(config))
 }
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// The video file.
+    pub file: PathBuf,
+    /// Frames to sample (F).
+    #[arg(long, default_value_t = 12)]
+    pub frames: usize,
+}
+
+pub fn probe(args: ProbeArgs) -> Result<()> {
+    let spec = mvserve::media::SampleSpec {
+        frames: args.frames,
+        ..Default::default()
+    };
+    let report = mvserve::media::probe(&args.file, &spec, &Default::default());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@
 pub mod backbone;
 pub mod bench;
 pub mod encode;
+pub mod media;
 pub mod registry;
 pub mod server;
 pub mod store;

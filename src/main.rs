@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+// Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
+// kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mvserve",
@@ -25,6 +30,9 @@ enum Command {
     Bench(cli::BenchCommand),
     /// Run the HTTP server (text-to-video search over every task).
     Serve(cli::ServeArgs),
+    /// Decode and sample a video as the server would; print container, codec, timing and the
+    /// sampled timestamps (or the typed error) as JSON. Exits 1 when the video is refused.
+    Probe(cli::ProbeArgs),
 }
 
 fn main() -> Result<()> {
@@ -39,5 +47,6 @@ fn main() -> Result<()> {
         Command::Embed(args) => cli::embed(args),
         Command::Bench(cmd) => cli::bench(cmd),
         Command::Serve(args) => cli::serve(args),
+        Command::Probe(args) => cli::probe(args),
     }
 }

@@ -69,10 +69,13 @@ impl TaskModel for ClipModel {
     }
 }
 
+/// Rows `[start, start + len)` of a batch and the hook that serves them (`None`: plain CLIP).
+pub type HookGroup<'a> = (usize, usize, Option<Box<dyn BlockHook + 'a>>);
+
 /// A hook for a batch that mixes tasks: rows `[start, start + len)` of the block's MLP output go
 /// through that group's own hook; groups without one contribute zeros.
 pub struct MixedHook<'a> {
-    pub groups: Vec<(usize, usize, Option<Box<dyn BlockHook + 'a>>)>,
+    pub groups: Vec<HookGroup<'a>>,
 }
 
 impl BlockHook for MixedHook<'_> {
@@ -496,13 +499,14 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
                 .iter()
                 .flat_map(|j| j.mask.iter().map(|&b| b as u8))
                 .collect();
-            masks.push(Tensor::from_vec(m, (n, f), dev).map_err(fail)?);
-            groups.push((row, n * f, None));
+            let mask = Tensor::from_vec(m, (n, f), dev).map_err(fail)?;
+            groups.push((
+                row,
+                n * f,
+                jobs[first].model.video_hook(&mask).map_err(fail)?,
+            ));
+            masks.push(mask);
             row += n * f;
-        }
-        for (g, &(first, _)) in groups.iter_mut().zip(&runs) {
-            let i = runs.iter().position(|r| r.0 == first).unwrap_or(0);
-            g.2 = jobs[first].model.video_hook(&masks[i]).map_err(fail)?;
         }
         let hook = MixedHook { groups };
         let out = backbone

@@ -190,11 +190,39 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 
 static UPLOAD_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Most bytes of a refused upload read and thrown away so that the client sees the error response
+/// instead of a reset connection; beyond this the connection is closed.
+const DRAIN_BYTES: usize = 16 << 20;
+
 pub async fn index(
     State(state): State<Arc<AppState>>,
     Query(p): Query<IndexParams>,
     mut form: Multipart,
 ) -> Result<Json<Value>, ApiError> {
+    let result = index_inner(&state, p, &mut form).await;
+    if result.is_err() {
+        let drain = async {
+            let mut n = 0;
+            while let Ok(Some(mut f)) = form.next_field().await {
+                while let Ok(Some(c)) = f.chunk().await {
+                    n += c.len();
+                    if n > DRAIN_BYTES {
+                        return;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    }
+    result
+}
+
+async fn index_inner(
+    state: &Arc<AppState>,
+    p: IndexParams,
+    form: &mut Multipart,
+) -> Result<Json<Value>, ApiError> {
+    let state = state.clone();
     let t0 = Instant::now();
     let (task, gen) = task_of(&state, p.task.as_deref())?;
     let cap = state.config.max_upload_bytes;

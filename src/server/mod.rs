@@ -295,9 +295,13 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp_dir);
     std::fs::create_dir_all(&tmp_dir)?;
     let metrics = Arc::new(Metrics::new());
-    let decoder = Arc::new(ingest::FfmpegDecoder {
-        max_duration_s: config.max_video_seconds,
-        ..Default::default()
+    let decoder = Arc::new(ingest::MediaDecoder {
+        limits: crate::media::MediaLimits {
+            max_bytes: config.max_upload_bytes,
+            max_duration_s: config.max_video_seconds,
+            ..Default::default()
+        },
+        fps: 1.0,
     });
     let state = Arc::new(AppState {
         decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),
@@ -331,10 +335,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     let server = tokio::spawn(async move { server.await });
     // A backbone that fails to load ends the process.
-    let loaded = loader.await?;
-    if let Err(e) = loaded {
-        return Err(e);
-    }
+    loader.await??;
     server.await??;
     tracing::info!("draining done; stopping the encoder");
     if let Some(core) = state.core.get() {

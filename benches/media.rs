@@ -1,0 +1,107 @@
+//! Ingest cost per video against the cost of encoding the same frames, in one process.
+//!
+//! For each real clip: the wall time of `media::load_video` (demux, decode up to the last needed
+//! frame, sample 12, preprocess to 224x224, thumbnail), median of several runs, and its ratio to the
+//! encode baseline: the time to encode 12 frames.
+//!
+//! BASELINE: `encode_12_frames` below. Until the backbone's vision tower is merged it is a labelled
+//! stand-in: the 48 matrix products of ViT-B/32's 12 transformer blocks on 12 x 50 tokens (QKV,
+//! attention output, MLP up and down, f32, candle on CPU) with random weights: the bulk of the
+//! model's ~4.4 GMAC per frame, without attention scores, softmax, layer norms or the patch
+//! embedding. PLUG IN: replace its body with the real `VisionTower` forward on `frames.pixels`.
+//!
+//! Run: `cargo bench --bench media` (set `MEDIA_BENCH_RUNS` to change the number of runs).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use mvserve::media::{load_video, MediaLimits, SampleSpec};
+
+const FILES: &[&str] = &[
+    "video7020.mp4",
+    "video7021.mp4",
+    "video7024.mp4",
+    "video7025.mp4",
+    "video740.mp4",
+    "jPBxl9gFqNY_110_117.avi",
+    "realshort.mp4",
+    "carphone_distorted.mp4",
+    "bikes.mp4",
+    "newtonscradle.gif",
+    "big_buck_bunny_432_433.webm",
+];
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// STAND-IN for the backbone encode of 12 frames (see the top of the file). Returns its median time.
+fn encode_12_frames(runs: usize) -> candle_core::Result<Duration> {
+    let dev = Device::Cpu;
+    let (tokens, d, mlp) = (12 * 50, 768, 3072);
+    let x = Tensor::randn(0f32, 1.0, (tokens, d), &dev)?;
+    let w_qkv = Tensor::randn(0f32, 0.02, (d, 3 * d), &dev)?;
+    let w_out = Tensor::randn(0f32, 0.02, (d, d), &dev)?;
+    let w_up = Tensor::randn(0f32, 0.02, (d, mlp), &dev)?;
+    let w_down = Tensor::randn(0f32, 0.02, (mlp, d), &dev)?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut h = x.clone();
+        for _ in 0..12 {
+            let qkv = h.matmul(&w_qkv)?;
+            let v = qkv.narrow(1, 2 * d, d)?.contiguous()?;
+            let a = v.matmul(&w_out)?;
+            let up = (&h + &a)?.matmul(&w_up)?;
+            h = up.matmul(&w_down)?;
+        }
+        let _ = h.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+        times.push(t.elapsed());
+    }
+    Ok(median(times))
+}
+
+fn main() {
+    let runs: usize = std::env::var("MEDIA_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/videos");
+    let spec = SampleSpec::default();
+    let limits = MediaLimits::default();
+    let encode = encode_12_frames(runs).expect("stand-in encode runs");
+    println!(
+        "baseline (STAND-IN, ViT-B/32 block GEMMs for 12 frames, candle CPU, {} threads): {:.1} ms",
+        rayon::current_num_threads(),
+        encode.as_secs_f64() * 1e3
+    );
+    println!("| file | decoder | frames | ingest ms (median of {runs}) | ingest / encode |");
+    println!("|---|---|---|---|---|");
+    for name in FILES {
+        let path = dir.join(name);
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..runs {
+            let t = Instant::now();
+            match load_video(&path, &spec, &limits) {
+                Ok(f) => last = Some(f),
+                Err(e) => {
+                    println!("| {name} | error: {e} | | | |");
+                    break;
+                }
+            }
+            times.push(t.elapsed());
+        }
+        let Some(f) = last else { continue };
+        let m = median(times);
+        println!(
+            "| {name} | {} | {} | {:.1} | {:.2} |",
+            f.info.decoder,
+            f.timestamps.len(),
+            m.as_secs_f64() * 1e3,
+            m.as_secs_f64() / encode.as_secs_f64()
+        );
+    }
+}

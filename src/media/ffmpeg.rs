@@ -1,0 +1,436 @@
+//! The fallback for every codec and container the in-process decoders do not cover (VP8/VP9/AV1 in
+//! WebM/MKV, HEVC, MPEG-4 part 2, ...): the `ffprobe` and `ffmpeg` programs as child processes.
+//!
+//! Owns: finding the programs (`MVSERVE_FFMPEG`, else `PATH`), running them with an argument list
+//! (never a shell), the demuxer forced to the format detected from the bytes, only the `file`
+//! protocol, a wall-time limit (the child is killed) and an output size limit; reading the packet
+//! times from `ffprobe` to choose frames exactly as the native path does, then reading only the
+//! chosen frames as raw RGB from `ffmpeg`'s stdout, stopping it after the last one.
+//! Without the programs, such a file is `MediaError::Unsupported` with a hint on enabling them.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use super::detect::Container;
+use super::{sample, Budget, Decoded, MediaError, MediaInfo, Result, SampleSpec};
+
+/// Where to find `ffmpeg`: the `MVSERVE_FFMPEG` variable (path to the binary; `ffprobe` is looked
+/// up beside it), else `PATH`.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    if let Some(ffmpeg) = std::env::var_os("MVSERVE_FFMPEG") {
+        let ffmpeg = PathBuf::from(ffmpeg);
+        let p = if name == "ffmpeg" {
+            ffmpeg
+        } else {
+            ffmpeg.with_file_name(name)
+        };
+        return p.is_file().then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether both `ffmpeg` and `ffprobe` can be found.
+pub fn available() -> bool {
+    tool("ffmpeg").is_some() && tool("ffprobe").is_some()
+}
+
+/// The ffmpeg demuxer for a detected container (forcing it stops ffmpeg from guessing formats such
+/// as playlists that would open other files).
+fn demuxer(c: Container) -> Option<&'static str> {
+    Some(match c {
+        Container::Mp4 => "mov",
+        Container::Avi => "avi",
+        Container::Gif => "gif",
+        Container::Matroska => "matroska",
+        Container::MpegTs => "mpegts",
+        Container::MpegPs => "mpeg",
+        Container::Flv => "flv",
+        Container::Ogg => "ogg",
+        Container::Asf => "asf",
+        Container::AnnexB => "h264",
+        Container::Unknown => return None,
+    })
+}
+
+fn container_name(bytes: &[u8], c: Container) -> String {
+    let head = &bytes[..bytes.len().min(64)];
+    if c == Container::Matroska && head.windows(4).any(|w| w == b"webm") {
+        "webm".into()
+    } else {
+        c.name().into()
+    }
+}
+
+/// The first video CodecID in a Matroska/WebM header, for error messages.
+fn matroska_codec(bytes: &[u8]) -> Option<&'static str> {
+    let head = &bytes[..bytes.len().min(64 << 10)];
+    let ids: [(&[u8], &str); 6] = [
+        (b"V_VP8", "vp8"),
+        (b"V_VP9", "vp9"),
+        (b"V_AV1", "av1"),
+        (b"V_MPEG4/ISO/AVC", "h264"),
+        (b"V_MPEGH/ISO/HEVC", "hevc"),
+        (b"V_MPEG4/ISO", "mpeg4"),
+    ];
+    let first = |id: &[u8]| head.windows(id.len()).position(|w| w == id);
+    ids.iter()
+        .filter_map(|(id, name)| first(id).map(|p| (p, *name)))
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// A temporary copy of in-memory bytes for ffmpeg to read; removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(bytes: &[u8]) -> Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "mvserve-media-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let guard = TempFile(path);
+        f.write_all(bytes)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running child with a watchdog that kills it at the deadline or when asked to stop.
+struct Child {
+    stdout: std::process::ChildStdout,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+    stop: Arc<AtomicBool>,
+    watchdog: std::thread::JoinHandle<(Option<std::process::ExitStatus>, bool)>,
+}
+
+impl Child {
+    fn spawn(program: &Path, args: &[String], deadline: Instant) -> Result<Self> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || {
+            // Keep the last 4 KiB of diagnostics, however much there is.
+            let mut tail = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(k) = stderr.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..k]);
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+            tail
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let watchdog = std::thread::spawn(move || loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return (Some(status), false),
+                Ok(None) => {}
+                Err(_) => return (None, false),
+            }
+            let timed_out = Instant::now() > deadline;
+            if timed_out || stop2.load(Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, timed_out);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        Ok(Self {
+            stdout,
+            stderr,
+            stop,
+            watchdog,
+        })
+    }
+
+    /// Stops the child (if still running) and returns (exit status, timed out, stderr tail).
+    fn finish(self) -> (Option<std::process::ExitStatus>, bool, String) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stdout);
+        let (status, timed_out) = self.watchdog.join().unwrap_or((None, false));
+        let tail = self.stderr.join().unwrap_or_default();
+        (
+            status,
+            timed_out,
+            String::from_utf8_lossy(&tail).trim().to_string(),
+        )
+    }
+}
+
+/// Reads up to `max` bytes; `Err(TooLarge)` if there is more.
+fn read_capped(r: &mut impl Read, max: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    r.take(max as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > max {
+        return Err(MediaError::TooLarge(format!(
+            "ffprobe output over {max} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+fn num(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Decodes through ffprobe + ffmpeg, or explains how to enable them.
+pub fn decode(
+    bytes: &[u8],
+    path: Option<&Path>,
+    container: Container,
+    codec_hint: &str,
+    spec: &SampleSpec,
+    budget: &mut Budget,
+) -> Result<Decoded> {
+    let cname = container_name(bytes, container);
+    let codec_hint = if codec_hint.is_empty() {
+        matroska_codec(bytes).unwrap_or("")
+    } else {
+        codec_hint
+    };
+    let format = if codec_hint.is_empty() {
+        cname.clone()
+    } else {
+        format!("{cname} with {codec_hint} video")
+    };
+    let (Some(ffmpeg), Some(ffprobe)) = (tool("ffmpeg"), tool("ffprobe")) else {
+        return Err(MediaError::Unsupported {
+            format,
+            hint:
+                "this format is decoded through the ffmpeg program, which was not found: install \
+                   it (e.g. `apt-get install ffmpeg`) and put it on PATH, or set MVSERVE_FFMPEG to \
+                   its path"
+                    .into(),
+        });
+    };
+    if !budget.limits.use_ffmpeg {
+        return Err(MediaError::Unsupported {
+            format,
+            hint: "decoding through ffmpeg is disabled by configuration".into(),
+        });
+    }
+    let demux = demuxer(container).ok_or_else(|| MediaError::Unsupported {
+        format: format.clone(),
+        hint: "unknown container".into(),
+    })?;
+    let temp;
+    let input = match path {
+        Some(p) => std::path::absolute(p)?,
+        None => {
+            temp = TempFile::new(bytes)?;
+            temp.0.clone()
+        }
+    };
+    let input = format!("file:{}", input.display());
+    let common = |v: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["-v", "error", "-protocol_whitelist", "file", "-f", demux]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(v.iter().map(|s| s.to_string()));
+        a
+    };
+
+    // 1. Stream facts and packet times (no decoding).
+    let args = {
+        let mut a = common(&[]);
+        a.extend(
+            [
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=codec_name,width,height,start_time:format=format_name,duration:packet=pts_time,dts_time",
+                "-of",
+                "json",
+                &input,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        a
+    };
+    let mut child = Child::spawn(&ffprobe, &args, budget.deadline)?;
+    let out = read_capped(&mut child.stdout, 256 << 20);
+    let (status, timed_out, err) = child.finish();
+    if timed_out {
+        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
+    }
+    let out = out?;
+    if !status.is_some_and(|s| s.success()) {
+        return Err(MediaError::Corrupt(format!(
+            "ffprobe could not read the {format}: {err}"
+        )));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out)
+        .map_err(|e| MediaError::Corrupt(format!("ffprobe output: {e}")))?;
+    let stream = json["streams"]
+        .get(0)
+        .ok_or_else(|| MediaError::Corrupt(format!("no video stream in the {format}")))?;
+    let codec = stream["codec_name"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string();
+    let w = stream["width"].as_u64().unwrap_or(0);
+    let h = stream["height"].as_u64().unwrap_or(0);
+    budget.check_dims(w, h)?;
+    let mut pts: Vec<f64> = json["packets"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| num(&p["pts_time"]).or_else(|| num(&p["dts_time"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    pts.sort_by(f64::total_cmp);
+    pts.dedup();
+    if pts.is_empty() {
+        return Err(MediaError::Corrupt(format!(
+            "no video frames in the {format}"
+        )));
+    }
+    let t0 = pts[0];
+    let rel: Vec<f64> = pts.iter().map(|t| t - t0).collect();
+    let n = rel.len();
+    let step = if n > 1 {
+        rel[n - 1] / (n - 1) as f64
+    } else {
+        0.0
+    };
+    let duration_s = num(&json["format"]["duration"])
+        .filter(|d| d.is_finite() && *d > 0.0)
+        .unwrap_or(rel[n - 1] + step);
+    budget.check_stream(duration_s, n as u64)?;
+    budget.check_time()?;
+    let chosen = sample::choose(&rel, spec.fps, spec.frames);
+
+    // 2. Only the chosen frames, as raw RGB. Timestamps are matched within half a frame interval.
+    let tol = if n > 1 {
+        (rel[1..]
+            .iter()
+            .zip(&rel)
+            .map(|(a, b)| a - b)
+            .fold(f64::INFINITY, f64::min)
+            / 2.0)
+            .max(1e-6)
+    } else {
+        1.0
+    };
+    let expr = chosen
+        .iter()
+        .map(|&i| format!("lt(abs(t-{:.6})\\,{tol:.6})", pts[i]))
+        .collect::<Vec<_>>()
+        .join("+");
+    let k = chosen.len();
+    let args = common(&[
+        "-nostdin",
+        "-copyts",
+        "-noautorotate",
+        "-i",
+        &input,
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-vf",
+        &format!("select='{expr}'"),
+        "-fps_mode",
+        "passthrough",
+        "-frames:v",
+        &k.to_string(),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "pipe:1",
+    ]);
+    // `-f demux` must precede `-i`; `common` put it first, which is where input options go.
+    let frame_bytes = (w * h * 3) as usize;
+    let mut child = Child::spawn(&ffmpeg, &args, budget.deadline)?;
+    let mut images = Vec::with_capacity(k);
+    let mut read_err = None;
+    while images.len() < k {
+        let mut buf = vec![0u8; frame_bytes];
+        match child.stdout.read_exact(&mut buf) {
+            Ok(()) => {
+                if let Err(e) = budget.count_frame() {
+                    read_err = Some(e);
+                    break;
+                }
+                images.push(RgbImage::from_raw(w as u32, h as u32, buf).expect("w*h*3 bytes"));
+            }
+            Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
+        }
+    }
+    let (status, timed_out, err) = child.finish();
+    if timed_out {
+        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
+    }
+    if let Some(e) = read_err {
+        return Err(e);
+    }
+    if images.is_empty() {
+        let why = if status.is_some_and(|s| !s.success()) {
+            err
+        } else {
+            "no frames".into()
+        };
+        return Err(MediaError::Corrupt(format!(
+            "ffmpeg could not decode the {format}: {why}"
+        )));
+    }
+    let timestamps = chosen[..images.len()].iter().map(|&i| rel[i]).collect();
+    Ok(Decoded {
+        info: MediaInfo {
+            container: cname,
+            codec,
+            duration_s,
+            width: w as u32,
+            height: h as u32,
+            fps: if duration_s > 0.0 {
+                n as f64 / duration_s
+            } else {
+                0.0
+            },
+            decoder: "ffmpeg".into(),
+            frame_count: n as u64,
+        },
+        timestamps,
+        images,
+    })
+}

@@ -1,0 +1,631 @@
+//! In-process H.264 decoding with OpenH264, for streams demuxed from MP4/MOV and AVI.
+//!
+//! Owns: the demuxed-stream type shared by the MP4 and AVI readers, AVCC-to-Annex-B conversion,
+//! the SPS check that refuses absurd or unsupported streams *before* OpenH264 sees them (OpenH264
+//! allocates from SPS dimensions and a C abort cannot be caught), the decode loop over the raw
+//! `DecodeFrame2` API with the end-of-stream flush (the safe API of openh264-rs fails on B-frames,
+//! openh264-rs#50), and YUV 4:2:0 to RGB conversion (BT.601 limited range, as ffmpeg's default).
+//! Does not own demuxing or sampling policy.
+
+use std::ptr::{null, null_mut};
+
+use image::RgbImage;
+use openh264::decoder::{Decoder, DecoderConfig, Flush};
+use openh264::OpenH264API;
+use openh264_sys2::{
+    videoFormatI420, SBufferInfo, DECODER_OPTION, DECODER_OPTION_NUM_OF_FRAMES_REMAINING_IN_BUFFER,
+    DECODING_STATE,
+};
+
+use super::detect::Container;
+use super::{sample, Budget, Decoded, MediaError, MediaInfo, Result, SampleSpec};
+
+/// One coded picture (access unit) inside the file's bytes.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub offset: usize,
+    pub len: usize,
+    /// Presentation time in seconds relative to the earliest frame (MP4); decode-order time (AVI).
+    pub pts: f64,
+}
+
+/// A demuxed H.264 stream: packets in decode order plus what the container said.
+#[derive(Debug)]
+pub struct Stream {
+    pub container: Container,
+    pub packets: Vec<Packet>,
+    /// `Some(n)`: packets are AVCC (n-byte big-endian NAL lengths); `None`: already Annex-B.
+    pub nal_length_size: Option<usize>,
+    /// SPS and PPS NAL units from the container (avcC), fed before the first packet.
+    pub parameter_sets: Vec<Vec<u8>>,
+    /// `true` when `pts` are presentation times (MP4). `false` when frames get their time in output
+    /// order (AVI, where the container stores one time per chunk in decode order).
+    pub pts_known: bool,
+    pub width: u32,
+    pub height: u32,
+    pub duration_s: f64,
+}
+
+/// A stream that OpenH264 cannot decode but ffmpeg might (High 10, 4:2:2, interlaced, ...).
+fn needs_ffmpeg(what: String) -> MediaError {
+    MediaError::Unsupported {
+        format: format!("H.264 {what}"),
+        hint: String::new(),
+    }
+}
+
+/// Width and height from an SPS NAL unit (header byte included); refuses what OpenH264 cannot do.
+pub fn sps_dims(nal: &[u8]) -> Result<(u64, u64)> {
+    let rbsp = unescape(nal.get(1..).unwrap_or(&[]));
+    let mut r = Bits::new(&rbsp);
+    let bad = || MediaError::Corrupt("malformed H.264 sequence parameter set".into());
+    let profile = r.u(8).ok_or_else(bad)?;
+    r.u(16).ok_or_else(bad)?; // constraint flags, level
+    r.ue().ok_or_else(bad)?; // seq_parameter_set_id
+    if matches!(
+        profile,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        let chroma = r.ue().ok_or_else(bad)?;
+        if chroma == 3 {
+            r.u(1).ok_or_else(bad)?;
+        }
+        let depth_luma = r.ue().ok_or_else(bad)?;
+        let depth_chroma = r.ue().ok_or_else(bad)?;
+        if chroma != 1 || depth_luma != 0 || depth_chroma != 0 {
+            return Err(needs_ffmpeg(format!(
+                "profile {profile} with chroma format {chroma} and {} bits",
+                depth_luma + 8
+            )));
+        }
+        r.u(1).ok_or_else(bad)?; // qpprime_y_zero_transform_bypass
+        if r.u(1).ok_or_else(bad)? == 1 {
+            for i in 0..8 {
+                if r.u(1).ok_or_else(bad)? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            let delta = r.se().ok_or_else(bad)?;
+                            next = (last + delta).rem_euclid(256);
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r.ue().ok_or_else(bad)?; // log2_max_frame_num_minus4
+    match r.ue().ok_or_else(bad)? {
+        0 => {
+            r.ue().ok_or_else(bad)?;
+        }
+        1 => {
+            r.u(1).ok_or_else(bad)?;
+            r.se().ok_or_else(bad)?;
+            r.se().ok_or_else(bad)?;
+            let cycle = r.ue().ok_or_else(bad)?;
+            if cycle > 255 {
+                return Err(bad());
+            }
+            for _ in 0..cycle {
+                r.se().ok_or_else(bad)?;
+            }
+        }
+        2 => {}
+        _ => return Err(bad()),
+    }
+    r.ue().ok_or_else(bad)?; // max_num_ref_frames
+    r.u(1).ok_or_else(bad)?; // gaps_in_frame_num_value_allowed_flag
+    let w_mbs = r.ue().ok_or_else(bad)? + 1;
+    let h_units = r.ue().ok_or_else(bad)? + 1;
+    let frame_mbs_only = r.u(1).ok_or_else(bad)?;
+    if frame_mbs_only == 0 {
+        return Err(needs_ffmpeg("interlaced (field) coding".into()));
+    }
+    Ok((w_mbs * 16, h_units * 16))
+}
+
+/// Parses an `AVCDecoderConfigurationRecord` (avcC): NAL length size and the SPS/PPS NAL units.
+/// `None` if it is not one or is cut short.
+pub fn parse_avcc(b: &[u8]) -> Option<(usize, Vec<Vec<u8>>)> {
+    if b.len() < 7 || b[0] != 1 {
+        return None;
+    }
+    let length_size = (b[4] & 3) as usize + 1;
+    let mut sets = Vec::new();
+    let mut pos = 5;
+    for kind in 0..2 {
+        let count = if kind == 0 { b[pos] & 0x1F } else { b[pos] };
+        pos += 1;
+        for _ in 0..count {
+            let len = u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]) as usize;
+            pos += 2;
+            sets.push(b.get(pos..pos + len)?.to_vec());
+            pos += len;
+        }
+        if kind == 0 && pos >= b.len() {
+            return None;
+        }
+    }
+    Some((length_size, sets))
+}
+
+/// Removes emulation-prevention bytes (00 00 03 -> 00 00).
+fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut zeros = 0;
+    for &x in b {
+        if zeros >= 2 && x == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if x == 0 { zeros + 1 } else { 0 };
+        out.push(x);
+    }
+    out
+}
+
+/// A big-endian bit reader with Exp-Golomb codes; `None` past the end.
+struct Bits<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Bits<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Self { b, pos: 0 }
+    }
+    fn bit(&mut self) -> Option<u64> {
+        let byte = *self.b.get(self.pos / 8)?;
+        let v = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(v as u64)
+    }
+    fn u(&mut self, n: u32) -> Option<u64> {
+        let mut v = 0;
+        for _ in 0..n {
+            v = (v << 1) | self.bit()?;
+        }
+        Some(v)
+    }
+    fn ue(&mut self) -> Option<u64> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some((1u64 << zeros) - 1 + self.u(zeros)?)
+    }
+    fn se(&mut self) -> Option<i64> {
+        let k = self.ue()? as i64;
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+/// Appends `nal` to `out` as an Annex-B NAL unit, checking any SPS on the way.
+fn push_nal(nal: &[u8], out: &mut Vec<u8>, budget: &Budget) -> Result<()> {
+    if nal.is_empty() {
+        return Ok(());
+    }
+    if nal[0] & 0x1F == 7 {
+        let (w, h) = sps_dims(nal)?;
+        budget.check_dims(w, h)?;
+    }
+    out.extend_from_slice(&[0, 0, 0, 1]);
+    out.extend_from_slice(nal);
+    Ok(())
+}
+
+/// Converts one packet to Annex-B in `out` (cleared first), validating every SPS it carries.
+fn to_annexb(
+    data: &[u8],
+    nal_length_size: Option<usize>,
+    out: &mut Vec<u8>,
+    budget: &Budget,
+) -> Result<()> {
+    out.clear();
+    match nal_length_size {
+        Some(n) => {
+            let mut rest = data;
+            while !rest.is_empty() {
+                if rest.len() < n {
+                    return Err(MediaError::Corrupt("truncated NAL length".into()));
+                }
+                let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+                rest = &rest[n..];
+                if len > rest.len() {
+                    return Err(MediaError::Corrupt(format!(
+                        "NAL unit of {len} bytes overruns its sample"
+                    )));
+                }
+                push_nal(&rest[..len], out, budget)?;
+                rest = &rest[len..];
+            }
+        }
+        None => {
+            for nal in split_annexb(data) {
+                push_nal(nal, out, budget)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The NAL units of an Annex-B byte stream (start codes removed).
+pub fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push((i, i + 3));
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &(_, body)) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(data.len(), |&(s, _)| s);
+        while end > body && data[end - 1] == 0 {
+            end -= 1; // trailing zeros belong to the next 4-byte start code
+        }
+        out.push(&data[body..end]);
+    }
+    out
+}
+
+/// Decodes `stream` up to the last frame that sampling needs.
+pub fn decode(
+    bytes: &[u8],
+    stream: Stream,
+    spec: &SampleSpec,
+    budget: &mut Budget,
+) -> Result<Decoded> {
+    budget.check_dims(stream.width as u64, stream.height as u64)?;
+    let n = stream.packets.len();
+    budget.check_stream(stream.duration_s, n as u64)?;
+    for p in &stream.packets {
+        if p.offset
+            .checked_add(p.len)
+            .is_none_or(|end| end > bytes.len())
+        {
+            return Err(MediaError::Corrupt("sample lies outside the file".into()));
+        }
+    }
+    // Presentation order: rank of each packet by pts (stable, so AVI keeps decode order).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| stream.packets[a].pts.total_cmp(&stream.packets[b].pts));
+    let pts_sorted: Vec<f64> = order.iter().map(|&i| stream.packets[i].pts).collect();
+    let mut rank = vec![0usize; n];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    let chosen = sample::choose(&pts_sorted, spec.fps, spec.frames);
+    let mut sink = Sink {
+        slot_of_rank: chosen
+            .iter()
+            .enumerate()
+            .map(|(slot, &r)| (r, slot))
+            .collect(),
+        images: vec![None; chosen.len()],
+        remaining: chosen.len(),
+        outputs: 0,
+        pts_known: stream.pts_known,
+    };
+
+    let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
+    let mut decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| MediaError::Corrupt(format!("cannot start the H.264 decoder: {e}")))?;
+    let mut annexb = Vec::new();
+    let mut errors = 0usize;
+
+    let mut fed_headers = false;
+    for (i, p) in stream.packets.iter().enumerate() {
+        if sink.remaining == 0 {
+            break;
+        }
+        budget.check_time()?;
+        annexb.clear();
+        let mut au = Vec::new();
+        if !fed_headers {
+            for ps in &stream.parameter_sets {
+                push_nal(ps, &mut au, budget)?;
+            }
+            fed_headers = true;
+        }
+        to_annexb(
+            &bytes[p.offset..p.offset + p.len],
+            stream.nal_length_size,
+            &mut annexb,
+            budget,
+        )?;
+        au.extend_from_slice(&annexb);
+        if au.is_empty() {
+            continue;
+        }
+        let ts = if stream.pts_known { rank[i] } else { i } as u64;
+        for data in [Some(&au[..]), None] {
+            let (state, info, dst) = decode_call(&mut decoder, data, ts);
+            if state != 0 {
+                errors += 1;
+            }
+            if info.iBufferStatus == 1 {
+                sink.take(&info, &dst, budget)?;
+            }
+        }
+    }
+    // End of stream: reordered (B-frame) pictures still in the buffer come out only on a flush.
+    if sink.remaining > 0 {
+        let (_, info, dst) = decode_call(&mut decoder, None, 0);
+        if info.iBufferStatus == 1 {
+            sink.take(&info, &dst, budget)?;
+        }
+        for _ in 0..64 {
+            if sink.remaining == 0 || frames_in_buffer(&mut decoder) == 0 {
+                break;
+            }
+            let (info, dst) = flush_call(&mut decoder);
+            if info.iBufferStatus != 1 {
+                break;
+            }
+            sink.take(&info, &dst, budget)?;
+        }
+    }
+    drop(decoder);
+
+    let mut timestamps = Vec::new();
+    let mut out = Vec::new();
+    for (slot, img) in sink.images.into_iter().enumerate() {
+        if let Some(img) = img {
+            timestamps.push(pts_sorted[chosen[slot]]);
+            out.push(img);
+        }
+    }
+    if out.is_empty() {
+        return Err(MediaError::Corrupt(format!(
+            "H.264 stream produced no pictures ({errors} decode errors in {n} packets)"
+        )));
+    }
+    let duration_s = stream.duration_s;
+    Ok(Decoded {
+        info: MediaInfo {
+            container: stream.container.name().into(),
+            codec: "h264".into(),
+            duration_s,
+            width: out[0].width(),
+            height: out[0].height(),
+            fps: if duration_s > 0.0 {
+                n as f64 / duration_s
+            } else {
+                0.0
+            },
+            decoder: "openh264".into(),
+            frame_count: n as u64,
+        },
+        timestamps,
+        images: out,
+    })
+}
+
+/// Where decoded pictures go: the chosen ones are converted and kept, the rest only counted.
+struct Sink {
+    slot_of_rank: std::collections::HashMap<usize, usize>,
+    images: Vec<Option<RgbImage>>,
+    remaining: usize,
+    /// Pictures out so far: the presentation rank for streams without presentation times.
+    outputs: usize,
+    pts_known: bool,
+}
+
+impl Sink {
+    fn take(&mut self, info: &SBufferInfo, dst: &[*mut u8; 3], budget: &mut Budget) -> Result<()> {
+        budget.count_frame()?;
+        let rank = if self.pts_known {
+            // The rank we passed in as the input timestamp, carried through reordering.
+            info.uiOutYuvTimeStamp as usize
+        } else {
+            self.outputs
+        };
+        self.outputs += 1;
+        if let Some(&slot) = self.slot_of_rank.get(&rank) {
+            if self.images[slot].is_none() {
+                self.images[slot] = Some(to_rgb(info, dst, budget)?);
+                self.remaining -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One `DecodeFrame2` call (`None` = end of access unit / end of stream).
+fn decode_call(
+    decoder: &mut Decoder,
+    data: Option<&[u8]>,
+    ts: u64,
+) -> (DECODING_STATE, SBufferInfo, [*mut u8; 3]) {
+    let mut dst = [null_mut::<u8>(); 3];
+    // SAFETY: SBufferInfo is plain old data; zero is its documented initial state.
+    let mut info: SBufferInfo = unsafe { std::mem::zeroed() };
+    info.uiInBsTimeStamp = ts;
+    let (ptr, len) = data.map_or((null(), 0), |d| (d.as_ptr(), d.len() as i32));
+    // SAFETY: `ptr`/`len` describe a live slice (or are null/0, the documented end-of-stream call);
+    // `dst` and `info` are valid out-parameters for the duration of the call.
+    let state = unsafe {
+        decoder
+            .raw_api()
+            .decode_frame2(ptr, len, dst.as_mut_ptr(), &mut info)
+    };
+    (state, info, dst)
+}
+
+/// One `FlushFrame` call.
+fn flush_call(decoder: &mut Decoder) -> (SBufferInfo, [*mut u8; 3]) {
+    let mut dst = [null_mut::<u8>(); 3];
+    // SAFETY: as in `decode_call`.
+    let mut info: SBufferInfo = unsafe { std::mem::zeroed() };
+    unsafe { decoder.raw_api().flush_frame(dst.as_mut_ptr(), &mut info) };
+    (info, dst)
+}
+
+fn frames_in_buffer(decoder: &mut Decoder) -> i32 {
+    let mut n: DECODER_OPTION = 0;
+    // SAFETY: the option takes a pointer to one int.
+    let rc = unsafe {
+        decoder.raw_api().get_option(
+            DECODER_OPTION_NUM_OF_FRAMES_REMAINING_IN_BUFFER,
+            (&mut n as *mut DECODER_OPTION).cast(),
+        )
+    };
+    if rc == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Converts a decoded I420 picture to RGB (BT.601 limited range, nearest chroma, like ffmpeg's
+/// default `yuv420p -> rgb24`).
+fn to_rgb(info: &SBufferInfo, dst: &[*mut u8; 3], budget: &Budget) -> Result<RgbImage> {
+    // SAFETY: the union has a single member.
+    let sys = unsafe { info.UsrData.sSystemBuffer };
+    let (w, h) = (sys.iWidth, sys.iHeight);
+    let (ys, cs) = (sys.iStride[0], sys.iStride[1]);
+    if w <= 0 || h <= 0 || ys < w || cs < (w + 1) / 2 || sys.iFormat != videoFormatI420 {
+        return Err(MediaError::Corrupt(
+            "decoder returned an invalid picture".into(),
+        ));
+    }
+    budget.check_dims(w as u64, h as u64)?;
+    let planes = [dst[0], dst[1], dst[2]];
+    if planes.iter().any(|p| p.is_null()) {
+        return Err(MediaError::Corrupt(
+            "decoder returned an empty picture".into(),
+        ));
+    }
+    let (w, h, ys, cs) = (w as usize, h as usize, ys as usize, cs as usize);
+    let ch = h.div_ceil(2);
+    // SAFETY: OpenH264 guarantees planes of `stride * rows` bytes for the returned picture, valid
+    // until the next call on this decoder; we copy out before making another call.
+    let (y, u, v) = unsafe {
+        (
+            std::slice::from_raw_parts(planes[0], ys * h),
+            std::slice::from_raw_parts(planes[1], cs * ch),
+            std::slice::from_raw_parts(planes[2], cs * ch),
+        )
+    };
+    Ok(yuv420_to_rgb(y, u, v, w, h, ys, cs))
+}
+
+/// BT.601 limited-range YUV 4:2:0 to RGB in 16.16 fixed point.
+pub fn yuv420_to_rgb(
+    y: &[u8],
+    u: &[u8],
+    v: &[u8],
+    w: usize,
+    h: usize,
+    ys: usize,
+    cs: usize,
+) -> RgbImage {
+    let mut rgb = vec![0u8; w * h * 3];
+    for row in 0..h {
+        let yrow = &y[row * ys..row * ys + w];
+        let urow = &u[(row / 2) * cs..];
+        let vrow = &v[(row / 2) * cs..];
+        let out = &mut rgb[row * w * 3..(row + 1) * w * 3];
+        for x in 0..w {
+            let c = (yrow[x] as i32 - 16) * 76309;
+            let d = urow[x / 2] as i32 - 128;
+            let e = vrow[x / 2] as i32 - 128;
+            let r = (c + 104597 * e + 32768) >> 16;
+            let g = (c - 25675 * d - 53279 * e + 32768) >> 16;
+            let b = (c + 132201 * d + 32768) >> 16;
+            out[x * 3] = r.clamp(0, 255) as u8;
+            out[x * 3 + 1] = g.clamp(0, 255) as u8;
+            out[x * 3 + 2] = b.clamp(0, 255) as u8;
+        }
+    }
+    RgbImage::from_raw(w as u32, h as u32, rgb).expect("buffer has w*h*3 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annexb_split() {
+        let s = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65];
+        let nals = split_annexb(&s);
+        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65][..]]);
+    }
+
+    #[test]
+    fn exp_golomb() {
+        // 1 | 010 | 011 | 00100 -> 0, 1, 2, 3
+        let b = [0b1010_0110, 0b0100_0000];
+        let mut r = Bits::new(&b);
+        assert_eq!(
+            (r.ue(), r.ue(), r.ue(), r.ue()),
+            (Some(0), Some(1), Some(2), Some(3))
+        );
+    }
+
+    /// A baseline-profile SPS NAL for a frame of `w_mbs` x `h_mbs` macroblocks.
+    fn sps(w_mbs: u64, h_mbs: u64) -> Vec<u8> {
+        let mut bits = String::new();
+        let ue = |v: u64, bits: &mut String| {
+            let code = format!("{:b}", v + 1);
+            bits.push_str(&"0".repeat(code.len() - 1));
+            bits.push_str(&code);
+        };
+        bits.push_str(&format!("{:08b}{:08b}{:08b}", 66, 0, 30));
+        for v in [0, 0, 0, 0, 1] {
+            ue(v, &mut bits); // sps id, log2_max_frame_num, poc type 0, log2_max_poc_lsb, refs
+        }
+        bits.push('0'); // gaps
+        ue(w_mbs - 1, &mut bits);
+        ue(h_mbs - 1, &mut bits);
+        bits.push('1'); // frame_mbs_only
+        bits.push('1'); // rbsp stop bit
+        while !bits.len().is_multiple_of(8) {
+            bits.push('0');
+        }
+        let mut nal = vec![0x67];
+        nal.extend(
+            bits.as_bytes()
+                .chunks(8)
+                .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap()),
+        );
+        nal
+    }
+
+    #[test]
+    fn sps_dimensions() {
+        assert_eq!(sps_dims(&sps(20, 15)).unwrap(), (320, 240));
+        // 100000 x 100000 is read without allocating anything, then refused by the limits.
+        assert_eq!(sps_dims(&sps(6250, 6250)).unwrap(), (100_000, 100_000));
+        let limits = crate::media::MediaLimits::default();
+        let budget = Budget {
+            limits: &limits,
+            deadline: std::time::Instant::now(),
+            stats: Default::default(),
+        };
+        let mut out = Vec::new();
+        let e = push_nal(&sps(6250, 6250), &mut out, &budget).unwrap_err();
+        assert_eq!(e.code(), "too_large");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn sps_garbage_is_an_error_not_a_panic() {
+        for n in 0..64 {
+            let nal: Vec<u8> = (0..n).map(|i| (i * 37 + 7) as u8).collect();
+            let _ = sps_dims(&nal);
+        }
+        assert!(sps_dims(&[0x67]).is_err());
+    }
+}

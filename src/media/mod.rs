@@ -1,0 +1,468 @@
+//! Video ingest: bytes of an untrusted upload in, the backbone's frame tensor out.
+//!
+//! This module owns format detection, demuxing (MP4/MOV through the `mp4` crate, AVI through a small
+//! RIFF reader), H.264 decoding in process (`openh264`), animated GIF (`gif` + `image`), the `ffmpeg`
+//! child-process fallback for every other codec and container, frame sampling (MV-Adapter spec
+//! section 10), the thumbnail, limits and the typed errors. It does not own the pixel arithmetic of
+//! the model input: resize, crop and normalisation are `backbone::preprocess`, shared with the
+//! backbone. Everything here is synchronous and CPU-bound; the server calls it from a blocking pool.
+//!
+//! Pipeline: [`detect`] the format from the first bytes; demux to a list of packets with their
+//! presentation times ([`mp4`], [`avi`]) or ask `ffprobe` ([`ffmpeg`]); choose the frames to keep from
+//! the timestamps alone ([`sample`]); decode only as far as the last chosen frame ([`h264`],
+//! [`gif`], [`ffmpeg`]); preprocess the chosen frames and encode the middle one as a JPEG.
+
+mod avi;
+mod detect;
+mod ffmpeg;
+mod gif;
+mod h264;
+mod mp4;
+pub mod sample;
+
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::backbone::preprocess::preprocess_into;
+pub use detect::Container;
+
+/// Hard ceiling on either side of a frame, whatever `max_pixels` says (H.264 level 6.2 is 8192).
+pub const MAX_SIDE: u32 = 16_384;
+
+/// Resource limits for one video. Every limit is checked before the work it bounds is done.
+#[derive(Clone, Debug)]
+pub struct MediaLimits {
+    /// Largest accepted file, in bytes.
+    pub max_bytes: u64,
+    /// Longest accepted video, in seconds (from the container's timestamps).
+    pub max_duration_s: f64,
+    /// Largest accepted frame, in pixels (width x height), checked from headers before decoding.
+    pub max_pixels: u64,
+    /// Most frames the decoder may produce or the container may list for one video.
+    pub max_frames_decoded: u64,
+    /// Wall-clock budget for the whole load (demux, decode, preprocess, ffmpeg included).
+    pub max_wall_time: Duration,
+    /// Whether formats outside the in-process decoders may go to the `ffmpeg` program (if found).
+    pub use_ffmpeg: bool,
+}
+
+impl Default for MediaLimits {
+    /// 256 MiB, 30 minutes, 3840x2160 (4K UHD), 100 000 frames, 60 s, ffmpeg allowed.
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 << 20,
+            max_duration_s: 1800.0,
+            max_pixels: 3840 * 2160,
+            max_frames_decoded: 100_000,
+            max_wall_time: Duration::from_secs(60),
+            use_ffmpeg: true,
+        }
+    }
+}
+
+/// How many frames to take and at what size (spec section 10: 12 frames at 1 fps, 224 px).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleSpec {
+    /// F: the number of frame slots in the output (padded and masked when the video is shorter).
+    pub frames: usize,
+    /// Candidate frames per second of video before the uniform choice of F.
+    pub fps: f64,
+    /// Side of the square model input.
+    pub size: u32,
+}
+
+impl Default for SampleSpec {
+    fn default() -> Self {
+        Self {
+            frames: 12,
+            fps: 1.0,
+            size: 224,
+        }
+    }
+}
+
+/// What the container and decoder said about a video.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MediaInfo {
+    /// Container detected from the bytes: "mp4", "avi", "gif", "matroska", ...
+    pub container: String,
+    /// Video codec: "h264", "gif", "vp8", "hevc", ...
+    pub codec: String,
+    /// Duration of the video stream in seconds (last frame's end minus first frame's start).
+    pub duration_s: f64,
+    /// Coded frame size in pixels (sample aspect ratio is ignored, as CLIP4Clip's OpenCV reader does).
+    pub width: u32,
+    pub height: u32,
+    /// Average frame rate: frames in the stream divided by its duration.
+    pub fps: f64,
+    /// Which decoder produced the pixels: "openh264", "gif", or "ffmpeg".
+    pub decoder: String,
+    /// Frames in the video stream according to the container.
+    pub frame_count: u64,
+}
+
+/// The sampled, preprocessed frames of one video.
+#[derive(Clone, Debug)]
+pub struct Frames {
+    /// (F, 3, size, size) CLIP-normalised values, frame-major; padded slots are all zero.
+    pub pixels: Vec<f32>,
+    /// Length F; `true` for a real frame. Real frames come first, padding last.
+    pub mask: Vec<bool>,
+    /// Presentation time in seconds (from the container, relative to the first frame) of each real
+    /// frame; its length is the number of `true` entries in `mask`.
+    pub timestamps: Vec<f64>,
+    /// Baseline JPEG of the middle sampled frame at its decoded size.
+    pub thumbnail_jpeg: Vec<u8>,
+    pub info: MediaInfo,
+}
+
+/// Why a video was refused. Every failure of this module is one of these, never a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// A format or codec this build cannot decode (and how to make it decodable).
+    #[error("unsupported media: {format}; {hint}")]
+    Unsupported { format: String, hint: String },
+    /// The bytes claim to be a known format but do not decode.
+    #[error("corrupt media: {0}")]
+    Corrupt(String),
+    /// Over a size limit (bytes, pixels or frame count).
+    #[error("media too large: {0}")]
+    TooLarge(String),
+    /// Longer than `max_duration_s`.
+    #[error("media too long: {duration_s:.1} s is over the limit of {max_s:.1} s")]
+    TooLong { duration_s: f64, max_s: f64 },
+    /// Ran past `max_wall_time`.
+    #[error("media processing timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The `SampleSpec` itself is unusable (a caller bug, not an upload problem).
+    #[error("invalid sample spec: {0}")]
+    InvalidSpec(String),
+    /// Reading the file or running `ffmpeg` failed at the OS level.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl MediaError {
+    /// A short stable code for APIs and metrics. Suggested HTTP mapping: `unsupported_media` 415,
+    /// `corrupt_media` 422, `too_large` 413, `too_long` 413, `timed_out` 422 (the upload is too
+    /// costly, retrying will not help), `invalid_spec` 500, `io_error` 500.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MediaError::Unsupported { .. } => "unsupported_media",
+            MediaError::Corrupt(_) => "corrupt_media",
+            MediaError::TooLarge(_) => "too_large",
+            MediaError::TooLong { .. } => "too_long",
+            MediaError::TimedOut(_) => "timed_out",
+            MediaError::InvalidSpec(_) => "invalid_spec",
+            MediaError::Io(_) => "io_error",
+        }
+    }
+}
+
+pub type Result<T, E = MediaError> = std::result::Result<T, E>;
+
+/// Decodes, samples and preprocesses the video at `path`. The format is detected from the bytes.
+pub fn load_video(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Frames> {
+    let bytes = read_limited(path, limits)?;
+    run(&bytes, Some(path), spec, limits).map(|(frames, _)| frames)
+}
+
+/// Like [`load_video`] for a video already in memory (uploads, fuzzing).
+pub fn load_video_bytes(bytes: &[u8], spec: &SampleSpec, limits: &MediaLimits) -> Result<Frames> {
+    run(bytes, None, spec, limits).map(|(frames, _)| frames)
+}
+
+/// What `mvserve probe FILE` prints: the metadata and sampled timestamps, or the error.
+#[derive(Debug, Serialize)]
+pub struct ProbeReport {
+    pub file: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<MediaInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled_timestamps: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames_decoded: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProbeError>,
+    pub elapsed_ms: f64,
+}
+
+/// The typed error of a failed probe.
+#[derive(Debug, Serialize)]
+pub struct ProbeError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Runs the whole ingest on `path` and reports what happened (for `mvserve probe`).
+pub fn probe(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> ProbeReport {
+    let start = Instant::now();
+    let result = read_limited(path, limits).and_then(|b| run(&b, Some(path), spec, limits));
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
+    let file = path.display().to_string();
+    match result {
+        Ok((frames, stats)) => ProbeReport {
+            file,
+            ok: true,
+            info: Some(frames.info),
+            sampled_timestamps: Some(frames.timestamps),
+            frames_decoded: Some(stats.frames_decoded),
+            error: None,
+            elapsed_ms,
+        },
+        Err(e) => ProbeReport {
+            file,
+            ok: false,
+            info: None,
+            sampled_timestamps: None,
+            frames_decoded: None,
+            error: Some(ProbeError {
+                code: e.code(),
+                message: e.to_string(),
+            }),
+            elapsed_ms,
+        },
+    }
+}
+
+/// Reads at most `max_bytes` (refusing larger files before reading them).
+fn read_limited(path: &Path, limits: &MediaLimits) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > limits.max_bytes {
+        return Err(too_large_bytes(len, limits));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limits.max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(too_large_bytes(bytes.len() as u64, limits));
+    }
+    Ok(bytes)
+}
+
+fn too_large_bytes(len: u64, limits: &MediaLimits) -> MediaError {
+    MediaError::TooLarge(format!(
+        "{len} bytes is over the limit of {} bytes",
+        limits.max_bytes
+    ))
+}
+
+/// Counters that are not part of the result but useful to `probe` and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Stats {
+    pub frames_decoded: u64,
+}
+
+/// Shared state of one load: limits, the deadline and the counters.
+pub(crate) struct Budget<'a> {
+    pub limits: &'a MediaLimits,
+    pub deadline: Instant,
+    pub stats: Stats,
+}
+
+impl Budget<'_> {
+    /// Fails once the wall-time budget is spent.
+    pub fn check_time(&self) -> Result<()> {
+        if Instant::now() > self.deadline {
+            Err(MediaError::TimedOut(self.limits.max_wall_time))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts one decoded frame against `max_frames_decoded`.
+    pub fn count_frame(&mut self) -> Result<()> {
+        self.stats.frames_decoded += 1;
+        if self.stats.frames_decoded > self.limits.max_frames_decoded {
+            return Err(MediaError::TooLarge(format!(
+                "more than {} decoded frames",
+                self.limits.max_frames_decoded
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses a frame size over `max_pixels` (or a degenerate one) before anything is allocated.
+    pub fn check_dims(&self, width: u64, height: u64) -> Result<()> {
+        if width == 0 || height == 0 {
+            return Err(MediaError::Corrupt(format!(
+                "frame size {width}x{height} is empty"
+            )));
+        }
+        if width > MAX_SIDE as u64
+            || height > MAX_SIDE as u64
+            || width * height > self.limits.max_pixels
+        {
+            return Err(MediaError::TooLarge(format!(
+                "frame size {width}x{height} is over the limit of {} pixels",
+                self.limits.max_pixels
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a stream's length against `max_duration_s` and `max_frames_decoded` from its header.
+    pub fn check_stream(&self, duration_s: f64, frame_count: u64) -> Result<()> {
+        if !duration_s.is_finite() || duration_s > self.limits.max_duration_s {
+            return Err(MediaError::TooLong {
+                duration_s,
+                max_s: self.limits.max_duration_s,
+            });
+        }
+        if frame_count > self.limits.max_frames_decoded {
+            return Err(MediaError::TooLarge(format!(
+                "{frame_count} frames is over the limit of {}",
+                self.limits.max_frames_decoded
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a decoder path hands back: metadata, the chosen frames' timestamps, and their pixels.
+pub(crate) struct Decoded {
+    pub info: MediaInfo,
+    /// Timestamps (s, relative to the first frame) of the chosen frames, in order.
+    pub timestamps: Vec<f64>,
+    /// The chosen frames, in the same order as `timestamps`.
+    pub images: Vec<RgbImage>,
+}
+
+fn validate_spec(spec: &SampleSpec) -> Result<()> {
+    if spec.frames == 0 || spec.frames > 4096 {
+        return Err(MediaError::InvalidSpec(format!(
+            "frames = {} (must be 1..=4096)",
+            spec.frames
+        )));
+    }
+    if !(spec.fps.is_finite() && spec.fps > 0.0 && spec.fps <= 1000.0) {
+        return Err(MediaError::InvalidSpec(format!(
+            "fps = {} (must be in (0, 1000])",
+            spec.fps
+        )));
+    }
+    if spec.size == 0 || spec.size > 4096 {
+        return Err(MediaError::InvalidSpec(format!(
+            "size = {} (must be 1..=4096)",
+            spec.size
+        )));
+    }
+    Ok(())
+}
+
+/// The whole ingest. Panics from decoder crates are caught here and become `Corrupt`.
+fn run(
+    bytes: &[u8],
+    path: Option<&Path>,
+    spec: &SampleSpec,
+    limits: &MediaLimits,
+) -> Result<(Frames, Stats)> {
+    validate_spec(spec)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(too_large_bytes(bytes.len() as u64, limits));
+    }
+    let mut budget = Budget {
+        limits,
+        deadline: Instant::now() + limits.max_wall_time,
+        stats: Stats::default(),
+    };
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        decode_any(bytes, path, spec, &mut budget)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(MediaError::Corrupt(format!("decoder failed: {what}")))
+    })?;
+    budget.check_time()?;
+    let frames = finish(decoded, spec)?;
+    Ok((frames, budget.stats))
+}
+
+/// Routes the bytes to a decoder by their detected format.
+fn decode_any(
+    bytes: &[u8],
+    path: Option<&Path>,
+    spec: &SampleSpec,
+    budget: &mut Budget,
+) -> Result<Decoded> {
+    let container = detect::detect(bytes);
+    match container {
+        Container::Mp4 | Container::Avi => {
+            let stream = match container {
+                Container::Mp4 => match mp4::demux(bytes, budget)? {
+                    mp4::Demux::H264(s) => s,
+                    mp4::Demux::Other { codec } => {
+                        return ffmpeg::decode(bytes, path, container, &codec, spec, budget)
+                    }
+                },
+                _ => match avi::demux(bytes, budget)? {
+                    avi::Demux::H264(s) => s,
+                    avi::Demux::Other { codec } => {
+                        return ffmpeg::decode(bytes, path, container, &codec, spec, budget)
+                    }
+                },
+            };
+            match h264::decode(bytes, stream, spec, budget) {
+                // An H.264 flavour OpenH264 lacks (High 10, 4:2:2, interlaced): ffmpeg may have it.
+                Err(MediaError::Unsupported { format, .. }) => {
+                    ffmpeg::decode(bytes, path, container, &format, spec, budget)
+                }
+                other => other,
+            }
+        }
+        Container::Gif => gif::decode(bytes, spec, budget),
+        Container::Unknown => Err(MediaError::Unsupported {
+            format: "unrecognised bytes (not a known video container)".into(),
+            hint: "upload MP4/MOV, AVI, WebM/MKV or GIF video".into(),
+        }),
+        other => ffmpeg::decode(bytes, path, other, "", spec, budget),
+    }
+}
+
+/// Preprocesses the chosen frames into the (F, 3, size, size) tensor and makes the thumbnail.
+fn finish(decoded: Decoded, spec: &SampleSpec) -> Result<Frames> {
+    let Decoded {
+        info,
+        timestamps,
+        images,
+    } = decoded;
+    if images.is_empty() {
+        return Err(MediaError::Corrupt("no decodable video frames".into()));
+    }
+    debug_assert_eq!(images.len(), timestamps.len());
+    let n = images.len().min(spec.frames);
+    let s = spec.size as usize;
+    let per = 3 * s * s;
+    let mut pixels = vec![0.0f32; spec.frames * per];
+    for (img, out) in images.iter().take(n).zip(pixels.chunks_mut(per)) {
+        preprocess_into(img, spec.size, out);
+    }
+    let mask = (0..spec.frames).map(|i| i < n).collect();
+    let thumbnail_jpeg = jpeg(&images[(n - 1) / 2])?;
+    Ok(Frames {
+        pixels,
+        mask,
+        timestamps: timestamps.into_iter().take(n).collect(),
+        thumbnail_jpeg,
+        info,
+    })
+}
+
+/// Encodes a frame as a quality-85 JPEG.
+fn jpeg(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(img)
+        .map_err(|e| MediaError::Corrupt(format!("thumbnail encoding failed: {e}")))?;
+    Ok(out)
+}
