@@ -8,6 +8,8 @@
 //! A generation never mixes embedding spaces: its store only holds vectors of its own model digest.
 //! Readers take an `Arc<Generation>` and keep using it even if the task is swapped meanwhile.
 
+pub mod watch;
+
 use crate::encode::TaskModel;
 use crate::store::{StoreConfig, StoreError, TaskStore};
 use parking_lot::RwLock;
@@ -92,6 +94,8 @@ pub struct Registry {
     dim: usize,
     store_config: StoreConfig,
     tasks: RwLock<BTreeMap<String, Arc<Task>>>,
+    /// Adapter files that failed to load for a task that is not being served: task -> why.
+    pub rejected: RwLock<BTreeMap<String, String>>,
 }
 
 /// Task names are path components and URL segments: keep them boring.
@@ -117,6 +121,7 @@ impl Registry {
             dim,
             store_config,
             tasks: RwLock::new(BTreeMap::new()),
+            rejected: RwLock::new(BTreeMap::new()),
         }
     }
 

@@ -498,7 +498,10 @@ pub async fn thumbnail(
 
 pub async fn tasks(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let core = state.core()?;
-    Ok(Json(json!({ "tasks": core.registry.statuses() })))
+    let rejected = core.registry.rejected.read().clone();
+    Ok(Json(
+        json!({ "tasks": core.registry.statuses(), "rejected": rejected }),
+    ))
 }
 
 pub async fn task(
