@@ -134,3 +134,86 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
     std::fs::remove_file(dir.join("sports.safetensors")).unwrap();
     wait_for("the removal", || reg.get("sports").is_none());
 }
+
+/// A stand-in for decode + encode: the vector is the file's bytes folded into 32 values. It waits
+/// until the test releases it, so the test sees the old generation serve meanwhile.
+struct FoldEmbedder(Arc<std::sync::atomic::AtomicBool>);
+impl mvserve::registry::reembed::Reembedder for FoldEmbedder {
+    fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
+        while !self.0.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let bytes = std::fs::read(original).map_err(|e| e.to_string())?;
+        let mut v = vec![1.0f32; 32];
+        for (i, b) in bytes.iter().enumerate() {
+            v[i % 32] += *b as f32;
+        }
+        v[0] += model.digest().len() as f32;
+        Ok(v)
+    }
+}
+
+#[test]
+fn replaced_adapter_re_embeds_then_cuts_over() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    reg.scan(&FakeLoader, dir);
+    // Five stored videos with originals, as uploads leave them.
+    let g0 = reg.get("news").unwrap().current();
+    std::fs::create_dir_all(reg.tmp_dir()).unwrap();
+    for i in 0..5 {
+        let up = reg.tmp_dir().join(format!("up{i}"));
+        std::fs::write(&up, format!("video bytes {i}")).unwrap();
+        let id = format!("v{i}");
+        g0.store
+            .put_blob(&id, mvserve::store::BlobKind::Original, &up)
+            .unwrap();
+        g0.store
+            .add(
+                &id,
+                &[1.0; 32],
+                g0.model.digest(),
+                serde_json::json!({"n": i}),
+            )
+            .unwrap();
+    }
+    put(dir, "news.safetensors", "ok:news-2");
+    let task = reg.get("news").unwrap();
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Reembedding { generation: 1 });
+    // Meanwhile the old generation answers, and a write to it is carried over.
+    assert_eq!(task.current().number, 0);
+    assert_eq!(reg.status("news").unwrap().pending_generation, Some(1));
+    {
+        let _gate = task.write_gate.read();
+        let cur = task.current();
+        assert_eq!(cur.number, 0);
+        cur.store.delete("v4").unwrap();
+    }
+    // A second replacement while re-embedding is refused, not queued.
+    put(dir, "news.safetensors", "ok:news-3");
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert!(matches!(o, Outcome::Rejected(_)), "{o:?}");
+    assert_eq!(task.current().number, 0);
+    release.store(true, std::sync::atomic::Ordering::Release);
+    wait_for("the cutover", || task.current().number == 1);
+    let g1 = task.current();
+    assert_eq!(g1.model.digest(), "ok:news-2");
+    let mut ids = g1.store.ids();
+    ids.sort();
+    assert_eq!(ids, vec!["v0", "v1", "v2", "v3"]);
+    let r = g1.store.get("v2").unwrap();
+    assert_eq!(r.adapter_digest, "ok:news-2");
+    assert_eq!(r.meta["n"], 2);
+    assert!(g1
+        .store
+        .blob_path("v2", mvserve::store::BlobKind::Original)
+        .is_some());
+    assert_eq!(reg.status("news").unwrap().pending_generation, None);
+    assert_eq!(reg.recorded_generation("news"), Some(1));
+}

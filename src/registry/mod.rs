@@ -8,6 +8,7 @@
 //! A generation never mixes embedding spaces: its store only holds vectors of its own model digest.
 //! Readers take an `Arc<Generation>` and keep using it even if the task is swapped meanwhile.
 
+pub mod reembed;
 pub mod watch;
 
 use crate::encode::TaskModel;
@@ -70,6 +71,11 @@ pub struct Task {
     current: RwLock<Arc<Generation>>,
     /// The last file that failed to load for this task (shown by `/tasks`); cleared by a good load.
     pub last_error: RwLock<Option<String>>,
+    /// Writers (index, delete) hold it shared; a re-embedding cutover holds it exclusively for its
+    /// last catch-up pass, so no acknowledged write is left behind in the old generation.
+    pub write_gate: RwLock<()>,
+    /// The generation being re-embedded, if any.
+    pub pending: parking_lot::Mutex<Option<u64>>,
 }
 
 impl Task {
@@ -84,6 +90,7 @@ pub struct TaskStatus {
     pub task: String,
     pub state: &'static str,
     pub generation: u64,
+    pub pending_generation: Option<u64>,
     pub videos: usize,
     pub model: ModelInfo,
     pub last_error: Option<String>,
@@ -96,6 +103,8 @@ pub struct Registry {
     tasks: RwLock<BTreeMap<String, Arc<Task>>>,
     /// Adapter files that failed to load for a task that is not being served: task -> why.
     pub rejected: RwLock<BTreeMap<String, String>>,
+    /// Re-embeds a task's stored videos when its adapter changes (set by the server).
+    pub reembedder: RwLock<Option<Arc<dyn reembed::Reembedder>>>,
 }
 
 /// Task names are path components and URL segments: keep them boring.
@@ -122,7 +131,12 @@ impl Registry {
             store_config,
             tasks: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(BTreeMap::new()),
+            reembedder: RwLock::new(None),
         }
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
     }
 
     pub fn task_dir(&self, task: &str) -> PathBuf {
@@ -206,6 +220,8 @@ impl Registry {
                         name: task.to_string(),
                         current: RwLock::new(generation),
                         last_error: RwLock::new(None),
+                        write_gate: RwLock::new(()),
+                        pending: parking_lot::Mutex::new(None),
                     }),
                 );
                 Ok(None)
@@ -238,13 +254,17 @@ impl Registry {
         let t = self.get(task)?;
         let g = t.current();
         let last_error = t.last_error.read().clone();
+        let pending = *t.pending.lock();
         Some(TaskStatus {
             task: t.name.clone(),
-            state: if last_error.is_some() {
+            state: if pending.is_some() {
+                "serving (re-embedding into a new generation)"
+            } else if last_error.is_some() {
                 "serving (last update rejected)"
             } else {
                 "serving"
             },
+            pending_generation: pending,
             generation: g.number,
             videos: g.store.len(),
             model: g.info.clone(),

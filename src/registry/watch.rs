@@ -7,9 +7,8 @@
 //! see below). Does not own reading or validating adapter files: that is an [`AdapterLoader`]
 //! (the `adapter` module's `AdapterFile`, plugged in by the server).
 //!
-//! Not done yet: re-embedding a task's stored videos into the new generation. Until then a new
-//! adapter for a task that already holds videos is refused (the old generation keeps serving, and
-//! `/tasks` says why), so that a task never answers from an empty or mixed index.
+//! A new adapter for a task that holds videos starts a background re-embedding into a new
+//! generation (`reembed`); without a configured re-embedder it is refused and the old keeps serving.
 
 use super::{valid_task_name, ModelInfo, Registry, CLIP_TASK};
 use crate::encode::TaskModel;
@@ -27,8 +26,17 @@ pub trait AdapterLoader: Send + Sync {
 /// What happened to one file, for logs, metrics and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Added { generation: u64 },
-    Swapped { generation: u64 },
+    Added {
+        generation: u64,
+    },
+    Swapped {
+        generation: u64,
+    },
+    /// The task holds videos: they are being re-embedded into this generation in the background;
+    /// the old one answers until the cutover.
+    Reembedding {
+        generation: u64,
+    },
     Unchanged,
     Removed,
     Rejected(String),
@@ -46,7 +54,12 @@ pub fn task_of_path(path: &Path) -> Option<String> {
 
 impl Registry {
     /// Loads `path` as task `task`'s model, or removes the task when the file is gone.
-    pub fn apply_file(&self, loader: &dyn AdapterLoader, task: &str, path: &Path) -> Outcome {
+    pub fn apply_file(
+        self: &Arc<Self>,
+        loader: &dyn AdapterLoader,
+        task: &str,
+        path: &Path,
+    ) -> Outcome {
         if task == CLIP_TASK {
             let m = format!(
                 "{} would shadow the built-in task clip; ignored",
@@ -89,11 +102,32 @@ impl Registry {
                     return Outcome::Unchanged;
                 }
                 if !cur.store.is_empty() {
-                    return reject(format!(
-                        "task holds {} videos and re-embedding into a new generation is not implemented yet; generation {} keeps serving",
-                        cur.store.len(),
-                        cur.number
-                    ));
+                    let Some(embedder) = self.reembedder.read().clone() else {
+                        return reject(format!(
+                            "task holds {} videos and no re-embedder is configured; generation {} keeps serving",
+                            cur.store.len(),
+                            cur.number
+                        ));
+                    };
+                    let next = cur.number + 1;
+                    {
+                        let mut p = t.pending.lock();
+                        if let Some(n) = *p {
+                            return reject(format!(
+                                "generation {n} is still being re-embedded; try again when it is done"
+                            ));
+                        }
+                        *p = Some(next);
+                    }
+                    let gen = match self.open_generation(task, next, model, info) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            *t.pending.lock() = None;
+                            return reject(e.to_string());
+                        }
+                    };
+                    super::reembed::start(self.clone(), t.clone(), gen, embedder);
+                    return Outcome::Reembedding { generation: next };
                 }
                 cur.number + 1
             }
@@ -134,7 +168,11 @@ impl Registry {
     }
 
     /// Loads every adapter file in `dir` (at start).
-    pub fn scan(&self, loader: &dyn AdapterLoader, dir: &Path) -> Vec<(String, Outcome)> {
+    pub fn scan(
+        self: &Arc<Self>,
+        loader: &dyn AdapterLoader,
+        dir: &Path,
+    ) -> Vec<(String, Outcome)> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(dir) else {
             return out;

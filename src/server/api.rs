@@ -376,7 +376,16 @@ async fn index_inner(
     let task_name = task.name.clone();
     let g = gen.clone();
     let tmp_dir = state.tmp_dir.clone();
+    let t = task.clone();
     let results = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
+        // Writers hold the gate shared; a re-embedding cutover takes it exclusively.
+        let _gate = t.write_gate.read();
+        if t.current().number != g.number {
+            return Err(ApiError::overloaded(
+                "the task's adapter changed while this upload was encoded; send it again",
+                1,
+            ));
+        }
         let mut items = Vec::with_capacity(prepared.len());
         let mut out = Vec::with_capacity(prepared.len());
         for (i, (up, id, vector, jpeg, info, frames_used)) in prepared.into_iter().enumerate() {
@@ -459,9 +468,14 @@ pub async fn delete_video(
     Path((task, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let t0 = Instant::now();
-    let (t, gen) = task_of(&state, Some(&task))?;
+    let (t, _) = task_of(&state, Some(&task))?;
     let i = id.clone();
-    let existed = tokio::task::spawn_blocking(move || gen.store.delete(&i)).await??;
+    let tt = t.clone();
+    let existed = tokio::task::spawn_blocking(move || {
+        let _gate = tt.write_gate.read();
+        tt.current().store.delete(&i)
+    })
+    .await??;
     if !existed {
         return Err(ApiError::not_found(
             "unknown_video",

@@ -83,7 +83,7 @@ impl Default for ServeConfig {
 
 /// What exists once the backbone is loaded.
 pub struct Core {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub encoder: Encoder,
 }
 
@@ -239,8 +239,49 @@ async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     }
 }
 
+/// Re-embeds stored uploads for the registry: decode with the server's decoder, encode through the
+/// encoder like any upload (so it shares batches and queues with live traffic).
+struct ServerReembedder {
+    decoder: Arc<dyn VideoDecoder>,
+    encoder: Encoder,
+    runtime: tokio::runtime::Handle,
+}
+
+impl crate::registry::reembed::Reembedder for ServerReembedder {
+    fn embed(
+        &self,
+        model: &Arc<dyn crate::encode::TaskModel>,
+        original: &std::path::Path,
+    ) -> Result<Vec<f32>, String> {
+        let size = self.encoder.backbone().image_size;
+        let d = self
+            .decoder
+            .decode(original, model.frames(), size)
+            .map_err(|e| e.to_string())?;
+        // The video queue may be full of live uploads: wait and retry rather than fail.
+        loop {
+            let r = self.runtime.block_on(self.encoder.encode_video(
+                model.clone(),
+                d.pixels.clone(),
+                d.mask.clone(),
+            ));
+            match r {
+                Err(crate::encode::EncodeError::Overloaded(_)) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                r => return r.map_err(|e| e.to_string()),
+            }
+        }
+    }
+}
+
 /// Loads the backbone, opens the built-in task, and starts the encoder.
-fn load_core(config: &ServeConfig, metrics: Arc<Metrics>) -> Result<Core> {
+fn load_core(
+    config: &ServeConfig,
+    metrics: Arc<Metrics>,
+    decoder: Arc<dyn VideoDecoder>,
+    runtime: tokio::runtime::Handle,
+) -> Result<Core> {
     let t0 = Instant::now();
     let backbone =
         Backbone::load(&config.model, &candle_core::Device::Cpu).context("loading the backbone")?;
@@ -249,7 +290,12 @@ fn load_core(config: &ServeConfig, metrics: Arc<Metrics>) -> Result<Core> {
     let dim = backbone.clip.config.projection_dim;
     let digest = format!("clip:{}", backbone.clip.id.digest);
     let encoder = Encoder::start(backbone, config.encoder.clone(), Some(metrics));
-    let registry = Registry::new(&config.data_dir, dim, StoreConfig::default());
+    let registry = Arc::new(Registry::new(&config.data_dir, dim, StoreConfig::default()));
+    *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
+        decoder,
+        encoder: encoder.clone(),
+        runtime,
+    }));
     let model = Arc::new(ClipModel {
         digest: digest.clone(),
         text_len: DEFAULT_TEXT_LEN,
@@ -324,8 +370,14 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
 
     let loader = {
         let state = state.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let core = load_core(&state.config, state.metrics.clone())?;
+            let core = load_core(
+                &state.config,
+                state.metrics.clone(),
+                state.decoder.clone(),
+                runtime,
+            )?;
             let _ = state.core.set(Arc::new(core));
             tracing::info!("ready");
             Ok(())
