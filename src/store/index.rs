@@ -147,8 +147,10 @@ impl Index {
     pub(crate) fn search_graph(&self, q: &[f32], k: usize, ef: usize) -> Option<Vec<(usize, f32)>> {
         let graph = self.graph.as_ref()?;
         let alive = |d: &usize| self.slots.get(*d).is_some_and(|s| s.alive);
-        // The filter costs a lookup per visited node; skip it when there is nothing to filter.
-        let filter: Option<&dyn hnsw_rs::filter::FilterT> = (self.dead > 0).then_some(&alive);
+        // Always pass the filter, even with no tombstones: hnsw_rs's filtered search explores
+        // further than its plain one, and skipping it cut recall@10 on 20k uniform 512-d vectors
+        // (M 24, ef 256) from 0.996 to 0.81.
+        let filter: Option<&dyn hnsw_rs::filter::FilterT> = Some(&alive);
         let found = graph.search_filter(q, k, ef.max(k), filter);
         // DistDot reports 1 - dot (clamped at 0); give callers the similarity back.
         let mut hits: Vec<(usize, f32)> = found
