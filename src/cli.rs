@@ -218,6 +218,86 @@ pub fn bench(cmd: BenchCommand) -> Result<()> {
 }
 
 #[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Where tasks keep their vectors, uploads and thumbnails.
+    #[arg(long, env = "MVSERVE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// The watched folder of `<task>.safetensors` adapter files.
+    #[arg(long, env = "MVSERVE_ADAPTERS_DIR", default_value = "./adapters")]
+    pub adapters_dir: PathBuf,
+    /// Port to listen on (0: any free port; the address is printed as `listening on ADDR`).
+    #[arg(long, env = "MVSERVE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Address to listen on. Default: 127.0.0.1 without --auth-file, 0.0.0.0 with it. A
+    /// non-loopback address needs --auth-file.
+    #[arg(long, env = "MVSERVE_BIND")]
+    pub bind: Option<std::net::IpAddr>,
+    /// JSON file of API keys (see the README); without it, auth is off and only localhost is served.
+    #[arg(long, env = "MVSERVE_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Largest accepted video file, in MiB.
+    #[arg(long, env = "MVSERVE_MAX_UPLOAD_MB", default_value_t = 256)]
+    pub max_upload_mb: u64,
+    /// Frames sampled per video (built-in task).
+    #[arg(long, env = "MVSERVE_FRAMES", default_value_t = 12)]
+    pub frames: usize,
+    /// Longest accepted video, in seconds.
+    #[arg(long, env = "MVSERVE_MAX_VIDEO_SECONDS", default_value_t = 1800.0)]
+    pub max_video_seconds: f64,
+    /// Most texts per encoder batch.
+    #[arg(long, env = "MVSERVE_MAX_TEXT_BATCH", default_value_t = 32)]
+    pub max_text_batch: usize,
+    /// Most videos per encoder batch.
+    #[arg(long, env = "MVSERVE_MAX_VIDEO_BATCH", default_value_t = 4)]
+    pub max_video_batch: usize,
+    /// How long a batch waits for more jobs, in milliseconds.
+    #[arg(long, env = "MVSERVE_MAX_WAIT_MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Text jobs that may wait before queries get 503.
+    #[arg(long, env = "MVSERVE_TEXT_QUEUE", default_value_t = 256)]
+    pub text_queue: usize,
+    /// Video jobs that may wait before uploads get 503.
+    #[arg(long, env = "MVSERVE_VIDEO_QUEUE", default_value_t = 32)]
+    pub video_queue: usize,
+    /// Videos decoded at once.
+    #[arg(long, env = "MVSERVE_DECODE_WORKERS", default_value_t = 2)]
+    pub decode_workers: usize,
+    /// Whole-request timeout in seconds.
+    #[arg(long, env = "MVSERVE_REQUEST_TIMEOUT_S", default_value_t = 300)]
+    pub request_timeout_s: u64,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let config = mvserve::server::ServeConfig {
+        model: args.model.source(),
+        data_dir: args.data_dir,
+        adapters_dir: args.adapters_dir,
+        bind: args.bind,
+        port: args.port,
+        auth_file: args.auth_file,
+        max_upload_bytes: args.max_upload_mb << 20,
+        frames: args.frames,
+        max_video_seconds: args.max_video_seconds,
+        decode_workers: args.decode_workers,
+        encoder: mvserve::encode::EncoderConfig {
+            max_text_batch: args.max_text_batch,
+            max_video_batch: args.max_video_batch,
+            max_wait: std::time::Duration::from_millis(args.max_wait_ms),
+            text_queue: args.text_queue,
+            video_queue: args.video_queue,
+        },
+        request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
+        ..Default::default()
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(mvserve::server::serve(config))
+}
+
+#[derive(Args, Debug)]
 pub struct ProbeArgs {
     /// The video file.
     pub file: PathBuf,

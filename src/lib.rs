@@ -8,5 +8,8 @@
 pub mod adapter;
 pub mod backbone;
 pub mod bench;
+pub mod encode;
 pub mod media;
+pub mod registry;
+pub mod server;
 pub mod store;

@@ -31,6 +31,8 @@ enum Command {
     /// Benchmarks that print machine-readable numbers.
     #[command(subcommand)]
     Bench(cli::BenchCommand),
+    /// Run the HTTP server (text-to-video search over every task).
+    Serve(cli::ServeArgs),
     /// Decode and sample a video as the server would; print container, codec, timing and the
     /// sampled timestamps (or the typed error) as JSON. Exits 1 when the video is refused.
     Probe(cli::ProbeArgs),
@@ -48,6 +50,7 @@ fn main() -> Result<()> {
         Command::Embed(args) => cli::embed(args),
         Command::Adapter(cmd) => cli::adapter(cmd),
         Command::Bench(cmd) => cli::bench(cmd),
+        Command::Serve(args) => cli::serve(args),
         Command::Probe(args) => cli::probe(args),
     }
 }

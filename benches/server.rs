@@ -1,0 +1,144 @@
+//! Encoder batching benchmark: 32 concurrent query clients spread over 8 tasks, each sending
+//! queries back to back, against the full-size text tower of a random ViT-B/32. The same load runs
+//! through an encoder that batches (up to 32 texts, 2 ms wait, tasks mixed in one batch) and one
+//! that encodes one query at a time; prints throughput and p50/p99 latency of both and the ratios.
+//!
+//! `cargo bench --bench server [-- --clients 32 --tasks 8 --per-client 8]`
+//!
+//! The 8 tasks are 8 distinct built-in (no-adapter) models: the batch is cut and grouped by task
+//! exactly as with adapters, but no adapter compute is added.
+
+use candle_core::{DType, Device};
+use mvserve::backbone::{Backbone, Clip, ClipConfig, ClipTokenizer, ModelFiles};
+use mvserve::encode::{ClipModel, Encoder, EncoderConfig, TaskModel};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn backbone() -> Backbone {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+    Backbone {
+        clip: Clip::random(ClipConfig::vit_b_32(), 7, DType::F32, &Device::Cpu).unwrap(),
+        tokenizer: ClipTokenizer::from_file(&dir.join("tokenizer.json")).unwrap(),
+        files: ModelFiles {
+            name: "random-vit-b-32".into(),
+            config: dir.join("config.json"),
+            weights: dir.join("model.safetensors"),
+            tokenizer: dir.join("tokenizer.json"),
+        },
+    }
+}
+
+struct Run {
+    qps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn run(config: EncoderConfig, clients: usize, tasks: usize, per_client: usize) -> Run {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let enc = Encoder::start(backbone(), config, None);
+    let models: Vec<Arc<dyn TaskModel>> = (0..tasks)
+        .map(|t| {
+            Arc::new(ClipModel {
+                digest: format!("task-{t}"),
+                text_len: 32,
+                frames: 12,
+            }) as Arc<dyn TaskModel>
+        })
+        .collect();
+    // Warm-up.
+    for m in &models {
+        rt.block_on(enc.encode_text(m.clone(), "warm up")).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut lat: Vec<f64> = rt.block_on(async {
+        let mut handles = Vec::new();
+        for c in 0..clients {
+            let (enc, model) = (enc.clone(), models[c % tasks].clone());
+            handles.push(tokio::spawn(async move {
+                let mut l = Vec::with_capacity(per_client);
+                for q in 0..per_client {
+                    let text = format!("a person doing thing number {q} in scene {c}");
+                    let t = Instant::now();
+                    enc.encode_text(model.clone(), &text).await.unwrap();
+                    l.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                l
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        all
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    enc.shutdown();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Run {
+        qps: lat.len() as f64 / wall,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+    }
+}
+
+fn main() {
+    let clients = arg("--clients", 32);
+    let tasks = arg("--tasks", 8);
+    let per_client = arg("--per-client", 8);
+    let batched = run(
+        EncoderConfig {
+            max_text_batch: 32,
+            max_wait: Duration::from_millis(2),
+            ..Default::default()
+        },
+        clients,
+        tasks,
+        per_client,
+    );
+    let single = run(
+        EncoderConfig {
+            max_text_batch: 1,
+            max_wait: Duration::ZERO,
+            ..Default::default()
+        },
+        clients,
+        tasks,
+        per_client,
+    );
+    println!(
+        "{clients} clients over {tasks} tasks, {} queries each run (ViT-B/32 text tower, random weights, CPU)",
+        clients * per_client
+    );
+    for (name, r) in [("batched", &batched), ("one-at-a-time", &single)] {
+        println!(
+            "{name:>14}: {:8.1} queries/s  p50 {:7.1} ms  p99 {:7.1} ms",
+            r.qps, r.p50_ms, r.p99_ms
+        );
+    }
+    println!(
+        "batched / one-at-a-time: throughput x{:.2}, p50 x{:.2}, p99 x{:.2}",
+        batched.qps / single.qps,
+        batched.p50_ms / single.p50_ms,
+        batched.p99_ms / single.p99_ms
+    );
+}

@@ -1,0 +1,552 @@
+//! The batching encoder: one worker thread owns the backbone; text and video jobs from every task
+//! wait in two bounded queues; the worker cuts a batch (up to `max_batch` jobs, waiting at most
+//! `max_wait` for more), runs each block of the tower once for the whole batch and applies every
+//! sample's own adapter inside the block, grouped by task ([`MixedHook`]).
+//!
+//! Owns: the queues (capacity, overload), batch cutting, dropping jobs whose caller has gone,
+//! tokenization of queries, meanP pooling of frame embeddings. Does not own: which adapter a task
+//! uses (a [`TaskModel`] comes with each job, from the registry), video decoding (`media`), storage.
+
+use crate::backbone::{l2_normalize, Backbone, BlockHook};
+use candle_core::{DType, Tensor};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// What the encoder needs to know about one task's model (a generation of its adapter).
+pub trait TaskModel: Send + Sync {
+    /// Identifies the embedding space: recorded with every vector.
+    fn digest(&self) -> &str;
+    /// Padded text length L of this task's queries.
+    fn text_len(&self) -> usize;
+    /// Frame slots F per video.
+    fn frames(&self) -> usize;
+    /// The hook for the text tower (`None`: plain CLIP).
+    fn text_hook(&self) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>>;
+    /// The hook for the vision tower over `n` videos of F frames each (rows are frames, video-major);
+    /// `mask` is (n, F) in u8 (1 = real frame).
+    fn video_hook(&self, mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>>;
+    /// Pools (n, F, P) projected frame embeddings to (n, P) video embeddings (not normalised).
+    fn pool_video(&self, frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        mean_pool(frames, mask)
+    }
+}
+
+/// meanP: every frame embedding L2-normalised, then the mean over real frames (mask (n, F) u8).
+pub fn mean_pool(frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let normed = l2_normalize(frames)?;
+    let m = mask.to_dtype(normed.dtype())?.unsqueeze(2)?; // (n, F, 1)
+    let sum = normed.broadcast_mul(&m)?.sum(1)?; // (n, P)
+    let count = m.sum(1)?.clamp(1.0, f64::MAX)?; // (n, 1)
+    sum.broadcast_div(&count)
+}
+
+/// The built-in zero-shot task: plain CLIP, meanP over frames.
+pub struct ClipModel {
+    pub digest: String,
+    pub text_len: usize,
+    pub frames: usize,
+}
+
+impl TaskModel for ClipModel {
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+    fn text_len(&self) -> usize {
+        self.text_len
+    }
+    fn frames(&self) -> usize {
+        self.frames
+    }
+    fn text_hook(&self) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
+        Ok(None)
+    }
+    fn video_hook(&self, _mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
+        Ok(None)
+    }
+}
+
+/// Rows `[start, start + len)` of a batch and the hook that serves them (`None`: plain CLIP).
+pub type HookGroup<'a> = (usize, usize, Option<Box<dyn BlockHook + 'a>>);
+
+/// A hook for a batch that mixes tasks: rows `[start, start + len)` of the block's MLP output go
+/// through that group's own hook; groups without one contribute zeros.
+pub struct MixedHook<'a> {
+    pub groups: Vec<HookGroup<'a>>,
+}
+
+impl BlockHook for MixedHook<'_> {
+    fn after_mlp(&self, layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if let [(_, _, h)] = self.groups.as_slice() {
+            return match h {
+                Some(h) => h.after_mlp(layer, f),
+                None => Ok(None),
+            };
+        }
+        let mut parts = Vec::with_capacity(self.groups.len());
+        let mut any = false;
+        for (start, len, h) in &self.groups {
+            let rows = f.narrow(0, *start, *len)?;
+            let out = match h {
+                Some(h) => h.after_mlp(layer, &rows)?,
+                None => None,
+            };
+            match out {
+                Some(t) => {
+                    any = true;
+                    parts.push(t)
+                }
+                None => parts.push(rows.zeros_like()?),
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        Tensor::cat(&parts, 0).map(Some)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EncodeError {
+    #[error("the {0} queue is full")]
+    Overloaded(&'static str),
+    #[error("the encoder has stopped")]
+    Stopped,
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("encoding failed: {0}")]
+    Failed(String),
+}
+
+type Reply = oneshot::Sender<Result<Vec<f32>, EncodeError>>;
+
+struct TextJob {
+    model: Arc<dyn TaskModel>,
+    text: String,
+    reply: Reply,
+    queued: Instant,
+}
+
+struct VideoJob {
+    model: Arc<dyn TaskModel>,
+    /// (F, 3, S, S) preprocessed frames.
+    pixels: Vec<f32>,
+    mask: Vec<bool>,
+    reply: Reply,
+    queued: Instant,
+}
+
+/// Batching limits and queue capacities.
+#[derive(Clone, Debug)]
+pub struct EncoderConfig {
+    /// Most texts in one batch.
+    pub max_text_batch: usize,
+    /// Most videos in one batch.
+    pub max_video_batch: usize,
+    /// How long the first job of a batch waits for company.
+    pub max_wait: Duration,
+    /// Waiting text jobs beyond which `encode_text` answers `Overloaded`.
+    pub text_queue: usize,
+    /// Waiting video jobs beyond which `encode_video` answers `Overloaded`.
+    pub video_queue: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            max_text_batch: 32,
+            max_video_batch: 4,
+            max_wait: Duration::from_millis(2),
+            text_queue: 256,
+            video_queue: 32,
+        }
+    }
+}
+
+/// Observes what the worker does (metrics live in the server).
+pub trait EncodeObserver: Send + Sync {
+    fn batch(&self, kind: &'static str, jobs: usize, tasks: usize, seconds: f64);
+    fn queue_wait(&self, kind: &'static str, seconds: f64);
+    fn dropped(&self, kind: &'static str);
+}
+
+struct NoObserver;
+impl EncodeObserver for NoObserver {
+    fn batch(&self, _: &'static str, _: usize, _: usize, _: f64) {}
+    fn queue_wait(&self, _: &'static str, _: f64) {}
+    fn dropped(&self, _: &'static str) {}
+}
+
+#[derive(Default)]
+struct Queues {
+    text: VecDeque<TextJob>,
+    video: VecDeque<VideoJob>,
+}
+
+struct Shared {
+    queues: Mutex<Queues>,
+    wake: Condvar,
+    stop: AtomicBool,
+    config: EncoderConfig,
+}
+
+/// Handle to the encoder worker; cheap to clone. The worker stops when the last handle is dropped
+/// or on [`Encoder::shutdown`] (jobs still queued are answered `Stopped`).
+#[derive(Clone)]
+pub struct Encoder {
+    shared: Arc<Shared>,
+    info: Arc<BackboneInfo>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// What callers need to know about the backbone without touching it.
+#[derive(Clone, Debug)]
+pub struct BackboneInfo {
+    pub name: String,
+    pub digest: String,
+    pub image_size: usize,
+    pub projection_dim: usize,
+}
+
+impl Encoder {
+    /// Moves the backbone onto its own worker thread.
+    pub fn start(
+        backbone: Backbone,
+        config: EncoderConfig,
+        observer: Option<Arc<dyn EncodeObserver>>,
+    ) -> Encoder {
+        let info = Arc::new(BackboneInfo {
+            name: backbone.files.name.clone(),
+            digest: backbone.clip.id.digest.clone(),
+            image_size: backbone.clip.config.vision_config.image_size,
+            projection_dim: backbone.clip.config.projection_dim,
+        });
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(Queues::default()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            config,
+        });
+        let obs = observer.unwrap_or_else(|| Arc::new(NoObserver));
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("encoder".into())
+            .spawn(move || worker(backbone, s, obs))
+            .expect("spawning the encoder thread");
+        Encoder {
+            shared,
+            info,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        }
+    }
+
+    pub fn backbone(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    /// (text, video) jobs waiting.
+    pub fn queue_depths(&self) -> (usize, usize) {
+        let q = self.shared.queues.lock();
+        (q.text.len(), q.video.len())
+    }
+
+    /// The L2-normalised embedding of a query through `model`.
+    pub async fn encode_text(
+        &self,
+        model: Arc<dyn TaskModel>,
+        text: &str,
+    ) -> Result<Vec<f32>, EncodeError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.shared.queues.lock();
+            self.check_open()?;
+            if q.text.len() >= self.shared.config.text_queue {
+                return Err(EncodeError::Overloaded("text"));
+            }
+            q.text.push_back(TextJob {
+                model,
+                text: text.to_string(),
+                reply: tx,
+                queued: Instant::now(),
+            });
+        }
+        self.shared.wake.notify_one();
+        rx.await.unwrap_or(Err(EncodeError::Stopped))
+    }
+
+    /// The L2-normalised video embedding of (F, 3, S, S) frames through `model`.
+    pub async fn encode_video(
+        &self,
+        model: Arc<dyn TaskModel>,
+        pixels: Vec<f32>,
+        mask: Vec<bool>,
+    ) -> Result<Vec<f32>, EncodeError> {
+        let s = self.info.image_size;
+        let f = model.frames();
+        if mask.len() != f || pixels.len() != f * 3 * s * s || !mask.iter().any(|&m| m) {
+            return Err(EncodeError::BadInput(format!(
+                "expected {f} frames of 3x{s}x{s} with at least one real frame, got {} mask slots and {} values",
+                mask.len(),
+                pixels.len()
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = self.shared.queues.lock();
+            self.check_open()?;
+            if q.video.len() >= self.shared.config.video_queue {
+                return Err(EncodeError::Overloaded("video"));
+            }
+            q.video.push_back(VideoJob {
+                model,
+                pixels,
+                mask,
+                reply: tx,
+                queued: Instant::now(),
+            });
+        }
+        self.shared.wake.notify_one();
+        rx.await.unwrap_or(Err(EncodeError::Stopped))
+    }
+
+    fn check_open(&self) -> Result<(), EncodeError> {
+        if self.shared.stop.load(Ordering::Acquire) {
+            Err(EncodeError::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Finishes the batch in progress, answers queued jobs `Stopped`, and joins the worker.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Batch {
+    Text(Vec<TextJob>),
+    Video(Vec<VideoJob>),
+}
+
+fn worker(backbone: Backbone, shared: Arc<Shared>, obs: Arc<dyn EncodeObserver>) {
+    let cfg = shared.config.clone();
+    loop {
+        let batch = {
+            let mut q = shared.queues.lock();
+            while q.text.is_empty() && q.video.is_empty() {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                shared.wake.wait(&mut q);
+            }
+            if shared.stop.load(Ordering::Acquire) {
+                q.text.clear();
+                q.video.clear();
+                return;
+            }
+            // Texts first (cheap, latency-bound); wait up to max_wait for a fuller batch.
+            let deadline = Instant::now() + cfg.max_wait;
+            loop {
+                let full = if !q.text.is_empty() {
+                    q.text.len() >= cfg.max_text_batch
+                } else {
+                    q.video.len() >= cfg.max_video_batch
+                };
+                if full || shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if shared.wake.wait_until(&mut q, deadline).timed_out() {
+                    break;
+                }
+            }
+            if !q.text.is_empty() {
+                let n = q.text.len().min(cfg.max_text_batch);
+                Batch::Text(q.text.drain(..n).collect())
+            } else {
+                let n = q.video.len().min(cfg.max_video_batch);
+                Batch::Video(q.video.drain(..n).collect())
+            }
+        };
+        match batch {
+            Batch::Text(jobs) => run_text(&backbone, jobs, obs.as_ref()),
+            Batch::Video(jobs) => run_video(&backbone, jobs, obs.as_ref()),
+        }
+    }
+}
+
+fn model_key(m: &Arc<dyn TaskModel>) -> usize {
+    Arc::as_ptr(m) as *const () as usize
+}
+
+/// Sorts jobs so that each task's jobs are contiguous (stable: arrival order within a task).
+fn group<J>(mut jobs: Vec<J>, model: impl Fn(&J) -> &Arc<dyn TaskModel>) -> Vec<J> {
+    jobs.sort_by_key(|j| model_key(model(j)));
+    jobs
+}
+
+/// Contiguous runs of one model: (first job index, job count).
+fn runs<J>(jobs: &[J], model: impl Fn(&J) -> &Arc<dyn TaskModel>) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        match out.last_mut() {
+            Some((s, n)) if model_key(model(&jobs[*s])) == model_key(model(j)) => *n += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
+}
+
+fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
+    let jobs: Vec<TextJob> = jobs
+        .into_iter()
+        .filter(|j| {
+            let gone = j.reply.is_closed();
+            if gone {
+                obs.dropped("text");
+            }
+            !gone
+        })
+        .collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    for j in &jobs {
+        obs.queue_wait("text", j.queued.elapsed().as_secs_f64());
+    }
+    let jobs = group(jobs, |j| &j.model);
+    let runs = runs(&jobs, |j| &j.model);
+    let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
+        let len = jobs.iter().map(|j| j.model.text_len()).max().unwrap_or(2);
+        let mut ids = Vec::with_capacity(jobs.len() * len);
+        let mut eot = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            let tok = backbone
+                .tokenizer
+                .encode(&j.text, j.model.text_len())
+                .map_err(|e| EncodeError::BadInput(e.to_string()))?;
+            ids.extend(tok.ids.iter().copied());
+            ids.extend(std::iter::repeat_n(0u32, len - tok.ids.len()));
+            eot.push(tok.eot as u32);
+        }
+        let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
+        let dev = &backbone.clip.device;
+        let ids = Tensor::from_vec(ids, (jobs.len(), len), dev).map_err(fail)?;
+        let eot = Tensor::from_vec(eot, jobs.len(), dev).map_err(fail)?;
+        let mut groups = Vec::with_capacity(runs.len());
+        for &(s, n) in &runs {
+            groups.push((s, n, jobs[s].model.text_hook().map_err(fail)?));
+        }
+        let hook = MixedHook { groups };
+        let out = backbone
+            .clip
+            .text
+            .forward(&ids, &eot, Some(&hook), false)
+            .map_err(fail)?;
+        let emb = l2_normalize(&out.embeds.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
+        emb.to_vec2::<f32>().map_err(fail)
+    })();
+    obs.batch("text", jobs.len(), runs.len(), t0.elapsed().as_secs_f64());
+    answer(jobs.into_iter().map(|j| j.reply), result);
+}
+
+fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver) {
+    let jobs: Vec<VideoJob> = jobs
+        .into_iter()
+        .filter(|j| {
+            let gone = j.reply.is_closed();
+            if gone {
+                obs.dropped("video");
+            }
+            !gone
+        })
+        .collect();
+    if jobs.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    for j in &jobs {
+        obs.queue_wait("video", j.queued.elapsed().as_secs_f64());
+    }
+    let jobs = group(jobs, |j| &j.model);
+    let runs = runs(&jobs, |j| &j.model);
+    let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
+        let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
+        let s = backbone.clip.config.vision_config.image_size;
+        let dev = &backbone.clip.device;
+        let rows: usize = jobs.iter().map(|j| j.mask.len()).sum();
+        let mut pixels = Vec::with_capacity(rows * 3 * s * s);
+        for j in &jobs {
+            pixels.extend_from_slice(&j.pixels);
+        }
+        let pixels = Tensor::from_vec(pixels, (rows, 3, s, s), dev)
+            .and_then(|t| t.to_dtype(backbone.clip.vision_dtype()))
+            .map_err(fail)?;
+        // Per run: its mask (n, F) and its frame rows.
+        let mut masks = Vec::with_capacity(runs.len());
+        let mut groups = Vec::with_capacity(runs.len());
+        let mut row = 0;
+        for &(first, n) in &runs {
+            let f = jobs[first].model.frames();
+            let m: Vec<u8> = jobs[first..first + n]
+                .iter()
+                .flat_map(|j| j.mask.iter().map(|&b| b as u8))
+                .collect();
+            let mask = Tensor::from_vec(m, (n, f), dev).map_err(fail)?;
+            groups.push((
+                row,
+                n * f,
+                jobs[first].model.video_hook(&mask).map_err(fail)?,
+            ));
+            masks.push(mask);
+            row += n * f;
+        }
+        let hook = MixedHook { groups };
+        let out = backbone
+            .clip
+            .vision
+            .forward(&pixels, Some(&hook), false)
+            .map_err(fail)?;
+        let embeds = out.embeds.to_dtype(DType::F32).map_err(fail)?;
+        let mut vecs = Vec::with_capacity(jobs.len());
+        let mut row = 0;
+        for (i, &(first, n)) in runs.iter().enumerate() {
+            let model = &jobs[first].model;
+            let f = model.frames();
+            let e = embeds
+                .narrow(0, row, n * f)
+                .and_then(|e| e.reshape((n, f, ())))
+                .map_err(fail)?;
+            row += n * f;
+            let pooled = model.pool_video(&e, &masks[i]).map_err(fail)?;
+            let pooled = l2_normalize(&pooled.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
+            vecs.extend(pooled.to_vec2::<f32>().map_err(fail)?);
+        }
+        Ok(vecs)
+    })();
+    obs.batch("video", jobs.len(), runs.len(), t0.elapsed().as_secs_f64());
+    answer(jobs.into_iter().map(|j| j.reply), result);
+}
+
+fn answer(replies: impl Iterator<Item = Reply>, result: Result<Vec<Vec<f32>>, EncodeError>) {
+    match result {
+        Ok(vecs) => {
+            for (r, v) in replies.zip(vecs) {
+                let _ = r.send(Ok(v));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "encode batch failed");
+            for r in replies {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
+    }
+}

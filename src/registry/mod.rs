@@ -1,0 +1,278 @@
+//! The set of tasks the server answers for.
+//!
+//! Owns: which tasks exist, each task's current generation (the model that embeds its queries and
+//! videos plus the store that holds the vectors that model produced), the swap from one generation
+//! to the next, and the on-disk layout `<data-dir>/tasks/<task>/gen-<n>/` with a `CURRENT` file.
+//! Does not own: encoding (`encode`), HTTP, or the vector store's internals (`store`).
+//!
+//! A generation never mixes embedding spaces: its store only holds vectors of its own model digest.
+//! Readers take an `Arc<Generation>` and keep using it even if the task is swapped meanwhile.
+
+pub mod reembed;
+pub mod watch;
+
+use crate::encode::TaskModel;
+use crate::store::{StoreConfig, StoreError, TaskStore};
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// The name of the built-in zero-shot task (no adapter).
+pub const CLIP_TASK: &str = "clip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("invalid task name {0:?} (1-64 characters of a-z, A-Z, 0-9, '-', '_')")]
+    BadName(String),
+    #[error("store of task {task}: {source}")]
+    Store {
+        task: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `/tasks` shows about a task's model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    /// "builtin" for `clip`, else "adapter".
+    pub kind: String,
+    pub digest: String,
+    pub parameters: usize,
+    pub file_bytes: u64,
+    pub file: Option<String>,
+    /// Seconds since the Unix epoch when it was loaded.
+    pub loaded_at: f64,
+    pub load_ms: f64,
+    pub frames: usize,
+    pub text_len: usize,
+}
+
+/// One model of a task and the vectors it produced.
+pub struct Generation {
+    pub number: u64,
+    pub model: Arc<dyn TaskModel>,
+    pub store: Arc<TaskStore>,
+    pub info: ModelInfo,
+}
+
+/// A task: its current generation, swapped atomically.
+pub struct Task {
+    pub name: String,
+    current: RwLock<Arc<Generation>>,
+    /// The last file that failed to load for this task (shown by `/tasks`); cleared by a good load.
+    pub last_error: RwLock<Option<String>>,
+    /// Writers (index, delete) hold it shared; a re-embedding cutover holds it exclusively for its
+    /// last catch-up pass, so no acknowledged write is left behind in the old generation.
+    pub write_gate: RwLock<()>,
+    /// The generation being re-embedded, if any.
+    pub pending: parking_lot::Mutex<Option<u64>>,
+}
+
+impl Task {
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.read().clone()
+    }
+}
+
+/// `GET /tasks` entry.
+#[derive(Debug, Serialize)]
+pub struct TaskStatus {
+    pub task: String,
+    pub state: &'static str,
+    pub generation: u64,
+    pub pending_generation: Option<u64>,
+    pub videos: usize,
+    pub model: ModelInfo,
+    pub last_error: Option<String>,
+}
+
+pub struct Registry {
+    data_dir: PathBuf,
+    dim: usize,
+    store_config: StoreConfig,
+    tasks: RwLock<BTreeMap<String, Arc<Task>>>,
+    /// Adapter files that failed to load for a task that is not being served: task -> why.
+    pub rejected: RwLock<BTreeMap<String, String>>,
+    /// Re-embeds a task's stored videos when its adapter changes (set by the server).
+    pub reembedder: RwLock<Option<Arc<dyn reembed::Reembedder>>>,
+}
+
+/// Task names are path components and URL segments: keep them boring.
+pub fn valid_task_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Registry {
+    pub fn new(data_dir: &Path, dim: usize, store_config: StoreConfig) -> Registry {
+        Registry {
+            data_dir: data_dir.to_path_buf(),
+            dim,
+            store_config,
+            tasks: RwLock::new(BTreeMap::new()),
+            rejected: RwLock::new(BTreeMap::new()),
+            reembedder: RwLock::new(None),
+        }
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
+    }
+
+    pub fn task_dir(&self, task: &str) -> PathBuf {
+        self.data_dir.join("tasks").join(task)
+    }
+
+    /// The generation number recorded in `<task>/CURRENT`, if any.
+    pub fn recorded_generation(&self, task: &str) -> Option<u64> {
+        std::fs::read_to_string(self.task_dir(task).join("CURRENT"))
+            .ok()
+            .and_then(|s| s.trim().strip_prefix("gen-")?.parse().ok())
+    }
+
+    fn write_current(&self, task: &str, number: u64) -> Result<(), RegistryError> {
+        let dir = self.task_dir(task);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RegistryError::Io { path, source }
+        };
+        let tmp = dir.join("CURRENT.tmp");
+        std::fs::write(&tmp, format!("gen-{number}\n")).map_err(io(&tmp))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, dir.join("CURRENT")).map_err(io(&dir))?;
+        std::fs::File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&dir))
+    }
+
+    /// Opens (creating it if needed) generation `number` of `task`.
+    pub fn open_generation(
+        &self,
+        task: &str,
+        number: u64,
+        model: Arc<dyn TaskModel>,
+        info: ModelInfo,
+    ) -> Result<Generation, RegistryError> {
+        if !valid_task_name(task) {
+            return Err(RegistryError::BadName(task.to_string()));
+        }
+        let dir = self.task_dir(task).join(format!("gen-{number}"));
+        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let store =
+            TaskStore::open(&dir, self.dim, self.store_config.clone()).map_err(|source| {
+                RegistryError::Store {
+                    task: task.to_string(),
+                    source,
+                }
+            })?;
+        Ok(Generation {
+            number,
+            model,
+            store: Arc::new(store),
+            info,
+        })
+    }
+
+    /// Makes `generation` the task's current one (creating the task if new) and records it on disk.
+    /// Returns the generation it replaced.
+    pub fn install(
+        &self,
+        task: &str,
+        generation: Generation,
+    ) -> Result<Option<Arc<Generation>>, RegistryError> {
+        self.write_current(task, generation.number)?;
+        let generation = Arc::new(generation);
+        let mut tasks = self.tasks.write();
+        match tasks.get(task) {
+            Some(t) => {
+                *t.last_error.write() = None;
+                Ok(Some(std::mem::replace(&mut *t.current.write(), generation)))
+            }
+            None => {
+                tasks.insert(
+                    task.to_string(),
+                    Arc::new(Task {
+                        name: task.to_string(),
+                        current: RwLock::new(generation),
+                        last_error: RwLock::new(None),
+                        write_gate: RwLock::new(()),
+                        pending: parking_lot::Mutex::new(None),
+                    }),
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes a task from service (its data stays on disk). Returns whether it existed.
+    pub fn remove(&self, task: &str) -> Option<Arc<Task>> {
+        self.tasks.write().remove(task)
+    }
+
+    pub fn get(&self, task: &str) -> Option<Arc<Task>> {
+        self.tasks.read().get(task).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.tasks.read().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.read().is_empty()
+    }
+
+    pub fn status(&self, task: &str) -> Option<TaskStatus> {
+        let t = self.get(task)?;
+        let g = t.current();
+        let last_error = t.last_error.read().clone();
+        let pending = *t.pending.lock();
+        Some(TaskStatus {
+            task: t.name.clone(),
+            state: if pending.is_some() {
+                "serving (re-embedding into a new generation)"
+            } else if last_error.is_some() {
+                "serving (last update rejected)"
+            } else {
+                "serving"
+            },
+            pending_generation: pending,
+            generation: g.number,
+            videos: g.store.len(),
+            model: g.info.clone(),
+            last_error,
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<TaskStatus> {
+        self.names().iter().filter_map(|n| self.status(n)).collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! Turning a stored upload into the encoder's frame tensor, behind the small [`VideoDecoder`]
+//! trait so the server does not depend on how decoding is done.
+//!
+//! Owns: the trait, the error kinds the HTTP layer maps to statuses, and [`MediaDecoder`], the
+//! implementation over the `media` module. Does not own decoding itself (`media`).
+
+use crate::media::{self, MediaError, MediaLimits, SampleSpec};
+use std::path::Path;
+
+/// Frames sampled from one video, ready for the encoder.
+#[derive(Debug, Clone)]
+pub struct DecodedVideo {
+    /// (F, 3, S, S) CLIP-normalised values; padded slots are zero.
+    pub pixels: Vec<f32>,
+    /// Length F; real frames first.
+    pub mask: Vec<bool>,
+    /// JPEG of the middle sampled frame.
+    pub thumbnail_jpeg: Vec<u8>,
+    /// What the decoder found (container, codec, duration, size ...), shown by `GET /videos`.
+    pub info: serde_json::Value,
+}
+
+/// Why a video was refused; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported media: {0}")]
+    Unsupported(String),
+    #[error("undecodable media: {0}")]
+    Corrupt(String),
+    #[error("media too large: {0}")]
+    TooLarge(String),
+    #[error("media decoding failed: {0}")]
+    Internal(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecodeError::Unsupported(_) => "unsupported_media",
+            DecodeError::Corrupt(_) => "corrupt_media",
+            DecodeError::TooLarge(_) => "too_large",
+            DecodeError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Decodes `frames` frames at `size` x `size` from a file (synchronous; called off the runtime).
+pub trait VideoDecoder: Send + Sync {
+    fn decode(&self, path: &Path, frames: usize, size: usize) -> Result<DecodedVideo, DecodeError>;
+}
+
+/// Decoding with `media::load_video` (in-process H.264 and GIF, the ffmpeg program for the rest).
+pub struct MediaDecoder {
+    pub limits: MediaLimits,
+    /// Candidate frames per second before the uniform choice of F.
+    pub fps: f64,
+}
+
+impl VideoDecoder for MediaDecoder {
+    fn decode(&self, path: &Path, frames: usize, size: usize) -> Result<DecodedVideo, DecodeError> {
+        let spec = SampleSpec {
+            frames,
+            fps: self.fps,
+            size: size as u32,
+        };
+        let f = media::load_video(path, &spec, &self.limits).map_err(|e| {
+            let m = e.to_string();
+            match e {
+                MediaError::Unsupported { .. } => DecodeError::Unsupported(m),
+                MediaError::Corrupt(_) | MediaError::TimedOut(_) => DecodeError::Corrupt(m),
+                MediaError::TooLarge(_) | MediaError::TooLong { .. } => DecodeError::TooLarge(m),
+                MediaError::InvalidSpec(_) | MediaError::Io(_) => DecodeError::Internal(m),
+            }
+        })?;
+        Ok(DecodedVideo {
+            pixels: f.pixels,
+            mask: f.mask,
+            thumbnail_jpeg: f.thumbnail_jpeg,
+            info: serde_json::to_value(&f.info).unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus metrics (all named `mvserve_*`), recorded where things happen: the HTTP middleware
+//! (requests, latency, errors by code), the handlers (per-task operations, videos indexed), the
+//! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
+//! (queue depth, tasks, videos per task).
+
+use crate::encode::EncodeObserver;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub task_requests: IntCounterVec,
+    pub task_latency: HistogramVec,
+    pub errors: IntCounterVec,
+    pub videos_indexed: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub batch_size: HistogramVec,
+    pub batch_tasks: HistogramVec,
+    pub batch_seconds: HistogramVec,
+    pub queue_wait: HistogramVec,
+    pub dropped: IntCounterVec,
+    pub tasks: IntGauge,
+    pub videos: IntGaugeVec,
+}
+
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric registers once");
+            c
+        }
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let hv = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                )
+                .expect("valid metric"),
+            )
+        };
+        let sizes: Vec<f64> = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0].to_vec();
+        Metrics {
+            http_requests: cv(
+                "mvserve_http_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
+            ),
+            http_latency: hv(
+                "mvserve_http_request_duration_seconds",
+                "HTTP request latency by route",
+                &["route", "method"],
+                LATENCY,
+            ),
+            task_requests: cv(
+                "mvserve_task_requests_total",
+                "Operations per task (search, index, get, delete, thumbnail)",
+                &["task", "op"],
+            ),
+            task_latency: hv(
+                "mvserve_task_request_duration_seconds",
+                "Latency of successful operations per task",
+                &["task", "op"],
+                LATENCY,
+            ),
+            errors: cv(
+                "mvserve_errors_total",
+                "Error responses by error code",
+                &["code"],
+            ),
+            videos_indexed: cv(
+                "mvserve_videos_indexed_total",
+                "Videos indexed per task",
+                &["task"],
+            ),
+            queue_depth: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("mvserve_queue_depth", "Jobs waiting for the encoder"),
+                    &["queue"],
+                )
+                .expect("valid metric"),
+            ),
+            batch_size: hv(
+                "mvserve_batch_size",
+                "Jobs per encoder batch",
+                &["kind"],
+                &sizes,
+            ),
+            batch_tasks: hv(
+                "mvserve_batch_tasks",
+                "Distinct tasks per encoder batch",
+                &["kind"],
+                &sizes,
+            ),
+            batch_seconds: hv(
+                "mvserve_batch_duration_seconds",
+                "Compute time per encoder batch",
+                &["kind"],
+                LATENCY,
+            ),
+            queue_wait: hv(
+                "mvserve_queue_wait_seconds",
+                "Time a job waited for its batch",
+                &["kind"],
+                LATENCY,
+            ),
+            dropped: cv(
+                "mvserve_jobs_dropped_total",
+                "Jobs dropped before compute because their client had gone",
+                &["kind"],
+            ),
+            tasks: reg(
+                &registry,
+                IntGauge::new("mvserve_tasks", "Tasks being served").expect("valid metric"),
+            ),
+            videos: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "mvserve_videos",
+                        "Videos held per task (current generation)",
+                    ),
+                    &["task"],
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EncodeObserver for Metrics {
+    fn batch(&self, kind: &'static str, jobs: usize, tasks: usize, seconds: f64) {
+        self.batch_size
+            .with_label_values(&[kind])
+            .observe(jobs as f64);
+        self.batch_tasks
+            .with_label_values(&[kind])
+            .observe(tasks as f64);
+        self.batch_seconds
+            .with_label_values(&[kind])
+            .observe(seconds);
+    }
+    fn queue_wait(&self, kind: &'static str, seconds: f64) {
+        self.queue_wait.with_label_values(&[kind]).observe(seconds);
+    }
+    fn dropped(&self, kind: &'static str) {
+        self.dropped.with_label_values(&[kind]).inc();
+    }
+}

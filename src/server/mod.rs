@@ -1,0 +1,416 @@
+//! The HTTP server: configuration, start-up, the router with its middleware (request ids, tracing,
+//! timeouts, auth, metrics), and graceful shutdown. Handlers live in [`api`]; they parse, call the
+//! core (registry, encoder, store) and map typed errors to [`ApiError`] at the edge.
+//!
+//! Start-up binds first and answers `/healthz` at once; the backbone loads in the background and
+//! `/readyz` (and every task endpoint) answers 503 until it is ready.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+
+use crate::backbone::{Backbone, ModelSource, DEFAULT_TEXT_LEN};
+use crate::encode::{ClipModel, Encoder, EncoderConfig};
+use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
+use crate::store::StoreConfig;
+use anyhow::{bail, Context, Result};
+use auth::{AuthConfig, Denied, Need, Scope};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+pub use error::ApiError;
+use ingest::VideoDecoder;
+use metrics::Metrics;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+/// Everything `mvserve serve` can be told.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub model: ModelSource,
+    pub data_dir: PathBuf,
+    pub adapters_dir: PathBuf,
+    /// `None`: 127.0.0.1 without auth, 0.0.0.0 with auth.
+    pub bind: Option<std::net::IpAddr>,
+    pub port: u16,
+    pub auth_file: Option<PathBuf>,
+    /// Largest accepted video file.
+    pub max_upload_bytes: u64,
+    /// Most videos in one `POST /index`.
+    pub max_videos_per_request: usize,
+    /// Frames sampled per video for the built-in task.
+    pub frames: usize,
+    /// Videos decoded at once; more wait, up to `decode_queue`, then 503.
+    pub decode_workers: usize,
+    pub decode_queue: usize,
+    pub encoder: EncoderConfig,
+    pub request_timeout: Duration,
+    pub max_video_seconds: f64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            model: ModelSource::Hub(crate::backbone::DEFAULT_MODEL_ID.to_string()),
+            data_dir: "data".into(),
+            adapters_dir: "adapters".into(),
+            bind: None,
+            port: 8080,
+            auth_file: None,
+            max_upload_bytes: 256 << 20,
+            max_videos_per_request: 16,
+            frames: 12,
+            decode_workers: 2,
+            decode_queue: 16,
+            encoder: EncoderConfig::default(),
+            request_timeout: Duration::from_secs(300),
+            max_video_seconds: 1800.0,
+        }
+    }
+}
+
+/// What exists once the backbone is loaded.
+pub struct Core {
+    pub registry: Arc<Registry>,
+    pub encoder: Encoder,
+}
+
+pub struct AppState {
+    pub config: ServeConfig,
+    pub core: OnceLock<Arc<Core>>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Option<AuthConfig>,
+    pub decoder: Arc<dyn VideoDecoder>,
+    /// Decodes running or waiting (bounded: `decode_workers + decode_queue`).
+    pub decode_admission: Semaphore,
+    /// Decodes running.
+    pub decode_slots: Arc<Semaphore>,
+    pub tmp_dir: PathBuf,
+}
+
+impl AppState {
+    pub fn core(&self) -> Result<Arc<Core>, ApiError> {
+        self.core.get().cloned().ok_or_else(ApiError::not_ready)
+    }
+}
+
+/// Request ids: a process-unique counter, sent back in `x-request-id`.
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+impl MakeRequestId for Counter {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req-{n:08x}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.config.request_timeout;
+    let header = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/index", post(api::index))
+        .route("/search", get(api::search))
+        .route(
+            "/videos/{task}/{id}",
+            get(api::get_video).delete(api::delete_video),
+        )
+        .route("/videos/{task}/{id}/thumbnail.jpg", get(api::thumbnail))
+        .route("/tasks", get(api::tasks))
+        .route("/tasks/{task}", get(api::task))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth_mw))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_mw))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", id = %id, method = %req.method(), uri = %req.uri())
+                },
+            )
+            // Access log at info; error statuses are explained by the handler's own log line.
+            .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO))
+            .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(SetRequestIdLayer::new(header, Counter::default()))
+        .with_state(state)
+}
+
+/// Counts requests, latency and error codes by matched route.
+async fn metrics_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let t0 = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    m.http_latency
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(t0.elapsed().as_secs_f64());
+    if let Some(code) = resp.extensions().get::<error::ErrorCode>() {
+        m.errors.with_label_values(&[code.0]).inc();
+    }
+    resp
+}
+
+/// The task a request is about, from its path or its `task` query parameter.
+fn request_task(req: &Request) -> Option<String> {
+    let segs: Vec<&str> = req.uri().path().split('/').collect();
+    match segs.as_slice() {
+        ["", "videos", task, ..] | ["", "tasks", task] => Some(task.to_string()),
+        _ => req.uri().query().and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == "task").then(|| api::percent_decode(v))
+            })
+        }),
+    }
+}
+
+async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(auth) = &state.auth else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::to_string);
+    let scope = if req.method() == Method::GET || req.method() == Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Write
+    };
+    let task = request_task(&req);
+    let need = match (&task, path) {
+        (_, "/tasks") => Need::AnyKey,
+        (Some(t), _) => Need::Task(t, scope),
+        (None, _) => Need::Admin,
+    };
+    match auth.check(key.as_deref(), need) {
+        Ok(()) => next.run(req).await,
+        Err(Denied::Unauthenticated) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid API key is required (Authorization: Bearer KEY)",
+        )
+        .into_response(),
+        Err(Denied::Forbidden(m)) => {
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", m).into_response()
+        }
+    }
+}
+
+/// Re-embeds stored uploads for the registry: decode with the server's decoder, encode through the
+/// encoder like any upload (so it shares batches and queues with live traffic).
+struct ServerReembedder {
+    decoder: Arc<dyn VideoDecoder>,
+    encoder: Encoder,
+    runtime: tokio::runtime::Handle,
+}
+
+impl crate::registry::reembed::Reembedder for ServerReembedder {
+    fn embed(
+        &self,
+        model: &Arc<dyn crate::encode::TaskModel>,
+        original: &std::path::Path,
+    ) -> Result<Vec<f32>, String> {
+        let size = self.encoder.backbone().image_size;
+        let d = self
+            .decoder
+            .decode(original, model.frames(), size)
+            .map_err(|e| e.to_string())?;
+        // The video queue may be full of live uploads: wait and retry rather than fail.
+        loop {
+            let r = self.runtime.block_on(self.encoder.encode_video(
+                model.clone(),
+                d.pixels.clone(),
+                d.mask.clone(),
+            ));
+            match r {
+                Err(crate::encode::EncodeError::Overloaded(_)) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                r => return r.map_err(|e| e.to_string()),
+            }
+        }
+    }
+}
+
+/// Loads the backbone, opens the built-in task, and starts the encoder.
+fn load_core(
+    config: &ServeConfig,
+    metrics: Arc<Metrics>,
+    decoder: Arc<dyn VideoDecoder>,
+    runtime: tokio::runtime::Handle,
+) -> Result<Core> {
+    let t0 = Instant::now();
+    let backbone =
+        Backbone::load(&config.model, &candle_core::Device::Cpu).context("loading the backbone")?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, ms = load_ms as u64, "backbone loaded");
+    let dim = backbone.clip.config.projection_dim;
+    let digest = format!("clip:{}", backbone.clip.id.digest);
+    let encoder = Encoder::start(backbone, config.encoder.clone(), Some(metrics));
+    let registry = Arc::new(Registry::new(&config.data_dir, dim, StoreConfig::default()));
+    *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
+        decoder,
+        encoder: encoder.clone(),
+        runtime,
+    }));
+    let model = Arc::new(ClipModel {
+        digest: digest.clone(),
+        text_len: DEFAULT_TEXT_LEN,
+        frames: config.frames,
+    });
+    let info = ModelInfo {
+        kind: "builtin".into(),
+        digest,
+        parameters: 0,
+        file_bytes: 0,
+        file: None,
+        loaded_at: now_s(),
+        load_ms,
+        frames: config.frames,
+        text_len: DEFAULT_TEXT_LEN,
+    };
+    let gen = registry.open_generation(CLIP_TASK, 0, model, info)?;
+    tracing::info!(task = CLIP_TASK, videos = gen.store.len(), "task ready");
+    registry.install(CLIP_TASK, gen)?;
+    Ok(Core { registry, encoder })
+}
+
+/// Runs `mvserve serve` until SIGINT/SIGTERM, then drains requests and stops.
+pub async fn serve(config: ServeConfig) -> Result<()> {
+    let auth = match &config.auth_file {
+        Some(p) => Some(AuthConfig::load(p)?),
+        None => None,
+    };
+    let ip = match (config.bind, &auth) {
+        (Some(ip), None) if !ip.is_loopback() => bail!(
+            "refusing to listen on {ip} without authentication: give --auth-file, or bind to a loopback address"
+        ),
+        (Some(ip), _) => ip,
+        (None, None) => std::net::Ipv4Addr::LOCALHOST.into(),
+        (None, Some(_)) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    if auth.is_none() {
+        tracing::warn!("no --auth-file: authentication is off, listening on localhost only");
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let tmp_dir = config.data_dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let decoder = Arc::new(ingest::MediaDecoder {
+        limits: crate::media::MediaLimits {
+            max_bytes: config.max_upload_bytes,
+            max_duration_s: config.max_video_seconds,
+            ..Default::default()
+        },
+        fps: 1.0,
+    });
+    let state = Arc::new(AppState {
+        decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),
+        decode_slots: Arc::new(Semaphore::new(config.decode_workers.max(1))),
+        config: config.clone(),
+        core: OnceLock::new(),
+        metrics: metrics.clone(),
+        auth,
+        decoder,
+        tmp_dir,
+    });
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, config.port))
+        .await
+        .with_context(|| format!("binding {ip}:{}", config.port))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    println!("listening on {addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let loader = {
+        let state = state.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let core = load_core(
+                &state.config,
+                state.metrics.clone(),
+                state.decoder.clone(),
+                runtime,
+            )?;
+            let _ = state.core.set(Arc::new(core));
+            tracing::info!("ready");
+            Ok(())
+        })
+    };
+    let app = router(state.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = tokio::spawn(async move { server.await });
+    // A backbone that fails to load ends the process.
+    loader.await??;
+    server.await??;
+    tracing::info!("draining done; stopping the encoder");
+    if let Some(core) = state.core.get() {
+        core.encoder.shutdown();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal: draining requests");
+}

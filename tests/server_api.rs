@@ -1,0 +1,458 @@
+//! End-to-end tests of `mvserve serve`: the real binary on an ephemeral port with the tiny fixture
+//! backbone, real videos, real HTTP.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const VIDEOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/videos");
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-clip");
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+            .args([
+                "serve",
+                "--model-dir",
+                MODEL,
+                "--port",
+                "0",
+                "--frames",
+                "4",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--adapters-dir")
+            .arg(data.join("adapters"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting mvserve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next()
+            .expect("mvserve printed nothing")
+            .expect("reading stdout");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let port = addr.rsplit(':').next().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let s = Server { child, base };
+        let t0 = Instant::now();
+        loop {
+            if s.get("/readyz").0 == 200 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        json_of(ureq::get(&self.url(path)).call())
+    }
+
+    fn get_key(&self, path: &str, key: &str) -> (u16, Value) {
+        json_of(
+            ureq::get(&self.url(path))
+                .set("Authorization", &format!("Bearer {key}"))
+                .call(),
+        )
+    }
+
+    fn delete(&self, path: &str) -> (u16, Value) {
+        json_of(ureq::delete(&self.url(path)).call())
+    }
+
+    fn post_form(&self, path: &str, parts: &[Part], key: Option<&str>) -> (u16, Value) {
+        let (ct, body) = multipart(parts);
+        let mut req = ureq::post(&self.url(path)).set("Content-Type", &ct);
+        if let Some(k) = key {
+            req = req.set("x-api-key", k);
+        }
+        json_of(req.send_bytes(&body))
+    }
+
+    /// Stops the server with SIGTERM (graceful) and waits for it.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "server exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_of(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+enum Part<'a> {
+    Text(&'a str, &'a str),
+    File(&'a str, Vec<u8>),
+}
+
+fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "mvserve-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p {
+            Part::Text(name, value) => {
+                body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                );
+                body.extend_from_slice(value.as_bytes());
+            }
+            Part::File(file, bytes) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"video\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(bytes);
+            }
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn video(name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(VIDEOS).join(name)).unwrap()
+}
+
+fn hit_ids(v: &Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits in {v}"))
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn upload_search_delete_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let (st, body) = s.post_form(
+        "/index?task=clip",
+        &[
+            Part::Text("id", "short"),
+            Part::Text("meta", r#"{"title": "a short clip"}"#),
+            Part::File("realshort.mp4", video("realshort.mp4")),
+            Part::Text("id", "bunny"),
+            Part::File("bunny.webm", video("big_buck_bunny_432_433.webm")),
+            Part::File("video740.mp4", video("video740.mp4")),
+        ],
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    let indexed = body["indexed"].as_array().unwrap();
+    assert_eq!(indexed.len(), 3);
+    assert_eq!(indexed[0]["id"], "short");
+    assert_eq!(indexed[1]["id"], "bunny");
+    let third = indexed[2]["id"].as_str().unwrap().to_string();
+    assert_eq!(third.len(), 16, "a generated id is a content hash");
+
+    let (st, res) = s.get("/search?task=clip&q=a%20person%20riding%20a%20bike&k=10");
+    assert_eq!(st, 200, "{res}");
+    let mut ids = hit_ids(&res);
+    let scores: Vec<f64> = res["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(scores.iter().all(|s| s.is_finite() && s.abs() <= 1.0001));
+    ids.sort();
+    let mut want = vec!["bunny".to_string(), "short".to_string(), third.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let short_hit = res["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == "short")
+        .unwrap();
+    assert_eq!(short_hit["meta"]["title"], "a short clip");
+
+    let (st, k1) = s.get("/search?task=clip&q=bike&k=1");
+    assert_eq!(st, 200);
+    assert_eq!(hit_ids(&k1).len(), 1);
+
+    let (st, v) = s.get("/videos/clip/short");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["meta"]["title"], "a short clip");
+    assert_eq!(v["file_name"], "realshort.mp4");
+    assert_eq!(v["bytes"], 96822);
+    let thumb = ureq::get(&s.url("/videos/clip/short/thumbnail.jpg"))
+        .call()
+        .unwrap();
+    assert_eq!(thumb.content_type(), "image/jpeg");
+    let mut jpeg = Vec::new();
+    thumb.into_reader().read_to_end(&mut jpeg).unwrap();
+    assert!(jpeg.starts_with(&[0xff, 0xd8]), "not a JPEG");
+
+    let (st, _) = s.delete("/videos/clip/bunny");
+    assert_eq!(st, 200);
+    assert_eq!(s.get("/videos/clip/bunny").0, 404);
+    assert_eq!(s.get("/videos/clip/bunny/thumbnail.jpg").0, 404);
+    let (st, e) = s.delete("/videos/clip/bunny");
+    assert_eq!(st, 404);
+    assert_eq!(e["error"]["code"], "unknown_video");
+
+    let (st, tasks) = s.get("/tasks");
+    assert_eq!(st, 200);
+    let clip = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == "clip")
+        .expect("clip is listed");
+    assert_eq!(clip["videos"], 2);
+    assert_eq!(s.get("/tasks/clip").1["videos"], 2);
+    assert_eq!(s.get("/tasks/nope").0, 404);
+
+    let metrics = ureq::get(&s.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("mvserve_videos_indexed_total{task=\"clip\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mvserve_batch_size_count{kind=\"video\"}"));
+    assert!(metrics.contains("mvserve_task_requests_total{op=\"search\",task=\"clip\"} 2"));
+
+    // A graceful stop, then a restart on the same data keeps every video.
+    s.stop();
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(s.get("/tasks/clip").1["videos"], 2);
+    let (st, res) = s.get("/search?task=clip&q=bike");
+    assert_eq!(st, 200);
+    let mut ids = hit_ids(&res);
+    ids.sort();
+    let mut want = vec!["short".to_string(), third.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(
+        s.get("/videos/clip/short").1["meta"]["title"],
+        "a short clip"
+    );
+    // kill -9 loses nothing acknowledged either.
+    let (st, _) = s.post_form(
+        "/index?task=clip",
+        &[
+            Part::Text("id", "car"),
+            Part::File("c.mp4", video("carphone_distorted.mp4")),
+        ],
+        None,
+    );
+    assert_eq!(st, 200);
+    drop(s);
+    let s = Server::start(dir.path(), &[]);
+    assert_eq!(s.get("/tasks/clip").1["videos"], 3);
+    assert_eq!(s.get("/videos/clip/car").0, 200);
+}
+
+#[test]
+fn errors_have_json_bodies_and_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--max-upload-mb", "1"]);
+    let code = |r: &(u16, Value)| r.1["error"]["code"].as_str().unwrap_or("").to_string();
+
+    let r = s.get("/search?task=nope&q=x");
+    assert_eq!((r.0, code(&r).as_str()), (404, "unknown_task"));
+    let r = s.get("/search?task=clip&q=");
+    assert_eq!((r.0, code(&r).as_str()), (400, "empty_query"));
+    let r = s.get("/search?task=clip");
+    assert_eq!((r.0, code(&r).as_str()), (400, "empty_query"));
+    let r = s.get("/search?q=x");
+    assert_eq!((r.0, code(&r).as_str()), (400, "missing_task"));
+    for k in ["0", "1001", "abc", "-1"] {
+        let r = s.get(&format!("/search?task=clip&q=x&k={k}"));
+        assert_eq!((r.0, code(&r).as_str()), (400, "bad_k"), "k={k}");
+    }
+    let r = s.post_form(
+        "/index?task=nope",
+        &[Part::File("a.mp4", video("realshort.mp4"))],
+        None,
+    );
+    assert_eq!((r.0, code(&r).as_str()), (404, "unknown_task"));
+    let r = s.post_form("/index?task=clip", &[Part::Text("id", "x")], None);
+    assert_eq!((r.0, code(&r).as_str()), (400, "missing_video"));
+    let r = s.post_form(
+        "/index?task=clip",
+        &[
+            Part::Text("meta", "{not json"),
+            Part::File("a.mp4", video("realshort.mp4")),
+        ],
+        None,
+    );
+    assert_eq!((r.0, code(&r).as_str()), (400, "bad_meta"));
+    // Over the 1 MiB cap: refused while streaming.
+    let r = s.post_form(
+        "/index?task=clip",
+        &[Part::File("big.mp4", vec![7u8; 1_300_000])],
+        None,
+    );
+    assert_eq!((r.0, code(&r).as_str()), (413, "too_large"));
+    // Not a video at all.
+    let r = s.post_form(
+        "/index?task=clip",
+        &[Part::File(
+            "notes.txt",
+            b"these are not the frames you are looking for".to_vec(),
+        )],
+        None,
+    );
+    assert_eq!((r.0, code(&r).as_str()), (415, "unsupported_media"));
+    // An MP4 cut short: a known container that does not decode.
+    let mut cut = video("video740.mp4");
+    cut.truncate(2000);
+    let r = s.post_form("/index?task=clip", &[Part::File("cut.mp4", cut)], None);
+    assert_eq!(r.0, 422, "{}", r.1);
+    // None of the refused uploads was stored.
+    assert_eq!(s.get("/tasks/clip").1["videos"], 0);
+    let r = s.get("/videos/clip/none");
+    assert_eq!((r.0, code(&r).as_str()), (404, "unknown_video"));
+    let metrics = ureq::get(&s.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("mvserve_errors_total{code=\"too_large\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn overload_answers_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    // A text queue of zero places: every query is turned away instead of waiting.
+    let s = Server::start(dir.path(), &["--text-queue", "0"]);
+    let resp = match ureq::get(&s.url("/search?task=clip&q=hello")).call() {
+        Err(ureq::Error::Status(503, r)) => r,
+        other => panic!("expected 503, got {:?}", other.map(|r| r.status())),
+    };
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    let body: Value = serde_json::from_str(&resp.into_string().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+}
+
+#[test]
+fn api_keys_scope_tasks_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"admin_keys": ["admin-key-123"],
+            "keys": [{"key": "reader-clip-1", "tasks": ["clip"], "scope": "read"},
+                     {"key": "writer-other-1", "tasks": ["other"], "scope": "write"},
+                     {"key": "writer-all-12", "tasks": ["*"], "scope": "write"}]}"#,
+    )
+    .unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--auth-file", keys.to_str().unwrap()],
+    );
+    let q = "/search?task=clip&q=hello";
+    let r = s.get(q);
+    assert_eq!(
+        (r.0, r.1["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    assert_eq!(s.get_key(q, "wrong-key-999").0, 401);
+    assert_eq!(s.get_key(q, "reader-clip-1").0, 200);
+    let r = s.get_key(q, "writer-other-1");
+    assert_eq!(
+        (r.0, r.1["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(s.get_key(q, "admin-key-123").0, 200);
+    assert_eq!(s.get_key("/tasks", "reader-clip-1").0, 200);
+    let form = [
+        Part::Text("id", "a"),
+        Part::File("a.mp4", video("carphone_distorted.mp4")),
+    ];
+    let r = s.post_form("/index?task=clip", &form, Some("reader-clip-1"));
+    assert_eq!(r.0, 403, "{}", r.1);
+    let r = s.post_form("/index?task=clip", &form, Some("writer-all-12"));
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(s.delete("/videos/clip/a").0, 401);
+    // Probes stay open for orchestrators.
+    assert_eq!(s.get("/healthz").0, 200);
+    assert_eq!(s.get("/readyz").0, 200);
+}
+
+#[test]
+fn refuses_public_bind_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args([
+            "serve",
+            "--model-dir",
+            MODEL,
+            "--port",
+            "0",
+            "--bind",
+            "0.0.0.0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"));
+}

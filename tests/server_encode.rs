@@ -1,0 +1,209 @@
+//! The batching encoder against the tiny fixture backbone: batches that mix tasks give every job
+//! the result it would get alone, and each task's hook touches only its own rows.
+
+use candle_core::{Device, Tensor};
+use mvserve::backbone::{Backbone, BlockHook, ModelSource};
+use mvserve::encode::{ClipModel, Encoder, EncoderConfig, TaskModel};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-clip");
+
+fn backbone() -> Backbone {
+    Backbone::load(&ModelSource::Dir(MODEL.into()), &Device::Cpu).unwrap()
+}
+
+/// A stand-in adapter: adds `scale * f` after every MLP.
+struct Scaled(f64);
+impl BlockHook for Scaled {
+    fn after_mlp(&self, _layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        (f * self.0).map(Some)
+    }
+}
+
+struct ScaledModel {
+    digest: String,
+    scale: f64,
+}
+
+impl TaskModel for ScaledModel {
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+    fn text_len(&self) -> usize {
+        32
+    }
+    fn frames(&self) -> usize {
+        2
+    }
+    fn text_hook(&self) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
+        Ok(Some(Box::new(Scaled(self.scale))))
+    }
+    fn video_hook(&self, _mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
+        Ok(Some(Box::new(Scaled(self.scale))))
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn mixed_batches_match_single_jobs() {
+    let rt = runtime();
+    let texts = [
+        "a dog runs",
+        "a cat sleeps on a sofa",
+        "cars in the rain",
+        "x",
+    ];
+    let clip: Arc<dyn TaskModel> = Arc::new(ClipModel {
+        digest: "clip".into(),
+        text_len: 32,
+        frames: 2,
+    });
+    let adapted: Arc<dyn TaskModel> = Arc::new(ScaledModel {
+        digest: "scaled".into(),
+        scale: 0.5,
+    });
+    // One at a time: batches of one.
+    let solo = Encoder::start(
+        backbone(),
+        EncoderConfig {
+            max_text_batch: 1,
+            max_video_batch: 1,
+            ..Default::default()
+        },
+        None,
+    );
+    // Batched: a long wait so that concurrent jobs share batches.
+    let batched = Encoder::start(
+        backbone(),
+        EncoderConfig {
+            max_text_batch: 8,
+            max_video_batch: 4,
+            max_wait: Duration::from_millis(200),
+            ..Default::default()
+        },
+        None,
+    );
+    let models = [clip.clone(), adapted.clone()];
+    let mut want = Vec::new();
+    for m in &models {
+        for t in texts {
+            want.push(rt.block_on(solo.encode_text(m.clone(), t)).unwrap());
+        }
+    }
+    let got: Vec<Vec<f32>> = rt.block_on(async {
+        let mut handles = Vec::new();
+        for m in &models {
+            for t in texts {
+                let (e, m) = (batched.clone(), m.clone());
+                handles.push(tokio::spawn(async move { e.encode_text(m, t).await }));
+            }
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap().unwrap());
+        }
+        out
+    });
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(max_diff(g, w) < 1e-4, "text {i}: batched differs from solo");
+    }
+    // The hook changed the adapted task's embeddings, and only those.
+    assert!(max_diff(&want[0], &want[texts.len()]) > 1e-3);
+    let plain = backbone().embed_texts(&[texts[0]], 32, None).unwrap();
+    let plain: Vec<f32> = plain.squeeze(0).unwrap().to_vec1().unwrap();
+    assert!(max_diff(&plain, &got[0]) < 1e-4);
+
+    // Videos: 2 frames of 64x64 each, the second video with one padded slot.
+    let s = 64;
+    let frames = |seed: u64| -> Vec<f32> {
+        (0..2 * 3 * s * s)
+            .map(|i| (((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    };
+    let jobs = [
+        (clip.clone(), frames(1), vec![true, true]),
+        (adapted.clone(), frames(2), vec![true, false]),
+        (clip.clone(), frames(3), vec![true, false]),
+        (adapted.clone(), frames(4), vec![true, true]),
+    ];
+    let want: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|(m, p, k)| {
+            rt.block_on(solo.encode_video(m.clone(), p.clone(), k.clone()))
+                .unwrap()
+        })
+        .collect();
+    let got: Vec<Vec<f32>> = rt.block_on(async {
+        let mut handles = Vec::new();
+        for (m, p, k) in jobs.iter().cloned() {
+            let e = batched.clone();
+            handles.push(tokio::spawn(async move { e.encode_video(m, p, k).await }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap().unwrap());
+        }
+        out
+    });
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            max_diff(g, w) < 1e-4,
+            "video {i}: batched differs from solo"
+        );
+        let norm: f32 = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+    // A padded slot is ignored: its pixels do not change the embedding.
+    let mut other = frames(2);
+    for v in &mut other[3 * s * s..] {
+        *v = 0.7;
+    }
+    let masked = rt
+        .block_on(solo.encode_video(adapted.clone(), other, vec![true, false]))
+        .unwrap();
+    assert!(max_diff(&masked, &want[1]) < 1e-5);
+    // Wrong shapes are refused before they reach the worker.
+    let bad = rt.block_on(solo.encode_video(clip.clone(), vec![0.0; 10], vec![true, true]));
+    assert!(bad.is_err());
+    solo.shutdown();
+    batched.shutdown();
+}
+
+#[test]
+fn full_queue_is_refused_not_queued() {
+    let rt = runtime();
+    let enc = Encoder::start(
+        backbone(),
+        EncoderConfig {
+            text_queue: 0,
+            ..Default::default()
+        },
+        None,
+    );
+    let m: Arc<dyn TaskModel> = Arc::new(ClipModel {
+        digest: "clip".into(),
+        text_len: 32,
+        frames: 2,
+    });
+    let r = rt.block_on(enc.encode_text(m, "hello"));
+    assert!(matches!(
+        r,
+        Err(mvserve::encode::EncodeError::Overloaded("text"))
+    ));
+    enc.shutdown();
+}
