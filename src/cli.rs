@@ -52,7 +52,8 @@ pub struct EmbedArgs {
     /// Image file to embed (JPEG, PNG or GIF; the first frame).
     #[arg(long, conflicts_with = "video")]
     pub image: Option<PathBuf>,
-    /// A video as a directory of frame images (sorted by name; F sampled uniformly, meanP pooled).
+    /// A video file (decoded and sampled at 1 fps by the media module), or a directory of frame
+    /// images (sorted by name; F sampled uniformly); frames are meanP pooled.
     #[arg(long)]
     pub video: Option<PathBuf>,
     /// Padded text length in tokens (an adapter fixes it to its own).
@@ -121,8 +122,12 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     };
     let s = clip.config.vision_config.image_size;
     // Frames through the video hook (a single image is a one-frame video) and meanP.
-    let video = |pixels: Tensor| -> Result<Tensor> {
-        let mask = Tensor::ones((1, pixels.dim(0)?), DType::F32, &Device::Cpu)?;
+    let video = |pixels: Tensor, mask: Option<Vec<f32>>| -> Result<Tensor> {
+        let n = pixels.dim(0)?;
+        let mask = match mask {
+            Some(m) => Tensor::from_vec(m, (1, n), &Device::Cpu)?,
+            None => Tensor::ones((1, n), DType::F32, &Device::Cpu)?,
+        };
         let frames = match &adapter {
             Some(a) => {
                 let hook = a.video_hook(&mask)?;
@@ -151,13 +156,30 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
                 &Device::Cpu,
             )?;
             match &adapter {
-                Some(_) => video(pixels)?,
+                Some(_) => video(pixels, None)?,
                 None => l2_normalize(&clip.vision.forward(&pixels, None, false)?.embeds)?,
             }
         }
-        (None, None, Some(dir)) => {
+        (None, None, Some(path)) => {
             let f = adapter.as_ref().map_or(args.frames, |a| a.config.frames);
-            video(frames_from_dir(dir, f, s)?)?
+            if path.is_dir() {
+                video(frames_from_dir(path, f, s)?, None)?
+            } else {
+                let spec = mvserve::media::SampleSpec {
+                    frames: f,
+                    fps: 1.0,
+                    size: s as u32,
+                };
+                let frames = mvserve::media::load_video(path, &spec, &Default::default())
+                    .with_context(|| format!("video {}", path.display()))?;
+                let pixels = Tensor::from_vec(frames.pixels, (f, 3, s, s), &Device::Cpu)?;
+                let mask = frames
+                    .mask
+                    .iter()
+                    .map(|&m| if m { 1.0 } else { 0.0 })
+                    .collect();
+                video(pixels, Some(mask))?
+            }
         }
         _ => bail!("give exactly one of --text, --image or --video"),
     };

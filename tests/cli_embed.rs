@@ -111,3 +111,35 @@ fn embed_needs_text_or_image() {
     assert!(!ok);
     assert!(err.contains("--text") && err.contains("--image"), "{err}");
 }
+
+#[test]
+fn embed_video_file_goes_through_media_and_mean_pooling() {
+    let dir = fixture("tiny-clip");
+    let video = fixture("videos/video740.mp4");
+    let (ok, out, err) = run(&[
+        "embed",
+        "--model-dir",
+        dir.to_str().unwrap(),
+        "--video",
+        video.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let m = Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap();
+    let spec = mvserve::media::SampleSpec {
+        frames: 12,
+        fps: 1.0,
+        size: 64,
+    };
+    let frames = mvserve::media::load_video(&video, &spec, &Default::default()).unwrap();
+    // video740 is 10.7 s long: 11 real frames and one padded slot, which must not count.
+    assert_eq!(frames.mask.iter().filter(|&&m| m).count(), 11);
+    let px = Tensor::from_vec(frames.pixels, (12, 3, 64, 64), &Device::Cpu).unwrap();
+    let mask: Vec<f32> = frames.mask.iter().map(|&m| m as u8 as f32).collect();
+    let mask = Tensor::from_vec(mask, (1, 12), &Device::Cpu).unwrap();
+    let per_frame = m.clip.vision.forward(&px, None, false).unwrap().embeds;
+    let want = mvserve::adapter::pool_frames(&per_frame, &mask).unwrap();
+    assert_close(
+        &embedding(&out),
+        &want.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+    );
+}
