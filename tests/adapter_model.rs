@@ -1,6 +1,9 @@
 //! The adapter as a model: parameter budget (spec section 11), the zero-init identity, batches
 //! mixing tasks, gradients for training, the Kronecker option, and input errors.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use mvserve::adapter::{
@@ -13,18 +16,6 @@ use std::path::Path;
 fn tiny() -> Backbone {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
     Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn tiny_config(b: &Backbone, tying: Tying) -> AdapterConfig {

@@ -3,6 +3,9 @@
 //! 'down out'. Layer by layer (adapter in/out, alpha, CMT factor), then frame features, video
 //! and text embeddings and the similarity matrix, within 1e-4 in f32.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, IndexOp, Tensor};
 use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
 use mvserve::adapter::{pool_frames, BackboneDims, TaskAdapter, Tying};
@@ -19,18 +22,6 @@ fn fixture(p: &str) -> PathBuf {
 
 fn load(p: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(p), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check(what: &str, ours: &Tensor, theirs: &Tensor) -> f32 {

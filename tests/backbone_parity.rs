@@ -1,6 +1,9 @@
 //! The backbone against transformers' CLIP (fixtures/tiny-clip) and the CLIP tokenizer against the
 //! expected ids of all 1000 MSR-VTT 1k-A captions; plus the loader's strictness.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, IndexOp, Tensor};
 use mvserve::backbone::{l2_normalize, Backbone, BackboneError, ModelSource};
 use std::collections::HashMap;
@@ -18,18 +21,6 @@ fn tiny() -> Backbone {
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("tiny-clip/reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
         .unwrap()
 }
 
