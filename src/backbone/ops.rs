@@ -108,6 +108,18 @@ pub fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     quick_gelu(&x.broadcast_add(bias)?)
 }
 
+/// The values of a contiguous f32 CPU tensor, which is all the fused kernels below accept (their
+/// callers route everything else to composite ops).
+fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: inputs must be contiguous");
+    };
+    Ok(&v[start..end])
+}
+
 struct BiasQuickGelu;
 
 impl CustomOp2 for BiasQuickGelu {
@@ -122,14 +134,10 @@ impl CustomOp2 for BiasQuickGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("bias-quick-gelu: f32 only");
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("bias-quick-gelu: inputs must be contiguous");
-        };
-        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let (x, b) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+        );
         let n = b.len();
         if n == 0 || x.len() % n != 0 || l1.dims().last() != Some(&n) {
             candle_core::bail!("bias-quick-gelu: bias does not match the last dimension");
@@ -203,15 +211,9 @@ impl CustomOp3 for Add3 {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) = (s1, s2, s3) else {
-            candle_core::bail!("add3: f32 only");
-        };
-        let slice = |l: &Layout| -> Result<std::ops::Range<usize>> {
-            l.contiguous_offsets()
-                .map(|(s, e)| s..e)
-                .ok_or_else(|| candle_core::Error::Msg("add3: inputs must be contiguous".into()))
-        };
-        let (a, b, c) = (&a[slice(l1)?], &b[slice(l2)?], &c[slice(l3)?]);
+        let a = f32_slice(self.name(), s1, l1)?;
+        let b = f32_slice(self.name(), s2, l2)?;
+        let c = f32_slice(self.name(), s3, l3)?;
         let mut out = vec![0f32; a.len()];
         if b.len() == a.len() {
             const CHUNK: usize = 16384;
@@ -280,14 +282,10 @@ impl CustomOp2 for SplitHeads {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("split-qkv-heads: f32 only");
-        };
-        let (Some((x0, x1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("split-qkv-heads: inputs must be contiguous");
-        };
-        let (x, b) = (&x[x0..x1], &b[b0..b1]);
+        let (x, b) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+        );
         let (n, t, d3) = l1.shape().dims3()?;
         let h = self.heads;
         let hd = d3 / 3 / h;
