@@ -403,24 +403,33 @@ fn runs<J>(jobs: &[J], model: impl Fn(&J) -> &Arc<dyn TaskModel>) -> Vec<(usize,
     out
 }
 
-fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
-    let jobs: Vec<TextJob> = jobs
-        .into_iter()
+/// Drops the jobs whose client has gone before they cost compute, and records how long the
+/// others waited in their queue.
+fn live_jobs<J>(
+    jobs: Vec<J>,
+    kind: &'static str,
+    obs: &dyn EncodeObserver,
+    reply_and_queued: impl Fn(&J) -> (&Reply, Instant),
+) -> Vec<J> {
+    jobs.into_iter()
         .filter(|j| {
-            let gone = j.reply.is_closed();
-            if gone {
-                obs.dropped("text");
+            let (reply, queued) = reply_and_queued(j);
+            if reply.is_closed() {
+                obs.dropped(kind);
+                return false;
             }
-            !gone
+            obs.queue_wait(kind, queued.elapsed().as_secs_f64());
+            true
         })
-        .collect();
+        .collect()
+}
+
+fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
+    let jobs = live_jobs(jobs, "text", obs, |j| (&j.reply, j.queued));
     if jobs.is_empty() {
         return;
     }
     let t0 = Instant::now();
-    for j in &jobs {
-        obs.queue_wait("text", j.queued.elapsed().as_secs_f64());
-    }
     let jobs = group(jobs, |j| &j.model);
     let runs = runs(&jobs, |j| &j.model);
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
@@ -458,23 +467,11 @@ fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
 }
 
 fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver) {
-    let jobs: Vec<VideoJob> = jobs
-        .into_iter()
-        .filter(|j| {
-            let gone = j.reply.is_closed();
-            if gone {
-                obs.dropped("video");
-            }
-            !gone
-        })
-        .collect();
+    let jobs = live_jobs(jobs, "video", obs, |j| (&j.reply, j.queued));
     if jobs.is_empty() {
         return;
     }
     let t0 = Instant::now();
-    for j in &jobs {
-        obs.queue_wait("video", j.queued.elapsed().as_secs_f64());
-    }
     let jobs = group(jobs, |j| &j.model);
     let runs = runs(&jobs, |j| &j.model);
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
