@@ -289,6 +289,16 @@ pub struct ServeArgs {
     /// Whole-request timeout in seconds.
     #[arg(long, env = "MVSERVE_REQUEST_TIMEOUT_S", default_value_t = 300)]
     pub request_timeout_s: u64,
+    /// Adapters kept in memory; the least recently used unpinned one is evicted past this and
+    /// reloads on its next request.
+    #[arg(long, env = "MVSERVE_MAX_LOADED_ADAPTERS", default_value_t = 64)]
+    pub max_loaded_adapters: usize,
+    /// Tasks whose adapters are never evicted (repeat, or comma-separated).
+    #[arg(long = "pin", env = "MVSERVE_PINNED_TASKS", value_delimiter = ',')]
+    pub pinned: Vec<String>,
+    /// Quiet time in ms after the last change to a file in the adapters folder before it is read.
+    #[arg(long, env = "MVSERVE_WATCH_DEBOUNCE_MS", default_value_t = 100)]
+    pub watch_debounce_ms: u64,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -311,6 +321,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             video_queue: args.video_queue,
         },
         request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
+        adapter_cache: mvserve::registry::adapters::CacheConfig {
+            capacity: args.max_loaded_adapters.max(1),
+            pinned: args.pinned.into_iter().collect(),
+        },
+        watch_debounce: std::time::Duration::from_millis(args.watch_debounce_ms),
         ..Default::default()
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -13,10 +13,19 @@ fn backbone() -> Backbone {
     Backbone::load(&ModelSource::Dir(MODEL.into()), &Device::Cpu).unwrap()
 }
 
-/// A stand-in adapter: adds `scale * f` after every MLP.
-struct Scaled(f64);
+/// A stand-in adapter: adds `scale * f` after every MLP. Like a real text adapter (whose
+/// positional table fixes L), it refuses texts not padded to its own length.
+struct Scaled(f64, Option<usize>);
 impl BlockHook for Scaled {
     fn after_mlp(&self, _layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if let Some(len) = self.1 {
+            if f.dim(1)? != len {
+                candle_core::bail!(
+                    "texts padded to {} tokens, this task takes {len}",
+                    f.dim(1)?
+                );
+            }
+        }
         (f * self.0).map(Some)
     }
 }
@@ -24,6 +33,7 @@ impl BlockHook for Scaled {
 struct ScaledModel {
     digest: String,
     scale: f64,
+    text_len: usize,
 }
 
 impl TaskModel for ScaledModel {
@@ -31,16 +41,16 @@ impl TaskModel for ScaledModel {
         &self.digest
     }
     fn text_len(&self) -> usize {
-        32
+        self.text_len
     }
     fn frames(&self) -> usize {
         2
     }
     fn text_hook(&self) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
-        Ok(Some(Box::new(Scaled(self.scale))))
+        Ok(Some(Box::new(Scaled(self.scale, Some(self.text_len)))))
     }
     fn video_hook(&self, _mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
-        Ok(Some(Box::new(Scaled(self.scale))))
+        Ok(Some(Box::new(Scaled(self.scale, None))))
     }
 }
 
@@ -76,6 +86,13 @@ fn mixed_batches_match_single_jobs() {
     let adapted: Arc<dyn TaskModel> = Arc::new(ScaledModel {
         digest: "scaled".into(),
         scale: 0.5,
+        text_len: 32,
+    });
+    // Another padded length in the same batches (the encoder must not pad it to 32).
+    let short: Arc<dyn TaskModel> = Arc::new(ScaledModel {
+        digest: "short".into(),
+        scale: 0.25,
+        text_len: 16,
     });
     // One at a time: batches of one.
     let solo = Encoder::start(
@@ -98,7 +115,7 @@ fn mixed_batches_match_single_jobs() {
         },
         None,
     );
-    let models = [clip.clone(), adapted.clone()];
+    let models = [clip.clone(), adapted.clone(), short];
     let mut want = Vec::new();
     for m in &models {
         for t in texts {

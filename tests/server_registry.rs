@@ -90,7 +90,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
         Arc::new(FakeLoader),
         dir,
         Duration::from_millis(50),
-        Arc::new(|_, _| {}),
+        Arc::new(|_, _, _| {}),
     )
     .unwrap();
 

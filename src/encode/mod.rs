@@ -1,12 +1,13 @@
 //! The batching encoder: one worker thread owns the backbone; text and video jobs from every task
 //! wait in two bounded queues; the worker cuts a batch (up to `max_batch` jobs, waiting at most
 //! `max_wait` for more), runs each block of the tower once for the whole batch and applies every
-//! sample's own adapter inside the block, grouped by task ([`MixedHook`]).
+//! sample's own adapter inside the block, grouped by task (`adapter::MixedHook`).
 //!
 //! Owns: the queues (capacity, overload), batch cutting, dropping jobs whose caller has gone,
 //! tokenization of queries, meanP pooling of frame embeddings. Does not own: which adapter a task
 //! uses (a [`TaskModel`] comes with each job, from the registry), video decoding (`media`), storage.
 
+use crate::adapter::MixedHook;
 use crate::backbone::{l2_normalize, Backbone, BlockHook};
 use candle_core::{DType, Tensor};
 use parking_lot::{Condvar, Mutex};
@@ -32,6 +33,15 @@ pub trait TaskModel: Send + Sync {
     /// Pools (n, F, P) projected frame embeddings to (n, P) video embeddings (not normalised).
     fn pool_video(&self, frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         mean_pool(frames, mask)
+    }
+    /// Makes the model ready to encode (an evicted adapter reloads). Callers run it off the
+    /// encoder thread before queueing, so a reload does not stall other tasks' batches.
+    fn prepare(&self) -> candle_core::Result<()> {
+        Ok(())
+    }
+    /// Whether [`TaskModel::prepare`] has work to do.
+    fn needs_prepare(&self) -> bool {
+        false
     }
 }
 
@@ -66,46 +76,6 @@ impl TaskModel for ClipModel {
     }
     fn video_hook(&self, _mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>> {
         Ok(None)
-    }
-}
-
-/// Rows `[start, start + len)` of a batch and the hook that serves them (`None`: plain CLIP).
-pub type HookGroup<'a> = (usize, usize, Option<Box<dyn BlockHook + 'a>>);
-
-/// A hook for a batch that mixes tasks: rows `[start, start + len)` of the block's MLP output go
-/// through that group's own hook; groups without one contribute zeros.
-pub struct MixedHook<'a> {
-    pub groups: Vec<HookGroup<'a>>,
-}
-
-impl BlockHook for MixedHook<'_> {
-    fn after_mlp(&self, layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        if let [(_, _, h)] = self.groups.as_slice() {
-            return match h {
-                Some(h) => h.after_mlp(layer, f),
-                None => Ok(None),
-            };
-        }
-        let mut parts = Vec::with_capacity(self.groups.len());
-        let mut any = false;
-        for (start, len, h) in &self.groups {
-            let rows = f.narrow(0, *start, *len)?;
-            let out = match h {
-                Some(h) => h.after_mlp(layer, &rows)?,
-                None => None,
-            };
-            match out {
-                Some(t) => {
-                    any = true;
-                    parts.push(t)
-                }
-                None => parts.push(rows.zeros_like()?),
-            }
-        }
-        if !any {
-            return Ok(None);
-        }
-        Tensor::cat(&parts, 0).map(Some)
     }
 }
 
@@ -259,6 +229,7 @@ impl Encoder {
         model: Arc<dyn TaskModel>,
         text: &str,
     ) -> Result<Vec<f32>, EncodeError> {
+        prepare(&model).await?;
         let (tx, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock();
@@ -293,6 +264,7 @@ impl Encoder {
                 pixels.len()
             )));
         }
+        prepare(&model).await?;
         let (tx, rx) = oneshot::channel();
         {
             let mut q = self.shared.queues.lock();
@@ -328,6 +300,19 @@ impl Encoder {
             let _ = t.join();
         }
     }
+}
+
+/// Runs `model.prepare()` on a blocking thread when it has work to do (an evicted adapter), so
+/// the reload neither blocks the async runtime nor stalls the encoder thread.
+async fn prepare(model: &Arc<dyn TaskModel>) -> Result<(), EncodeError> {
+    if !model.needs_prepare() {
+        return Ok(());
+    }
+    let m = model.clone();
+    tokio::task::spawn_blocking(move || m.prepare())
+        .await
+        .map_err(|e| EncodeError::Failed(e.to_string()))?
+        .map_err(|e| EncodeError::Failed(format!("loading the task's adapter: {e}")))
 }
 
 enum Batch {
@@ -424,43 +409,72 @@ fn live_jobs<J>(
         .collect()
 }
 
+/// Per run of one model: (first row, rows, that model's hook).
+type HookGroup<'a> = (usize, usize, Option<Box<dyn BlockHook + 'a>>);
+
+/// One hook for a batch that mixes tasks: each run's rows go through its own model's hook.
+fn mixed<'a>(groups: &'a [HookGroup<'a>]) -> Result<MixedHook<'a>, EncodeError> {
+    MixedHook::new(
+        groups
+            .iter()
+            .map(|(start, n, h)| (*start..*start + *n, h.as_deref()))
+            .collect(),
+    )
+    .map_err(|e| EncodeError::Failed(e.to_string()))
+}
+
 fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
-    let jobs = live_jobs(jobs, "text", obs, |j| (&j.reply, j.queued));
+    let mut jobs = live_jobs(jobs, "text", obs, |j| (&j.reply, j.queued));
     if jobs.is_empty() {
         return;
     }
     let t0 = Instant::now();
-    let jobs = group(jobs, |j| &j.model);
+    // Texts of one forward share a padded length (an adapter's positional table fixes it), so
+    // jobs are ordered by length first, then by model.
+    jobs.sort_by_key(|j| (j.model.text_len(), model_key(&j.model)));
     let runs = runs(&jobs, |j| &j.model);
+    let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
-        let len = jobs.iter().map(|j| j.model.text_len()).max().unwrap_or(2);
-        let mut ids = Vec::with_capacity(jobs.len() * len);
-        let mut eot = Vec::with_capacity(jobs.len());
-        for j in &jobs {
-            let tok = backbone
-                .tokenizer
-                .encode(&j.text, j.model.text_len())
-                .map_err(|e| EncodeError::BadInput(e.to_string()))?;
-            ids.extend(tok.ids.iter().copied());
-            ids.extend(std::iter::repeat_n(0u32, len - tok.ids.len()));
-            eot.push(tok.eot as u32);
-        }
-        let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
         let dev = &backbone.clip.device;
-        let ids = Tensor::from_vec(ids, (jobs.len(), len), dev).map_err(fail)?;
-        let eot = Tensor::from_vec(eot, jobs.len(), dev).map_err(fail)?;
-        let mut groups = Vec::with_capacity(runs.len());
-        for &(s, n) in &runs {
-            groups.push((s, n, jobs[s].model.text_hook().map_err(fail)?));
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut r = 0;
+        while r < runs.len() {
+            let len = jobs[runs[r].0].model.text_len();
+            let r_end = (r..runs.len())
+                .find(|&i| jobs[runs[i].0].model.text_len() != len)
+                .unwrap_or(runs.len());
+            let first = runs[r].0;
+            let last = runs[r_end - 1].0 + runs[r_end - 1].1;
+            let part = &jobs[first..last];
+            let mut ids = Vec::with_capacity(part.len() * len);
+            let mut eot = Vec::with_capacity(part.len());
+            for j in part {
+                let tok = backbone
+                    .tokenizer
+                    .encode(&j.text, len)
+                    .map_err(|e| EncodeError::BadInput(e.to_string()))?;
+                ids.extend(tok.ids.iter().copied());
+                ids.extend(std::iter::repeat_n(0u32, len - tok.ids.len()));
+                eot.push(tok.eot as u32);
+            }
+            let ids = Tensor::from_vec(ids, (part.len(), len), dev).map_err(fail)?;
+            let eot = Tensor::from_vec(eot, part.len(), dev).map_err(fail)?;
+            let mut groups = Vec::with_capacity(r_end - r);
+            for &(s, n) in &runs[r..r_end] {
+                groups.push((s - first, n, jobs[s].model.text_hook().map_err(fail)?));
+            }
+            let hook = mixed(&groups)?;
+            let enc = backbone
+                .clip
+                .text
+                .forward(&ids, &eot, Some(&hook), false)
+                .map_err(fail)?;
+            let emb =
+                l2_normalize(&enc.embeds.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
+            out.extend(emb.to_vec2::<f32>().map_err(fail)?);
+            r = r_end;
         }
-        let hook = MixedHook { groups };
-        let out = backbone
-            .clip
-            .text
-            .forward(&ids, &eot, Some(&hook), false)
-            .map_err(fail)?;
-        let emb = l2_normalize(&out.embeds.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
-        emb.to_vec2::<f32>().map_err(fail)
+        Ok(out)
     })();
     obs.batch("text", jobs.len(), runs.len(), t0.elapsed().as_secs_f64());
     answer(jobs.into_iter().map(|j| j.reply), result);
@@ -505,7 +519,7 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
             masks.push(mask);
             row += n * f;
         }
-        let hook = MixedHook { groups };
+        let hook = mixed(&groups)?;
         let out = backbone
             .clip
             .vision

@@ -8,6 +8,7 @@
 //! A generation never mixes embedding spaces: its store only holds vectors of its own model digest.
 //! Readers take an `Arc<Generation>` and keep using it even if the task is swapped meanwhile.
 
+pub mod adapters;
 pub mod reembed;
 pub mod watch;
 

@@ -12,11 +12,12 @@
 
 use super::{valid_task_name, ModelInfo, Registry, CLIP_TASK};
 use crate::encode::TaskModel;
-use notify::{RecursiveMode, Watcher};
-use std::collections::BTreeSet;
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Reads and validates one adapter file against the loaded backbone.
 pub trait AdapterLoader: Send + Sync {
@@ -189,8 +190,9 @@ impl Registry {
     }
 }
 
-/// Called after each file change is applied (metrics, logs).
-pub type OnOutcome = Arc<dyn Fn(&str, &Outcome) + Send + Sync>;
+/// Called after each file change is applied (metrics, logs), with the time since the first
+/// event for the file (the debounce included: what an operator waits for).
+pub type OnOutcome = Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>;
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct AdapterWatcher {
@@ -211,6 +213,14 @@ pub fn watch(
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
+            // Reading a file (ours included: loading it) raises access events, and a chmod raises
+            // metadata ones; neither changes the adapter, and reacting to our own reads would loop.
+            if matches!(
+                ev.kind,
+                EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+            ) {
+                return;
+            }
             for p in ev.paths {
                 let _ = tx.send(p);
             }
@@ -220,7 +230,7 @@ pub fn watch(
     let thread = std::thread::Builder::new()
         .name("adapter-watch".into())
         .spawn(move || {
-            let mut pending: BTreeSet<PathBuf> = BTreeSet::new();
+            let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
             loop {
                 let timeout = if pending.is_empty() {
                     Duration::from_secs(3600)
@@ -229,13 +239,13 @@ pub fn watch(
                 };
                 match rx.recv_timeout(timeout) {
                     Ok(p) => {
-                        pending.insert(p);
+                        pending.entry(p).or_insert_with(Instant::now);
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        for p in std::mem::take(&mut pending) {
+                        for (p, since) in std::mem::take(&mut pending) {
                             if let Some(task) = task_of_path(&p) {
                                 let o = registry.apply_file(loader.as_ref(), &task, &p);
-                                on_outcome(&task, &o);
+                                on_outcome(&task, &o, since.elapsed());
                             }
                         }
                     }

@@ -1,12 +1,15 @@
 //! Prometheus metrics (all named `mvserve_*`), recorded where things happen: the HTTP middleware
 //! (requests, latency, errors by code), the handlers (per-task operations, videos indexed), the
 //! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
-//! (queue depth, tasks, videos per task).
+//! (queue depth, tasks, videos per task), and the adapter cache and watcher (loads, evictions,
+//! updates and how long they took).
 
 use crate::encode::EncodeObserver;
+use crate::registry::adapters::CacheObserver;
+use crate::registry::watch::Outcome;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,6 +28,12 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     pub tasks: IntGauge,
     pub videos: IntGaugeVec,
+    pub adapter_loads: IntCounterVec,
+    pub adapter_load_seconds: Histogram,
+    pub adapter_evictions: IntCounterVec,
+    pub adapters_loaded: IntGauge,
+    pub adapter_swaps: IntCounterVec,
+    pub adapter_swap_seconds: HistogramVec,
 }
 
 const LATENCY: &[f64] = &[
@@ -141,6 +150,46 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            adapter_loads: cv(
+                "mvserve_adapter_loads_total",
+                "Adapter loads per task (from adapters/ or, after an eviction, from the copy)",
+                &["task"],
+            ),
+            adapter_load_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "mvserve_adapter_load_seconds",
+                        "Time to read, validate and build one adapter",
+                    )
+                    .buckets(LATENCY.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            adapter_evictions: cv(
+                "mvserve_adapter_evictions_total",
+                "Adapters evicted from memory by the LRU, per task",
+                &["task"],
+            ),
+            adapters_loaded: reg(
+                &registry,
+                IntGauge::new(
+                    "mvserve_adapters_loaded",
+                    "Adapters holding their tensors in memory",
+                )
+                .expect("valid metric"),
+            ),
+            adapter_swaps: cv(
+                "mvserve_adapter_updates_total",
+                "Changes in adapters/ by outcome (added, swapped, reembedding, unchanged, removed, rejected)",
+                &["outcome"],
+            ),
+            adapter_swap_seconds: hv(
+                "mvserve_adapter_swap_seconds",
+                "From the first file event to the task serving the new adapter (or to its rejection)",
+                &["outcome"],
+                LATENCY,
+            ),
             registry,
         }
     }
@@ -155,6 +204,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl CacheObserver for Metrics {
+    fn loaded(&self, task: &str, seconds: f64) {
+        self.adapter_loads.with_label_values(&[task]).inc();
+        self.adapter_load_seconds.observe(seconds);
+    }
+    fn evicted(&self, task: &str) {
+        self.adapter_evictions.with_label_values(&[task]).inc();
+    }
+    fn resident(&self, count: usize) {
+        self.adapters_loaded.set(count as i64);
+    }
+}
+
+impl Metrics {
+    /// Records what a change in adapters/ did and how long it took.
+    pub fn adapter_update(&self, outcome: &Outcome, waited: std::time::Duration) {
+        let label = match outcome {
+            Outcome::Added { .. } => "added",
+            Outcome::Swapped { .. } => "swapped",
+            Outcome::Reembedding { .. } => "reembedding",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Removed => "removed",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Ignored => return,
+        };
+        self.adapter_swaps.with_label_values(&[label]).inc();
+        self.adapter_swap_seconds
+            .with_label_values(&[label])
+            .observe(waited.as_secs_f64());
     }
 }
 

@@ -11,8 +11,11 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 
+use crate::adapter::BackboneDims;
 use crate::backbone::{Backbone, ModelSource, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
+use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
+use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
 use crate::store::StoreConfig;
 use anyhow::{bail, Context, Result};
@@ -58,6 +61,10 @@ pub struct ServeConfig {
     pub encoder: EncoderConfig,
     pub request_timeout: Duration,
     pub max_video_seconds: f64,
+    /// How many adapters stay loaded, and which tasks are pinned.
+    pub adapter_cache: CacheConfig,
+    /// Quiet time after the last event for a file in `adapters/` before it is read.
+    pub watch_debounce: Duration,
 }
 
 impl Default for ServeConfig {
@@ -77,6 +84,8 @@ impl Default for ServeConfig {
             encoder: EncoderConfig::default(),
             request_timeout: Duration::from_secs(300),
             max_video_seconds: 1800.0,
+            adapter_cache: CacheConfig::default(),
+            watch_debounce: Duration::from_millis(100),
         }
     }
 }
@@ -85,6 +94,9 @@ impl Default for ServeConfig {
 pub struct Core {
     pub registry: Arc<Registry>,
     pub encoder: Encoder,
+    pub adapters: Arc<AdapterCache>,
+    /// Watches `adapters/` for as long as the core lives.
+    _watcher: AdapterWatcher,
 }
 
 pub struct AppState {
@@ -283,13 +295,25 @@ fn load_core(
     runtime: tokio::runtime::Handle,
 ) -> Result<Core> {
     let t0 = Instant::now();
-    let backbone =
-        Backbone::load(&config.model, &candle_core::Device::Cpu).context("loading the backbone")?;
+    let device = candle_core::Device::Cpu;
+    let backbone = Backbone::load(&config.model, &device).context("loading the backbone")?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, ms = load_ms as u64, "backbone loaded");
     let dim = backbone.clip.config.projection_dim;
     let digest = format!("clip:{}", backbone.clip.id.digest);
-    let encoder = Encoder::start(backbone, config.encoder.clone(), Some(metrics));
+    let adapters = AdapterCache::new(
+        &config.data_dir.join("adapter-cache"),
+        device,
+        config.adapter_cache.clone(),
+        Some(metrics.clone()),
+    )
+    .context("preparing the adapter cache")?;
+    let loader = Arc::new(FileLoader {
+        cache: adapters.clone(),
+        backbone: backbone.clip.id.clone(),
+        dims: BackboneDims::of(&backbone.clip.config),
+    });
+    let encoder = Encoder::start(backbone, config.encoder.clone(), Some(metrics.clone()));
     let registry = Arc::new(Registry::new(&config.data_dir, dim, StoreConfig::default()));
     *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
         decoder,
@@ -315,7 +339,31 @@ fn load_core(
     let gen = registry.open_generation(CLIP_TASK, 0, model, info)?;
     tracing::info!(task = CLIP_TASK, videos = gen.store.len(), "task ready");
     registry.install(CLIP_TASK, gen)?;
-    Ok(Core { registry, encoder })
+
+    // Watch before scanning so a file dropped in meanwhile is not missed (applying one twice is
+    // a no-op: same digest).
+    let on_outcome = {
+        let metrics = metrics.clone();
+        Arc::new(move |_: &str, o: &Outcome, waited: Duration| metrics.adapter_update(o, waited))
+    };
+    let watcher = watch(
+        registry.clone(),
+        loader.clone(),
+        &config.adapters_dir,
+        config.watch_debounce,
+        on_outcome,
+    )
+    .with_context(|| format!("watching {}", config.adapters_dir.display()))?;
+    for (task, outcome) in registry.scan(loader.as_ref(), &config.adapters_dir) {
+        metrics.adapter_update(&outcome, Duration::ZERO);
+        tracing::info!(task, ?outcome, "adapter file at start");
+    }
+    Ok(Core {
+        registry,
+        encoder,
+        adapters,
+        _watcher: watcher,
+    })
 }
 
 /// Runs `mvserve serve` until SIGINT/SIGTERM, then drains requests and stops.

@@ -1,4 +1,7 @@
-//! Helpers shared by the integration tests that compare tensors with reference fixtures.
+//! Helpers shared by the integration tests: tensor comparison, and a real server process.
+#![allow(dead_code)]
+
+pub mod server;
 
 use candle_core::{DType, Tensor};
 

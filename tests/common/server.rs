@@ -1,0 +1,179 @@
+//! A real `mvserve serve` child process on an ephemeral port with the tiny fixture backbone, and
+//! the HTTP helpers the server tests share.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const VIDEOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/videos");
+pub const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-clip");
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+            .args([
+                "serve",
+                "--model-dir",
+                MODEL,
+                "--port",
+                "0",
+                "--frames",
+                "4",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--adapters-dir")
+            .arg(data.join("adapters"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting mvserve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next()
+            .expect("mvserve printed nothing")
+            .expect("reading stdout");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let port = addr.rsplit(':').next().unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let s = Server { child, base };
+        let t0 = Instant::now();
+        loop {
+            if s.get("/readyz").0 == 200 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        json_of(ureq::get(&self.url(path)).call())
+    }
+
+    pub fn get_key(&self, path: &str, key: &str) -> (u16, Value) {
+        json_of(
+            ureq::get(&self.url(path))
+                .set("Authorization", &format!("Bearer {key}"))
+                .call(),
+        )
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        json_of(ureq::delete(&self.url(path)).call())
+    }
+
+    pub fn post_form(&self, path: &str, parts: &[Part], key: Option<&str>) -> (u16, Value) {
+        let (ct, body) = multipart(parts);
+        let mut req = ureq::post(&self.url(path)).set("Content-Type", &ct);
+        if let Some(k) = key {
+            req = req.set("x-api-key", k);
+        }
+        json_of(req.send_bytes(&body))
+    }
+
+    /// Stops the server with SIGTERM (graceful) and waits for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "server exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json_of(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub enum Part<'a> {
+    Text(&'a str, &'a str),
+    File(&'a str, Vec<u8>),
+}
+
+pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "mvserve-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p {
+            Part::Text(name, value) => {
+                body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                );
+                body.extend_from_slice(value.as_bytes());
+            }
+            Part::File(file, bytes) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"video\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(bytes);
+            }
+        }
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+pub fn video(name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(VIDEOS).join(name)).unwrap()
+}
+
+pub fn hit_ids(v: &Value) -> Vec<String> {
+    v["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits in {v}"))
+        .iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
