@@ -121,7 +121,15 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, BackboneError> {
-        let bytes = std::fs::read(path).map_err(|e| BackboneError::Io(path.to_path_buf(), e))?;
+        // Mapped, not read into a buffer: the file's pages are dropped when the map is, whereas a
+        // freed 600 MB heap buffer can stay resident (the allocator of the idle loading thread
+        // returns it late), doubling the server's memory at rest.
+        let file =
+            std::fs::File::open(path).map_err(|e| BackboneError::Io(path.to_path_buf(), e))?;
+        // SAFETY: the map is read during this call only. Another process truncating the file
+        // meanwhile could fault the read; checkpoints are not rewritten in place while loading.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| BackboneError::Io(path.to_path_buf(), e))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
             BackboneError::BadWeights(format!(
                 "{} is not a valid safetensors file: {e}",
