@@ -11,11 +11,9 @@
 //! `cargo bench --bench registry [-- --tasks 1,10,100 --swaps 20]`
 
 use candle_core::Device;
-use mvserve::adapter::{
-    clip_param_count, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta, BackboneDims,
-    TaskAdapter, Tying,
-};
+use mvserve::adapter::clip_param_count;
 use mvserve::backbone::{random_weights, Backbone, ClipConfig, ModelSource};
+use mvserve::bench::random_adapter_file;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,16 +49,7 @@ fn write_model(dir: &Path) -> Backbone {
 
 /// A random full-size adapter for `b`; returns its digest.
 fn write_adapter(b: &Backbone, task: &str, out: &Path) -> String {
-    let config = AdapterConfig::standard(BackboneDims::of(&b.clip.config), 12, 32, Tying::DownIn);
-    let tensors = TaskAdapter::init_tensors(&config, AdapterInit::Random, &Device::Cpu).unwrap();
-    let meta = AdapterMeta {
-        task: task.into(),
-        backbone: b.clip.id.clone(),
-        config,
-        metrics: None,
-        backbone_params: Some(clip_param_count(&b.clip.config) as u64),
-    };
-    let f = AdapterFile::new(meta, tensors).unwrap();
+    let f = random_adapter_file(&b.clip, task).unwrap();
     f.write(out).unwrap();
     f.digest().to_string()
 }

@@ -3,15 +3,20 @@
 //! through an encoder that batches (up to 32 texts, 2 ms wait, tasks mixed in one batch) and one
 //! that encodes one query at a time; prints throughput and p50/p99 latency of both and the ratios.
 //!
-//! `cargo bench --bench server [-- --clients 32 --tasks 8 --per-client 8]`
+//! `cargo bench --bench server [-- --clients 32 --tasks 8 --per-client 8 --no-adapters]`
 //!
-//! The 8 tasks are 8 distinct built-in (no-adapter) models: the batch is cut and grouped by task
-//! exactly as with adapters, but no adapter compute is added.
+//! The 8 tasks are 8 random full-size MV-Adapters (files written and loaded through the server's
+//! `FileLoader`), so a mixed batch runs 8 different text adapters inside every block; with
+//! `--no-adapters` they are 8 distinct built-in models (grouping only, no adapter compute).
 
 use candle_core::{DType, Device};
+use mvserve::adapter::BackboneDims;
 use mvserve::backbone::{Backbone, Clip, ClipConfig, ClipTokenizer, ModelFiles};
+use mvserve::bench::random_adapter_file;
 use mvserve::encode::{ClipModel, Encoder, EncoderConfig, TaskModel};
-use std::path::PathBuf;
+use mvserve::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
+use mvserve::registry::watch::AdapterLoader;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,24 +54,60 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn run(config: EncoderConfig, clients: usize, tasks: usize, per_client: usize) -> Run {
+/// `tasks` models for the backbone of `backbone()`: adapters loaded from files, or plain CLIP.
+fn models(tasks: usize, adapters: bool, dir: &Path) -> Vec<Arc<dyn TaskModel>> {
+    if !adapters {
+        return (0..tasks)
+            .map(|t| {
+                Arc::new(ClipModel {
+                    digest: format!("task-{t}"),
+                    text_len: 32,
+                    frames: 12,
+                }) as Arc<dyn TaskModel>
+            })
+            .collect();
+    }
+    let b = backbone();
+    let cache = AdapterCache::new(
+        &dir.join("adapter-cache"),
+        Device::Cpu,
+        CacheConfig::default(),
+        None,
+    )
+    .unwrap();
+    let loader = FileLoader {
+        cache,
+        backbone: b.clip.id.clone(),
+        dims: BackboneDims::of(&b.clip.config),
+    };
+    (0..tasks)
+        .map(|t| {
+            let task = format!("task{t}");
+            let path = dir.join(format!("{task}.safetensors"));
+            random_adapter_file(&b.clip, &task)
+                .unwrap()
+                .write(&path)
+                .unwrap();
+            loader.load(&task, &path).unwrap().0
+        })
+        .collect()
+}
+
+fn run(
+    config: EncoderConfig,
+    models: &[Arc<dyn TaskModel>],
+    clients: usize,
+    per_client: usize,
+) -> Run {
+    let tasks = models.len();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let enc = Encoder::start(backbone(), config, None);
-    let models: Vec<Arc<dyn TaskModel>> = (0..tasks)
-        .map(|t| {
-            Arc::new(ClipModel {
-                digest: format!("task-{t}"),
-                text_len: 32,
-                frames: 12,
-            }) as Arc<dyn TaskModel>
-        })
-        .collect();
     // Warm-up.
-    for m in &models {
+    for m in models {
         rt.block_on(enc.encode_text(m.clone(), "warm up")).unwrap();
     }
     let t0 = Instant::now();
@@ -105,14 +146,17 @@ fn main() {
     let clients = arg("--clients", 32);
     let tasks = arg("--tasks", 8);
     let per_client = arg("--per-client", 8);
+    let adapters = !std::env::args().any(|a| a == "--no-adapters");
+    let dir = tempfile::tempdir().unwrap();
+    let models = models(tasks, adapters, dir.path());
     let batched = run(
         EncoderConfig {
             max_text_batch: 32,
             max_wait: Duration::from_millis(2),
             ..Default::default()
         },
+        &models,
         clients,
-        tasks,
         per_client,
     );
     let single = run(
@@ -121,12 +165,13 @@ fn main() {
             max_wait: Duration::ZERO,
             ..Default::default()
         },
+        &models,
         clients,
-        tasks,
         per_client,
     );
     println!(
-        "{clients} clients over {tasks} tasks, {} queries each run (ViT-B/32 text tower, random weights, CPU)",
+        "{clients} clients over {tasks} tasks ({}), {} queries each run (ViT-B/32 text tower, random weights, CPU)",
+        if adapters { "one random MV-Adapter each" } else { "built-in, no adapter" },
         clients * per_client
     );
     for (name, r) in [("batched", &batched), ("one-at-a-time", &single)] {

@@ -88,6 +88,28 @@ pub fn random_vit_b_32(
     Clip::random(ClipConfig::vit_b_32(), 0, dtype, device)
 }
 
+/// A random full-size adapter for `clip` (the standard config: adapters in every block, down-in
+/// tying in the last two, 12 frames, 32 words) with visibly non-identity weights.
+pub fn random_adapter_file(
+    clip: &Clip,
+    task: &str,
+) -> Result<crate::adapter::AdapterFile, crate::adapter::AdapterError> {
+    use crate::adapter::{
+        clip_param_count, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta, BackboneDims,
+        TaskAdapter, Tying,
+    };
+    let config = AdapterConfig::standard(BackboneDims::of(&clip.config), 12, 32, Tying::DownIn);
+    let tensors = TaskAdapter::init_tensors(&config, AdapterInit::Random, &Device::Cpu)?;
+    let meta = AdapterMeta {
+        task: task.into(),
+        backbone: clip.id.clone(),
+        config,
+        metrics: None,
+        backbone_params: Some(clip_param_count(&clip.config) as u64),
+    };
+    AdapterFile::new(meta, tensors)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
