@@ -217,3 +217,91 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     assert_eq!(reg.status("news").unwrap().pending_generation, None);
     assert_eq!(reg.recorded_generation("news"), Some(1));
 }
+
+/// Fails once for `flaky` (a transient error) and always for `broken`, if set.
+struct FailingEmbedder {
+    flaky: String,
+    broken: Option<String>,
+    failed_once: std::sync::Mutex<bool>,
+}
+impl mvserve::registry::reembed::Reembedder for FailingEmbedder {
+    fn embed(&self, _model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
+        let bytes = std::fs::read_to_string(original).map_err(|e| e.to_string())?;
+        if self.broken.as_deref() == Some(bytes.as_str()) {
+            return Err("cannot decode".into());
+        }
+        if bytes == self.flaky {
+            let mut once = self.failed_once.lock().unwrap();
+            if !*once {
+                *once = true;
+                return Err("queue full".into());
+            }
+        }
+        Ok(vec![2.0; 32])
+    }
+}
+
+/// Stores three videos (contents "video 0".."video 2") in the task's current generation.
+fn three_videos(reg: &Registry, task: &str) {
+    let g = reg.get(task).unwrap().current();
+    std::fs::create_dir_all(reg.tmp_dir()).unwrap();
+    for i in 0..3 {
+        let up = reg.tmp_dir().join(format!("up{i}"));
+        std::fs::write(&up, format!("video {i}")).unwrap();
+        let id = format!("v{i}");
+        g.store
+            .put_blob(&id, mvserve::store::BlobKind::Original, &up)
+            .unwrap();
+        g.store
+            .add(&id, &[1.0; 32], g.model.digest(), serde_json::json!({}))
+            .unwrap();
+    }
+}
+
+#[test]
+fn re_embedding_retries_and_never_drops_a_video() {
+    // A transient failure is retried: the cutover carries every video.
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
+        flaky: "video 1".into(),
+        broken: None,
+        failed_once: Default::default(),
+    }));
+    reg.scan(&FakeLoader, dir);
+    three_videos(&reg, "news");
+    put(dir, "news.safetensors", "ok:news-2");
+    let task = reg.get("news").unwrap();
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Reembedding { generation: 1 });
+    wait_for("the cutover", || task.current().number == 1);
+    assert_eq!(task.current().store.len(), 3);
+    assert!(task.last_error.read().is_none());
+
+    // A video that fails every time stops the cutover: the old generation keeps all three.
+    let data = tempfile::tempdir().unwrap();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
+        flaky: String::new(),
+        broken: Some("video 2".into()),
+        failed_once: Default::default(),
+    }));
+    reg.scan(&FakeLoader, dir);
+    three_videos(&reg, "news");
+    put(dir, "news.safetensors", "ok:news-2");
+    let task = reg.get("news").unwrap();
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Reembedding { generation: 1 });
+    wait_for("the refusal", || task.pending.lock().is_none());
+    let err = task.last_error.read().clone().unwrap();
+    assert!(err.contains("v2") && err.contains("not installed"), "{err}");
+    assert_eq!(task.current().number, 0);
+    assert_eq!(task.current().model.digest(), "ok:news-1");
+    assert_eq!(task.current().store.len(), 3);
+    assert!(!data.path().join("tasks/news/gen-1").exists());
+    assert_eq!(reg.recorded_generation("news"), Some(0));
+}

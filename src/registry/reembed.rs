@@ -2,7 +2,8 @@
 //!
 //! Owns: copying every stored video (original upload, thumbnail, meta) of the current generation
 //! into the new one with a vector from the new model, catching up with writes that land meanwhile,
-//! and the cutover. The old generation answers every query until the new one is complete; the last
+//! and the cutover. A video that fails to re-embed is retried; one that keeps failing stops the
+//! cutover (the old generation keeps serving) rather than silently leaving the video out. The old generation answers every query until the new one is complete; the last
 //! catch-up pass runs with the task's write gate held, so the swap loses no acknowledged write.
 //! Does not own how a video becomes a vector: that is a [`Reembedder`] (decode + encode, from the
 //! server).
@@ -22,6 +23,9 @@ pub trait Reembedder: Send + Sync {
 
 static COPY_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Tries per video before it is left out of the new generation.
+const MAX_ATTEMPTS: u32 = 3;
+
 /// Copies `src` to a fresh file under `tmp` (same file system as the stores) for `put_blob`.
 fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(tmp)?;
@@ -40,6 +44,7 @@ fn sync_pass(
     new: &Generation,
     done: &mut HashMap<String, u64>,
     embedder: &dyn Reembedder,
+    attempts: &mut HashMap<String, u32>,
     failures: &mut Vec<String>,
 ) -> usize {
     let mut changed = 0;
@@ -75,8 +80,15 @@ fn sync_pass(
             Ok(()) => {
                 done.insert(id.clone(), rec.added_ms);
             }
+            // The original decoded once already, so a failure is most likely transient (a queue
+            // full of live uploads, a slow decode under load): later passes try again, and only
+            // a video that fails every time is left out of the new generation.
+            Err(e) if *attempts.entry(id.clone()).or_default() + 1 < MAX_ATTEMPTS => {
+                *attempts.get_mut(id).expect("inserted above") += 1;
+                tracing::warn!(id, error = %e, "re-embedding a video failed; will retry");
+            }
             Err(e) => {
-                tracing::warn!(id, error = %e, "re-embedding a video failed; it is left out");
+                tracing::error!(id, error = %e, "re-embedding a video failed {MAX_ATTEMPTS} times; it is left out");
                 done.insert(id.clone(), rec.added_ms);
                 failures.push(format!("{id}: {e}"));
             }
@@ -105,30 +117,49 @@ pub fn start(
             let t0 = std::time::Instant::now();
             let old = task.current();
             let mut done = HashMap::new();
+            let mut attempts = HashMap::new();
             let mut failures = Vec::new();
-            // Passes without the gate until one changes little, then a last one with it.
+            let mut pass = |done: &mut HashMap<String, u64>| {
+                sync_pass(&registry, &old, &new, done, embedder.as_ref(), &mut attempts, &mut failures)
+            };
+            // Passes without the gate until one changes little, then the last ones with it
+            // (retrying what failed, so a transient failure does not drop a video).
             for _ in 0..5 {
-                let changed = sync_pass(&registry, &old, &new, &mut done, embedder.as_ref(), &mut failures);
-                if changed <= 2 {
+                if pass(&mut done) <= 2 {
                     break;
                 }
             }
             let number = new.number;
             let gate = task.write_gate.write();
-            sync_pass(&registry, &old, &new, &mut done, embedder.as_ref(), &mut failures);
+            for _ in 0..MAX_ATTEMPTS {
+                if pass(&mut done) == 0 {
+                    break;
+                }
+            }
+            if !failures.is_empty() {
+                // Cutting over would drop these videos from search: keep the complete old
+                // generation instead, and say which videos stopped the update.
+                drop(gate);
+                let dir = registry.task_dir(&task.name).join(format!("gen-{number}"));
+                drop(new);
+                let _ = std::fs::remove_dir_all(&dir);
+                *task.pending.lock() = None;
+                let m = format!(
+                    "the new adapter was not installed: {} videos could not be re-embedded ({}); generation {} keeps serving. Delete or re-upload them, then replace the file again",
+                    failures.len(),
+                    failures.join("; "),
+                    old.number
+                );
+                tracing::error!(task = %task.name, generation = number, "{m}");
+                *task.last_error.write() = Some(m);
+                return;
+            }
             let videos = new.store.len();
             let result = registry.install(&task.name, new);
             drop(gate);
             *task.pending.lock() = None;
             match result {
                 Ok(_) => {
-                    if !failures.is_empty() {
-                        *task.last_error.write() = Some(format!(
-                            "generation {number}: {} videos could not be re-embedded: {}",
-                            failures.len(),
-                            failures.join("; ")
-                        ));
-                    }
                     tracing::info!(task = %task.name, generation = number, videos, ms = t0.elapsed().as_millis() as u64, "re-embedded; cut over")
                 }
                 Err(e) => {
