@@ -60,3 +60,93 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: crate::cli::ModelArgs,
+    /// The test set's annotation file (generic jsonl, MSR-VTT csv/json, MSVD tsv, DiDeMo or
+    /// ActivityNet json).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The annotation format (default: detected): jsonl, msrvtt-csv, msrvtt-json, msvd, didemo,
+    /// activitynet.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Where the video files are (default: the annotation file's folder).
+    #[arg(long)]
+    pub video_dir: Option<PathBuf>,
+    /// A task's adapter file (default: none, zero-shot CLIP with meanP).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Frames per video without an adapter (an adapter fixes it to its own).
+    #[arg(long, default_value_t = 12)]
+    pub frames: usize,
+    /// Padded text length in tokens without an adapter (an adapter fixes it to its own).
+    #[arg(long, default_value_t = mvserve::backbone::DEFAULT_TEXT_LEN)]
+    pub text_len: usize,
+    /// Videos per vision forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Evaluate only the first N videos (and their captions).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    use mvserve::eval::{load, run::run, DatasetFormat, EvalOptions};
+    let format = a
+        .format
+        .as_deref()
+        .map(str::parse::<DatasetFormat>)
+        .transpose()?;
+    let mut ds = load(&a.data, format, a.video_dir.as_deref())?;
+    if let Some(n) = a.limit {
+        ds.videos.truncate(n);
+    }
+    let backbone = a.model.load()?;
+    let loaded = match &a.adapter {
+        Some(p) => Some(mvserve::embed::load_adapter(p, &backbone.clip)?),
+        None => None,
+    };
+    let e = mvserve::embed::Embedder::new(
+        &backbone,
+        loaded.as_ref().map(|(_, ad)| ad),
+        a.text_len,
+        a.frames,
+    );
+    tracing::info!(
+        dataset = %ds.name, videos = ds.videos.len(), captions = ds.num_captions(),
+        adapter = loaded.as_ref().map_or("none (zero-shot)", |(f, _)| f.digest()),
+        frames = e.frames(), "evaluating"
+    );
+    let opts = EvalOptions {
+        video_batch: a.batch,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let progress = |done: usize, total: usize| tracing::debug!(done, total, "videos embedded");
+    let report = run(&e, &ds, &opts, &progress)?;
+    tracing::info!(
+        seconds = t0.elapsed().as_secs_f64(),
+        "evaluated {} videos",
+        report.videos
+    );
+    let json = serde_json::to_string(&report)?;
+    if let Some(out) = &a.out {
+        std::fs::write(out, format!("{json}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}

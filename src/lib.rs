@@ -8,6 +8,7 @@
 pub mod adapter;
 pub mod backbone;
 pub mod bench;
+pub mod embed;
 pub mod encode;
 pub mod eval;
 pub mod media;

@@ -40,6 +40,9 @@ enum Command {
     /// Write synthetic captioned clips (moving, appearing, growing shapes; two events in order)
     /// as H.264 MP4 files and a captions.jsonl.
     Synth(cli_eval::SynthArgs),
+    /// Retrieval metrics of a test set (R@1/5/10, MdR, MnR, both directions), zero-shot or with
+    /// an adapter.
+    Eval(cli_eval::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
         Command::Serve(args) => cli::serve(args),
         Command::Probe(args) => cli::probe(args),
         Command::Synth(args) => cli_eval::synth(args),
+        Command::Eval(args) => cli_eval::eval(args),
     }
 }
