@@ -250,3 +250,37 @@ fn multi_caption_sets_and_missing_videos() {
     assert!(!ok);
     assert!(stderr.contains("videos/gone.mp4"), "{stderr}");
 }
+
+#[test]
+fn order_blind_meanp_cannot_separate_time_reversed_twins() {
+    // Zero-shot CLIP with meanP ignores frame order, so a clip and its time reverse (same 1-fps
+    // frames, reversed) embed alike, while the swapped-order clip of the group does not.
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth(dir.path(), 16);
+    let b = Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap();
+    let ds = load(&data, None, None).unwrap();
+    let emb = embed_dataset(
+        &Embedder::new(&b, None, 32, 8),
+        &ds,
+        &EvalOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let v: Vec<Vec<f32>> = emb.videos.to_vec2().unwrap();
+    let gap = |i: usize, j: usize| 1.0 - v[i].iter().zip(&v[j]).map(|(x, y)| x * y).sum::<f32>();
+    let (mut twins, mut swapped) = (0.0, 0.0);
+    for g in 0..4 {
+        let i = 4 * g;
+        twins += gap(i, i + 2) + gap(i + 1, i + 3);
+        swapped += gap(i, i + 1) + gap(i + 2, i + 3);
+    }
+    println!(
+        "1 - cos: time-reversed twins {:.2e}, swapped order {:.2e}",
+        twins / 8.0,
+        swapped / 8.0
+    );
+    assert!(
+        twins < 0.05 * swapped,
+        "twins {twins:e}, swapped {swapped:e}"
+    );
+}

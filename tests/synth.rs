@@ -198,3 +198,36 @@ fn cli_writes_the_set() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("even sides"));
 }
+
+#[test]
+fn time_reversed_twins_show_the_same_sampled_frames_in_reverse() {
+    // In a group [X then Y, Y then X, rev Y then rev X, rev X then rev Y], clips 0 and 2 (and 1
+    // and 3) are time reverses: their 1-fps frames (0..7 s) are the same in reverse order, which
+    // is what keeps an order-blind model from telling them apart. Clips 0 and 1 (swapped order)
+    // are not.
+    let s = spec(8, 21);
+    let plans = s.plan().unwrap();
+    let one_fps = |i: usize| -> Vec<image::RgbImage> {
+        let all = s.render(&plans[i]);
+        (0..8).map(|k| all[k * s.fps as usize].clone()).collect()
+    };
+    let diff = |a: &image::RgbImage, b: &image::RgbImage| -> u8 {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap()
+    };
+    for (a, b) in [(0, 2), (1, 3), (4, 6), (5, 7)] {
+        let (fa, fb) = (one_fps(a), one_fps(b));
+        let worst = (0..8).map(|k| diff(&fa[k], &fb[7 - k])).max().unwrap();
+        assert!(worst <= 1, "clips {a} and {b}: {worst} levels apart");
+        let swapped = one_fps(a ^ 1);
+        assert!((0..8).any(|k| diff(&fa[k], &swapped[7 - k]) > 100));
+        assert!(
+            (0..8).any(|k| diff(&fa[k], &fb[k]) > 100),
+            "clips {a} and {b} are not static"
+        );
+    }
+}

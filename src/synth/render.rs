@@ -2,15 +2,27 @@
 //! anti-aliased by 4x4 supersampling, all in plain f32 arithmetic so that the same plan gives the
 //! same pixels everywhere.
 //!
-//! Timing (fractions of the clip): the first event runs from 0.05 to 0.40, the second from 0.50
-//! to 0.85, linearly. Over 8 s, 1-fps sampling sees the start state, three frames of the first
-//! event, one frame between the events, two of the second and its end state.
+//! Timing: 1-fps sampling takes frames at 0, 1, ..., S-1 seconds of an S-second clip. The events
+//! are placed symmetrically about the middle of that span, (S-1)/2 s, the first over 1/14 to 6/14
+//! of it and the second over 8/14 to 13/14 (for 8 s: 0.5-3.0 s and 4.0-6.5 s), linearly. So the
+//! 1-fps frames of a clip's time reverse (events reversed, order swapped) are exactly its own
+//! frames in reverse order, and 8 s at 1 fps sees the start state, two frames of the first event,
+//! two frames between the events, two of the second and the end state.
 
 use super::scene::{ClipPlan, EventKind};
 use image::RgbImage;
 
-/// When each event runs, as fractions of the clip.
-pub const WINDOWS: [(f64, f64); 2] = [(0.05, 0.40), (0.50, 0.85)];
+/// When each event runs, in seconds, in a clip of `seconds` s at `fps`: symmetric about the middle
+/// of the span the 1-fps frames cover (all frames, for a one-second clip).
+pub fn windows(fps: u32, seconds: u32) -> [(f64, f64); 2] {
+    let span = if seconds >= 2 {
+        (seconds - 1) as f64
+    } else {
+        (fps * seconds).saturating_sub(1) as f64 / fps.max(1) as f64
+    };
+    let at = |k: f64| k * span / 14.0;
+    [(at(1.0), at(6.0)), (at(8.0), at(13.0))]
+}
 pub const BACKGROUND: [u8; 3] = [12, 12, 12];
 const SUPERSAMPLE: usize = 4;
 
@@ -23,16 +35,27 @@ pub struct ObjectState {
     pub alpha: f64,
 }
 
-fn progress(u: f64, (a, b): (f64, f64)) -> f64 {
-    ((u - a) / (b - a)).clamp(0.0, 1.0)
+fn progress(t: f64, (a, b): (f64, f64)) -> f64 {
+    if b <= a {
+        // A one-frame clip: the event has happened or not.
+        return if t >= a { 1.0 } else { 0.0 };
+    }
+    ((t - a) / (b - a)).clamp(0.0, 1.0)
 }
 
 fn lerp(a: f64, b: f64, t: f64) -> f64 {
     a + (b - a) * t
 }
 
-/// Where and how every object is at fraction `u` of the clip, in a `width` x `height` frame.
-pub fn states(plan: &ClipPlan, width: u32, height: u32, u: f64) -> Vec<ObjectState> {
+/// Where and how every object is at time `t` (seconds) when the events run over `windows`, in a
+/// `width` x `height` frame.
+pub fn states(
+    plan: &ClipPlan,
+    width: u32,
+    height: u32,
+    windows: [(f64, f64); 2],
+    t: f64,
+) -> Vec<ObjectState> {
     let (w, h) = (width as f64, height as f64);
     (0..plan.objects.len())
         .map(|i| {
@@ -47,11 +70,11 @@ pub fn states(plan: &ClipPlan, width: u32, height: u32, u: f64) -> Vec<ObjectSta
                 radius: 0.75 * r_max,
                 alpha: 1.0,
             };
-            for (e, window) in plan.events.iter().zip(WINDOWS) {
+            for (e, window) in plan.events.iter().zip(windows) {
                 if e.object != i {
                     continue;
                 }
-                let p = progress(u, window);
+                let p = progress(t, window);
                 let (small, big) = (0.45 * r_max, r_max);
                 match e.kind {
                     EventKind::MoveLeft => s.x = lerp(hi_x - margin, lo_x + margin, p),
@@ -86,9 +109,15 @@ fn inside(shape: super::scene::Shape, dx: f64, dy: f64, r: f64) -> bool {
     }
 }
 
-/// The frame at fraction `u` of the clip.
-pub fn frame(plan: &ClipPlan, width: u32, height: u32, u: f64) -> RgbImage {
-    let states = states(plan, width, height, u);
+/// The frame at time `t` (seconds) when the events run over `windows`.
+pub fn frame(
+    plan: &ClipPlan,
+    width: u32,
+    height: u32,
+    windows: [(f64, f64); 2],
+    t: f64,
+) -> RgbImage {
+    let states = states(plan, width, height, windows, t);
     let mut px = vec![[0f32; 3]; (width * height) as usize];
     for p in px.iter_mut() {
         *p = BACKGROUND.map(f32::from);
@@ -134,9 +163,9 @@ pub fn frame(plan: &ClipPlan, width: u32, height: u32, u: f64) -> RgbImage {
 
 /// All `frames` frames of a clip; frame i is shown at i / fps seconds of a `seconds`-long clip.
 pub fn clip(plan: &ClipPlan, width: u32, height: u32, fps: u32, seconds: u32) -> Vec<RgbImage> {
-    let n = fps * seconds;
-    (0..n)
-        .map(|i| frame(plan, width, height, i as f64 / n as f64))
+    let w = windows(fps, seconds);
+    (0..fps * seconds)
+        .map(|i| frame(plan, width, height, w, i as f64 / fps as f64))
         .collect()
 }
 
@@ -144,6 +173,19 @@ pub fn clip(plan: &ClipPlan, width: u32, height: u32, fps: u32, seconds: u32) ->
 mod tests {
     use super::super::scene::{Colour, Event, Object, Shape};
     use super::*;
+
+    /// The windows of an 8-second clip: 0.5-3.0 s and 4.0-6.5 s.
+    const W: [(f64, f64); 2] = [(0.5, 3.0), (4.0, 6.5)];
+
+    #[test]
+    fn windows_are_symmetric_about_the_sampled_span() {
+        let w = windows(4, 8);
+        for (got, want) in w.iter().zip(W) {
+            assert!((got.0 - want.0).abs() < 1e-12 && (got.1 - want.1).abs() < 1e-12);
+        }
+        let w = windows(3, 1);
+        assert!(w[1].1 <= 2.0 / 3.0 + 1e-12);
+    }
 
     fn one(kind: EventKind) -> ClipPlan {
         ClipPlan {
@@ -187,8 +229,8 @@ mod tests {
         ] {
             let p = one(kind);
             let (a, b) = (
-                red_centre(&frame(&p, 96, 96, 0.0)),
-                red_centre(&frame(&p, 96, 96, 0.45)),
+                red_centre(&frame(&p, 96, 96, W, 0.0)),
+                red_centre(&frame(&p, 96, 96, W, 3.5)),
             );
             assert!(
                 (b.0 - a.0) * dx >= 0.0 && (b.1 - a.1) * dy >= 0.0,
@@ -205,13 +247,13 @@ mod tests {
     fn appear_vanish_grow_shrink() {
         let count = |img: &RgbImage| img.pixels().filter(|p| p[0] > 100).count();
         let p = one(EventKind::Appear);
-        assert_eq!(count(&frame(&p, 64, 64, 0.0)), 0);
-        assert!(count(&frame(&p, 64, 64, 0.45)) > 50);
+        assert_eq!(count(&frame(&p, 64, 64, W, 0.0)), 0);
+        assert!(count(&frame(&p, 64, 64, W, 3.5)) > 50);
         let p = one(EventKind::Vanish);
-        assert!(count(&frame(&p, 64, 64, 0.0)) > 50);
-        assert_eq!(count(&frame(&p, 64, 64, 0.45)), 0);
+        assert!(count(&frame(&p, 64, 64, W, 0.0)) > 50);
+        assert_eq!(count(&frame(&p, 64, 64, W, 3.5)), 0);
         // The second event of `one` is Grow: larger at the end than between the events.
         let p = one(EventKind::MoveLeft);
-        assert!(count(&frame(&p, 64, 64, 0.95)) > 3 * count(&frame(&p, 64, 64, 0.45)));
+        assert!(count(&frame(&p, 64, 64, W, 7.0)) > 3 * count(&frame(&p, 64, 64, W, 3.5)));
     }
 }

@@ -5,8 +5,9 @@
 //! A group takes two events X and Y and makes four clips: "X, then Y", "Y, then X" (the same
 //! events in swapped order), and the time reverses of both, "rev Y, then rev X" and "rev X, then
 //! rev Y", where reversing flips a direction (left/right, up/down, appear/vanish, grow/shrink).
-//! A clip and its time reverse show the same frames in opposite order, so a model that pools
-//! frames without their order cannot tell them apart; the swapped pair differs only in order.
+//! A clip and its time reverse show the same 1-fps frames in opposite order (`render` times the
+//! events so that this is exact), so a model that pools frames without their order cannot tell
+//! them apart; the swapped pair differs only in order.
 
 use std::collections::HashSet;
 
