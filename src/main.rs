@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod cli_eval;
 
 // Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
 // kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.
@@ -36,6 +37,12 @@ enum Command {
     /// Decode and sample a video as the server would; print container, codec, timing and the
     /// sampled timestamps (or the typed error) as JSON. Exits 1 when the video is refused.
     Probe(cli::ProbeArgs),
+    /// Write synthetic captioned clips (moving, appearing, growing shapes; two events in order)
+    /// as H.264 MP4 files and a captions.jsonl.
+    Synth(cli_eval::SynthArgs),
+    /// Retrieval metrics of a test set (R@1/5/10, MdR, MnR, both directions), zero-shot or with
+    /// an adapter.
+    Eval(cli_eval::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +59,7 @@ fn main() -> Result<()> {
         Command::Bench(cmd) => cli::bench(cmd),
         Command::Serve(args) => cli::serve(args),
         Command::Probe(args) => cli::probe(args),
+        Command::Synth(args) => cli_eval::synth(args),
+        Command::Eval(args) => cli_eval::eval(args),
     }
 }
