@@ -1,5 +1,8 @@
 //! Benchmarks shared by `mvserve bench` and `cargo bench`: full-size models with random weights,
-//! timed in-process, reported as numbers a script can read.
+//! timed in-process, reported as numbers a script can read; [`parity`] compares a device against
+//! the CPU.
+
+pub mod parity;
 
 use crate::backbone::{Clip, ClipConfig};
 use candle_core::{DType, Device, Tensor};

@@ -10,7 +10,9 @@ use mvserve::adapter::{
     clip_param_count, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta, BackboneDims,
     TaskAdapter, Tying,
 };
-use mvserve::backbone::{preprocess, Backbone, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN};
+use mvserve::backbone::{
+    preprocess, Backbone, DeviceSpec, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN,
+};
 use mvserve::embed::{load_adapter, Embedder};
 use std::path::PathBuf;
 
@@ -23,6 +25,9 @@ pub struct ModelArgs {
     /// A Hugging Face hub id, used when --model-dir is not given (cache first, then download).
     #[arg(long, env = "MVSERVE_MODEL", default_value = DEFAULT_MODEL_ID)]
     pub model: String,
+    /// Where the backbone computes: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, env = "MVSERVE_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 impl ModelArgs {
@@ -33,10 +38,17 @@ impl ModelArgs {
         }
     }
 
+    /// Opens `--device` (an error says what is missing: the `cuda` feature or a usable GPU).
+    pub fn device(&self) -> Result<Device> {
+        Ok(self.device.open()?)
+    }
+
+    /// Loads the backbone on `--device`.
     pub fn load(&self) -> Result<Backbone> {
+        let device = self.device()?;
         let t0 = std::time::Instant::now();
-        let b = Backbone::load(&self.source(), &Device::Cpu)?;
-        tracing::info!(model = %b.files.name, digest = %b.clip.id.digest, ms = t0.elapsed().as_millis() as u64, "backbone loaded");
+        let b = Backbone::load(&self.source(), &device)?;
+        tracing::info!(model = %b.files.name, digest = %b.clip.id.digest, device = %self.device, ms = t0.elapsed().as_millis() as u64, "backbone loaded");
         Ok(b)
     }
 }
@@ -68,7 +80,12 @@ pub struct EmbedArgs {
 
 /// Reads a directory of frame images: F indices `linspace(0, n-1, F)` rounded down when there are
 /// more, all of them when fewer. Returns (F', 3, S, S) pixels with F' <= F.
-fn frames_from_dir(dir: &std::path::Path, frames: usize, size: usize) -> Result<Tensor> {
+fn frames_from_dir(
+    dir: &std::path::Path,
+    frames: usize,
+    size: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -102,7 +119,7 @@ fn frames_from_dir(dir: &std::path::Path, frames: usize, size: usize) -> Result<
     Ok(Tensor::from_vec(
         data,
         (picked.len(), 3, size, size),
-        &Device::Cpu,
+        device,
     )?)
 }
 
@@ -134,7 +151,7 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
         }
         (None, None, Some(path)) => {
             if path.is_dir() {
-                let pixels = frames_from_dir(path, e.frames(), s)?.to_device(&clip.device)?;
+                let pixels = frames_from_dir(path, e.frames(), s, &clip.device)?;
                 let mask = Tensor::ones((1, pixels.dim(0)?), DType::F32, &clip.device)?;
                 e.videos(&pixels, &mask)?
             } else {
@@ -164,10 +181,49 @@ pub enum BenchCommand {
         /// Compute dtype: f32, f16 or bf16.
         #[arg(long, default_value = "f32")]
         dtype: String,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, env = "MVSERVE_DEVICE", default_value = "cpu")]
+        device: DeviceSpec,
+        /// Also time the CPU in the same process (same batch, f32) and print the ratio.
+        #[arg(long)]
+        compare_cpu: bool,
         /// Print JSON only.
         #[arg(long)]
         json: bool,
     },
+    /// Runs the same random full-size ViT-B/32 and a random adapter on the CPU and on --device
+    /// and compares the L2-normalised embeddings (plain image and text, adapted video and text).
+    /// With --device cpu the second run takes the composite ops a GPU uses. Exits 1 when a
+    /// difference exceeds --tolerance.
+    Parity {
+        /// cpu, cuda or cuda:N.
+        #[arg(long, env = "MVSERVE_DEVICE", default_value = "cpu")]
+        device: DeviceSpec,
+        /// Largest accepted absolute difference of any embedding element.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
+        /// Images through the plain vision tower.
+        #[arg(long, default_value_t = 8)]
+        images: usize,
+        /// 12-frame videos through the adapter.
+        #[arg(long, default_value_t = 2)]
+        videos: usize,
+        /// Texts (plain and adapted).
+        #[arg(long, default_value_t = 8)]
+        texts: usize,
+        /// A Hugging Face config.json to use instead of ViT-B/32 (random weights either way).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_dtype(dtype: &str) -> Result<DType> {
+    Ok(match dtype {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("unknown dtype {other:?} (f32, f16 or bf16)"),
+    })
 }
 
 pub fn bench(cmd: BenchCommand) -> Result<()> {
@@ -176,25 +232,74 @@ pub fn bench(cmd: BenchCommand) -> Result<()> {
             batch,
             iters,
             dtype,
+            device,
+            compare_cpu,
             json,
         } => {
-            let dtype = match dtype.as_str() {
-                "f32" => DType::F32,
-                "f16" => DType::F16,
-                "bf16" => DType::BF16,
-                other => bail!("unknown dtype {other:?} (f32, f16 or bf16)"),
+            let dtype = parse_dtype(&dtype)?;
+            let run = |spec: DeviceSpec, dtype: DType| -> Result<mvserve::bench::BackboneBench> {
+                let clip = mvserve::bench::random_vit_b_32(dtype, &spec.open()?)?;
+                Ok(mvserve::bench::backbone(&clip, batch, iters)?)
             };
-            let clip = mvserve::bench::random_vit_b_32(dtype, &Device::Cpu)?;
-            let r = mvserve::bench::backbone(&clip, batch, iters)?;
+            let r = run(device, dtype)?;
+            // The baseline is the CPU as it serves: f32 with the fused kernels.
+            let cpu = match compare_cpu {
+                true => Some(run(DeviceSpec::Cpu, DType::F32)?),
+                false => None,
+            };
+            let ratio = cpu.as_ref().map(|c| r.images_per_s / c.images_per_s);
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"images_per_s": r.images_per_s, "gflops_per_s": r.gflops_per_s, "text_ms_32": r.text_ms_32})
-                );
+                let mut j = serde_json::json!({"device": device.to_string(), "batch": batch, "dtype": r.dtype, "images_per_s": r.images_per_s, "gflops_per_s": r.gflops_per_s, "text_ms_32": r.text_ms_32});
+                if let (Some(c), Some(x)) = (&cpu, ratio) {
+                    j["cpu_dtype"] = c.dtype.clone().into();
+                    j["cpu_images_per_s"] = c.images_per_s.into();
+                    j["cpu_text_ms_32"] = c.text_ms_32.into();
+                    j["speedup_vs_cpu"] = x.into();
+                }
+                println!("{j}");
             } else {
-                println!(
-                    "ViT-B/32 {} batch {}: {:.2} images/s, {:.1} GFLOP/s; text (1 x 32 tokens): {:.2} ms",
-                    r.dtype, r.batch, r.images_per_s, r.gflops_per_s, r.text_ms_32
+                let line = |dev: &str, r: &mvserve::bench::BackboneBench| {
+                    println!(
+                        "ViT-B/32 {} batch {} on {dev}: {:.2} images/s, {:.1} GFLOP/s; text (1 x 32 tokens): {:.2} ms",
+                        r.dtype, r.batch, r.images_per_s, r.gflops_per_s, r.text_ms_32
+                    )
+                };
+                line(&device.to_string(), &r);
+                if let (Some(c), Some(x)) = (&cpu, ratio) {
+                    line("cpu", c);
+                    println!("{device} / cpu: {x:.2}x images/s");
+                }
+            }
+            Ok(())
+        }
+        BenchCommand::Parity {
+            device,
+            tolerance,
+            images,
+            videos,
+            texts,
+            config,
+        } => {
+            let clip_config = match &config {
+                Some(p) => mvserve::backbone::ClipConfig::from_file(p)?,
+                None => mvserve::backbone::ClipConfig::vit_b_32(),
+            };
+            let spec = mvserve::bench::parity::ParitySpec {
+                images,
+                videos,
+                texts,
+                ..Default::default()
+            };
+            let r = mvserve::bench::parity::device_parity(&clip_config, &device.open()?, &spec)?;
+            let ok = r.max() <= tolerance;
+            println!(
+                "{}",
+                serde_json::json!({"report": r, "max": r.max(), "tolerance": tolerance, "ok": ok})
+            );
+            if !ok {
+                bail!(
+                    "{device} differs from the CPU by {} (tolerance {tolerance})",
+                    r.max()
                 );
             }
             Ok(())
@@ -267,6 +372,7 @@ pub struct ServeArgs {
 pub fn serve(args: ServeArgs) -> Result<()> {
     let config = mvserve::server::ServeConfig {
         model: args.model.source(),
+        device: args.model.device,
         data_dir: args.data_dir,
         adapters_dir: args.adapters_dir,
         bind: args.bind,

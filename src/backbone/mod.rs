@@ -6,6 +6,7 @@
 //! candle-transformers because MV-Adapter needs a hook inside every block, and because the weight
 //! loader must refuse a checkpoint with missing or extra tensors.
 
+pub mod device;
 pub mod encoder;
 pub mod ops;
 pub mod preprocess;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use device::{DeviceError, DeviceSpec};
 pub use encoder::BlockHook;
 pub use text::TextTower;
 pub use tokenizer::{ClipTokenizer, TextTokens, DEFAULT_TEXT_LEN};

@@ -5,11 +5,41 @@
 //! over memory. Here each operation takes the fused path when nothing asks for gradients and the
 //! composite (differentiable) path when the input is tracked, so the same forward code serves
 //! serving and training. Row-major folding of `(batch, tokens)` into GEMM rows also lives here.
+//!
+//! The hand-written kernels (bias + QuickGELU, `add3`, the QKV head split) exist for the CPU only;
+//! on any other device (CUDA) every operation takes its composite path of candle ops, which candle
+//! runs on the GPU. [`with_composite_ops`] forces that route on the CPU too, so tests can check it
+//! against the fused one without a GPU.
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    static FUSED_CPU_KERNELS: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with the hand-written CPU kernels turned off on this thread: every operation of this
+/// module takes the composite route it takes on a GPU. For tests and `mvserve bench parity`; the
+/// result must match the fused route to float rounding.
+pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FUSED_CPU_KERNELS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FUSED_CPU_KERNELS.with(|c| c.replace(false)));
+    f()
+}
+
+/// Whether `x` may go through a hand-written CPU kernel: it lives on the CPU and the kernels are
+/// not turned off on this thread. Each caller also checks dtype, contiguity and tracking.
+fn cpu_kernels_for(x: &Tensor) -> bool {
+    x.device().is_cpu() && FUSED_CPU_KERNELS.with(|c| c.get())
+}
 
 /// A linear layer `y = x W^T + b` whose leading dimensions are folded into the GEMM rows, so a
 /// batch of 12 images x 50 tokens is one 600-row matrix product rather than 12 small ones.
@@ -58,7 +88,9 @@ pub struct LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.track_op() || !x.device().is_cpu() || !x.is_contiguous() {
+        // candle's own layer norm kernel exists for the CPU and CUDA (not ours to turn off).
+        let fused_kernel = x.device().is_cpu() || x.device().is_cuda();
+        if x.track_op() || !fused_kernel || !x.is_contiguous() {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -89,7 +121,7 @@ fn quick_gelu_scalar(x: f32) -> f32 {
 
 /// QuickGELU, `x * sigmoid(1.702 x)`, the activation of OpenAI CLIP and of every MV-Adapter.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+    if cpu_kernels_for(x) && x.dtype() == DType::F32 && !x.track_op() {
         let zero = Tensor::zeros(x.dim(D::Minus1)?, DType::F32, x.device())?;
         return x.apply_op2_no_bwd(&zero, &BiasQuickGelu);
     }
@@ -99,7 +131,7 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 /// `quick_gelu(x + bias)` with bias broadcast over the last dimension: one pass over memory on the
 /// CPU instead of four (bias add, scale, sigmoid, multiply).
 pub fn bias_quick_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if cpu_kernels_for(x) && x.dtype() == DType::F32 && bias.dtype() == DType::F32 {
         if x.track_op() || bias.track_op() {
             return x.apply_op2(bias, BiasQuickGelu);
         }
@@ -183,7 +215,7 @@ impl CustomOp2 for BiasQuickGelu {
 /// Residual connections are three-way sums (`x + y W^T + bias`, `h + f + adapter`); candle would
 /// make a full pass over memory for each `+`.
 pub fn add3(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    let fusable = a.device().is_cpu()
+    let fusable = cpu_kernels_for(a)
         && [a, b, c]
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op())
@@ -253,7 +285,7 @@ impl CustomOp3 for Add3 {
 pub fn split_qkv_heads(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, t, d3) = qkv.dims3()?;
     let hd = d3 / 3 / heads;
-    let fusable = qkv.device().is_cpu()
+    let fusable = cpu_kernels_for(qkv)
         && [qkv, bias]
             .iter()
             .all(|x| x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op());
@@ -334,6 +366,45 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
+    fn composite_mode_takes_the_gpu_route_and_restores_the_kernels() {
+        let x = Tensor::randn(0f32, 3.0, (4, 6, 40), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 40, &Device::Cpu).unwrap();
+        let want = reference(&x, &b);
+        let exact = |t: Tensor| {
+            (t - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // The composite route is the very same candle ops as the reference: bit-identical.
+        let (gelu, plain) = with_composite_ops(|| {
+            assert!(!cpu_kernels_for(&x));
+            (
+                bias_quick_gelu(&x, &b).unwrap(),
+                quick_gelu(&x.broadcast_add(&b).unwrap()).unwrap(),
+            )
+        });
+        assert_eq!(exact(gelu), 0.0);
+        assert_eq!(exact(plain), 0.0);
+        assert!(
+            cpu_kernels_for(&x),
+            "the kernels are back on after the closure"
+        );
+        // A panic inside the closure restores them too.
+        let _ = std::panic::catch_unwind(|| with_composite_ops(|| panic!("boom")));
+        assert!(cpu_kernels_for(&x));
+        // Nested calls keep the outer setting until the outer call ends.
+        with_composite_ops(|| {
+            with_composite_ops(|| ());
+            assert!(!cpu_kernels_for(&x));
+        });
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod ingest;
 pub mod metrics;
 
 use crate::adapter::BackboneDims;
-use crate::backbone::{Backbone, ModelSource, DEFAULT_TEXT_LEN};
+use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
 use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
 use crate::registry::watch::{watch, AdapterWatcher, Outcome};
@@ -43,6 +43,8 @@ use tower_http::request_id::{
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub model: ModelSource,
+    /// Where the backbone (and every adapter) computes.
+    pub device: DeviceSpec,
     pub data_dir: PathBuf,
     pub adapters_dir: PathBuf,
     /// `None`: 127.0.0.1 without auth, 0.0.0.0 with auth.
@@ -71,6 +73,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             model: ModelSource::Hub(crate::backbone::DEFAULT_MODEL_ID.to_string()),
+            device: DeviceSpec::Cpu,
             data_dir: "data".into(),
             adapters_dir: "adapters".into(),
             bind: None,
@@ -290,20 +293,21 @@ impl crate::registry::reembed::Reembedder for ServerReembedder {
 /// Loads the backbone, opens the built-in task, and starts the encoder.
 fn load_core(
     config: &ServeConfig,
+    device: &candle_core::Device,
     metrics: Arc<Metrics>,
     decoder: Arc<dyn VideoDecoder>,
     runtime: tokio::runtime::Handle,
 ) -> Result<Core> {
     let t0 = Instant::now();
-    let device = candle_core::Device::Cpu;
-    let backbone = Backbone::load(&config.model, &device).context("loading the backbone")?;
+    let backbone = Backbone::load(&config.model, device).context("loading the backbone")?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, ms = load_ms as u64, "backbone loaded");
+    tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, device = %config.device, ms = load_ms as u64, "backbone loaded");
     let dim = backbone.clip.config.projection_dim;
     let digest = format!("clip:{}", backbone.clip.id.digest);
+    // Adapters are built on the backbone's device (their tensors meet its activations).
     let adapters = AdapterCache::new(
         &config.data_dir.join("adapter-cache"),
-        device,
+        device.clone(),
         config.adapter_cache.clone(),
         Some(metrics.clone()),
     )
@@ -383,6 +387,9 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if auth.is_none() {
         tracing::warn!("no --auth-file: authentication is off, listening on localhost only");
     }
+    // Before binding: a missing GPU (or a build without CUDA) is a start-up error, not a server
+    // that never becomes ready.
+    let device = config.device.open()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let tmp_dir = config.data_dir.join("tmp");
@@ -422,6 +429,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         tokio::task::spawn_blocking(move || -> Result<()> {
             let core = load_core(
                 &state.config,
+                &device,
                 state.metrics.clone(),
                 state.decoder.clone(),
                 runtime,
