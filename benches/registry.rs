@@ -62,7 +62,14 @@ struct Server {
 impl Server {
     fn start(model: &Path, data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-            .args(["serve", "--port", "0", "--max-loaded-adapters", "128"])
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--no-grpc",
+                "--max-loaded-adapters",
+                "128",
+            ])
             .arg("--model-dir")
             .arg(model)
             .arg("--data-dir")

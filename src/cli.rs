@@ -320,6 +320,13 @@ pub struct ServeArgs {
     /// Port to listen on (0: any free port; the address is printed as `listening on ADDR`).
     #[arg(long, env = "MVSERVE_PORT", default_value_t = 8080)]
     pub port: u16,
+    /// gRPC port, served beside HTTP on the same address (0: any free port; the address is printed
+    /// as `grpc listening on ADDR` after the HTTP line).
+    #[arg(long, env = "MVSERVE_GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// Serve HTTP only.
+    #[arg(long, env = "MVSERVE_NO_GRPC")]
+    pub no_grpc: bool,
     /// Address to listen on. Default: 127.0.0.1 without --auth-file, 0.0.0.0 with it. A
     /// non-loopback address needs --auth-file.
     #[arg(long, env = "MVSERVE_BIND")]
@@ -377,6 +384,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         adapters_dir: args.adapters_dir,
         bind: args.bind,
         port: args.port,
+        grpc_port: (!args.no_grpc).then_some(args.grpc_port),
         auth_file: args.auth_file,
         max_upload_bytes: args.max_upload_mb << 20,
         frames: args.frames,

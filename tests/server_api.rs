@@ -285,3 +285,45 @@ fn refuses_public_bind_without_auth() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"));
 }
+
+#[test]
+fn search_page_is_served_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.json");
+    std::fs::write(&keys, r#"{"admin_keys": ["admin-key-123"]}"#).unwrap();
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--auth-file", keys.to_str().unwrap(), "--no-grpc"],
+    );
+    let resp = ureq::get(&s.url("/")).call().expect("GET / needs no key");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.content_type(), "text/html");
+    let csp = resp.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    let html = resp.into_string().unwrap();
+    assert!(html.contains(r#"<form id="search""#));
+    assert!(html.contains(r#"<form id="upload""#));
+    assert!(html.contains(r#"id="apikey""#));
+    // The data it would show still needs the key.
+    assert_eq!(s.get("/tasks").0, 401);
+    assert_eq!(s.get_key("/tasks", "admin-key-123").0, 200);
+}
+
+/// The page inserts response data with textContent only and loads nothing from elsewhere.
+#[test]
+fn search_page_builds_the_dom_without_html_strings() {
+    let html = include_str!("../src/server/page.html");
+    for banned in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "http://",
+        "https://",
+        "src=\"//",
+    ] {
+        assert!(!html.contains(banned), "page.html uses {banned}");
+    }
+    assert!(html.contains("textContent"));
+}

@@ -1,5 +1,5 @@
 //! Prometheus metrics (all named `mvserve_*`), recorded where things happen: the HTTP middleware
-//! (requests, latency, errors by code), the handlers (per-task operations, videos indexed), the
+//! and the gRPC service (requests, latency, errors by code), the handlers (per-task operations, videos indexed), the
 //! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
 //! (queue depth, tasks, videos per task), and the adapter cache and watcher (loads, evictions,
 //! updates and how long they took).
@@ -16,6 +16,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_latency: HistogramVec,
     pub task_requests: IntCounterVec,
     pub task_latency: HistogramVec,
     pub errors: IntCounterVec,
@@ -77,6 +79,17 @@ impl Metrics {
                 &["route", "method"],
                 LATENCY,
             ),
+            grpc_requests: cv(
+                "mvserve_grpc_requests_total",
+                "gRPC calls by method and status code",
+                &["method", "code"],
+            ),
+            grpc_latency: hv(
+                "mvserve_grpc_request_duration_seconds",
+                "gRPC call latency by method",
+                &["method"],
+                LATENCY,
+            ),
             task_requests: cv(
                 "mvserve_task_requests_total",
                 "Operations per task (search, index, get, delete, thumbnail)",
@@ -90,7 +103,7 @@ impl Metrics {
             ),
             errors: cv(
                 "mvserve_errors_total",
-                "Error responses by error code",
+                "Error responses (HTTP and gRPC) by error code",
                 &["code"],
             ),
             videos_indexed: cv(

@@ -1,15 +1,20 @@
-//! The HTTP server: configuration, start-up, the router with its middleware (request ids, tracing,
-//! timeouts, auth, metrics), and graceful shutdown. Handlers live in [`api`]; they parse, call the
-//! core (registry, encoder, store) and map typed errors to [`ApiError`] at the edge.
+//! The server: configuration, start-up, the HTTP router with its middleware (request ids, tracing,
+//! timeouts, auth, metrics), the gRPC listener beside it, and graceful shutdown of both. The
+//! operations live in [`service`] and [`upload`]; [`api`] (HTTP) and [`grpc`] only parse, call
+//! them and map typed errors ([`ApiError`]) at the edge.
 //!
 //! Start-up binds first and answers `/healthz` at once; the backbone loads in the background and
-//! `/readyz` (and every task endpoint) answers 503 until it is ready.
+//! `/readyz` (and every task endpoint) answers 503 until it is ready (gRPC: UNAVAILABLE, and the
+//! health service says NOT_SERVING for `mvserve.v1.MvServe`).
 
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod grpc;
 pub mod ingest;
 pub mod metrics;
+pub mod service;
+pub mod upload;
 
 use crate::adapter::BackboneDims;
 use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
@@ -19,7 +24,7 @@ use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
 use crate::store::StoreConfig;
 use anyhow::{bail, Context, Result};
-use auth::{AuthConfig, Denied, Need, Scope};
+use auth::{AuthConfig, Need, Scope};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -50,6 +55,8 @@ pub struct ServeConfig {
     /// `None`: 127.0.0.1 without auth, 0.0.0.0 with auth.
     pub bind: Option<std::net::IpAddr>,
     pub port: u16,
+    /// The gRPC port (0: any free port); `None`: no gRPC listener.
+    pub grpc_port: Option<u16>,
     pub auth_file: Option<PathBuf>,
     /// Largest accepted video file.
     pub max_upload_bytes: u64,
@@ -78,6 +85,7 @@ impl Default for ServeConfig {
             adapters_dir: "adapters".into(),
             bind: None,
             port: 8080,
+            grpc_port: Some(50051),
             auth_file: None,
             max_upload_bytes: 256 << 20,
             max_videos_per_request: 16,
@@ -138,6 +146,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
     let header = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
+        .route("/", get(api::page))
         .route("/index", post(api::index))
         .route("/search", get(api::search))
         .route(
@@ -215,20 +224,18 @@ fn request_task(req: &Request) -> Option<String> {
 }
 
 async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(auth) = &state.auth else {
-        return next.run(req).await;
-    };
-    let path = req.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if state.auth.is_none() {
         return next.run(req).await;
     }
-    let key = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::to_string);
+    let path = req.uri().path();
+    // Probes stay open for orchestrators; the page holds no data (its API calls carry the key).
+    if matches!(path, "/" | "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    let key = {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        service::api_key(header("authorization"), header("x-api-key")).map(str::to_string)
+    };
     let scope = if req.method() == Method::GET || req.method() == Method::HEAD {
         Scope::Read
     } else {
@@ -240,17 +247,9 @@ async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         (Some(t), _) => Need::Task(t, scope),
         (None, _) => Need::Admin,
     };
-    match auth.check(key.as_deref(), need) {
+    match service::authorize(&state, key.as_deref(), need) {
         Ok(()) => next.run(req).await,
-        Err(Denied::Unauthenticated) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "a valid API key is required (Authorization: Bearer KEY)",
-        )
-        .into_response(),
-        Err(Denied::Forbidden(m)) => {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", m).into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -417,11 +416,42 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, config.port))
         .await
         .with_context(|| format!("binding {ip}:{}", config.port))?;
+    let grpc_listener = match config.grpc_port {
+        Some(port) => Some(
+            tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
+                .await
+                .with_context(|| format!("binding {ip}:{port} for gRPC"))?,
+        ),
+        None => None,
+    };
+    // Both addresses go to stdout, HTTP first: tests and scripts read them to find the ports.
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("listening on {addr}");
+    if let Some(l) = &grpc_listener {
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "grpc listening");
+        println!("grpc listening on {addr}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let grpc = match grpc_listener {
+        Some(l) => Some(grpc::start(state.clone(), l, stopped()).await),
+        None => None,
+    };
 
     let loader = {
         let state = state.clone();
@@ -440,11 +470,17 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         })
     };
     let app = router(state.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
     let server = tokio::spawn(async move { server.await });
     // A backbone that fails to load ends the process.
     loader.await??;
+    if let Some((health, _)) = &grpc {
+        grpc::set_ready(health).await;
+    }
     server.await??;
+    if let Some((_, handle)) = grpc {
+        handle.await?.context("serving gRPC")?;
+    }
     tracing::info!("draining done; stopping the encoder");
     if let Some(core) = state.core.get() {
         core.encoder.shutdown();

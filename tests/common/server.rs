@@ -14,6 +14,8 @@ pub const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tin
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// `http://127.0.0.1:PORT` of the gRPC listener (`None` with `--no-grpc`).
+    pub grpc: Option<String>,
 }
 
 impl Server {
@@ -27,6 +29,8 @@ impl Server {
                 "0",
                 "--frames",
                 "4",
+                "--grpc-port",
+                "0",
             ])
             .arg("--data-dir")
             .arg(data)
@@ -48,9 +52,19 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         let port = addr.rsplit(':').next().unwrap();
         let base = format!("http://127.0.0.1:{port}");
+        let grpc = (!extra.contains(&"--no-grpc")).then(|| {
+            let line = lines
+                .next()
+                .expect("mvserve printed no gRPC address")
+                .expect("reading stdout");
+            let addr = line
+                .strip_prefix("grpc listening on ")
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+            format!("http://127.0.0.1:{}", addr.rsplit(':').next().unwrap())
+        });
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let s = Server { child, base };
+        let s = Server { child, base, grpc };
         let t0 = Instant::now();
         loop {
             if s.get("/readyz").0 == 200 {

@@ -1,0 +1,333 @@
+//! Indexing uploads, for both transports: each video is streamed into a file under
+//! `<data-dir>/tmp/` with the size cap checked as bytes arrive (never held whole in memory), then
+//! every video of the request is decoded and encoded, and only when all of them succeeded are
+//! they stored, with one log write (all or nothing).
+//!
+//! The transport drives an [`IndexBatch`]: [`IndexBatch::open_video`] for each video, then
+//! [`Spool::write`] per chunk, [`IndexBatch::push`] when its bytes end, [`IndexBatch::commit`].
+
+use super::service::{record, task_of, thumb_url};
+use super::{ApiError, AppState};
+use crate::registry::{Generation, Task};
+use crate::store::BlobKind;
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+/// Longest `id` in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `meta` JSON in bytes.
+pub const MAX_META_BYTES: usize = 64 << 10;
+
+static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A video id as given by the client.
+pub fn parse_id(text: &str) -> Result<String, ApiError> {
+    if text.len() > MAX_ID_BYTES {
+        return Err(field_too_long("id", MAX_ID_BYTES));
+    }
+    if text.is_empty() {
+        return Err(ApiError::bad_request("bad_id", "the id field is empty"));
+    }
+    Ok(text.to_string())
+}
+
+/// The `meta` JSON kept with a video.
+pub fn parse_meta(text: &str) -> Result<Value, ApiError> {
+    if text.len() > MAX_META_BYTES {
+        return Err(field_too_long("meta", MAX_META_BYTES));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("bad_meta", format!("meta is not JSON: {e}")))
+}
+
+pub fn field_too_long(name: &str, limit: usize) -> ApiError {
+    ApiError::bad_request(
+        "field_too_long",
+        format!("the {name} field is limited to {limit} bytes"),
+    )
+}
+
+/// Removes the temporary files of a request however it ends.
+struct TmpFiles(Vec<PathBuf>);
+impl Drop for TmpFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// One video's bytes on their way to a temporary file.
+pub struct Spool {
+    file: tokio::fs::File,
+    path: PathBuf,
+    bytes: u64,
+    cap: u64,
+}
+
+impl Spool {
+    /// Appends a chunk; past the cap the upload is refused before the chunk is written.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        self.bytes += chunk.len() as u64;
+        if self.bytes > self.cap {
+            return Err(ApiError::too_large(format!(
+                "a video may be at most {} bytes",
+                self.cap
+            )));
+        }
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("writing upload: {e}")))
+    }
+}
+
+/// One uploaded video waiting in a temporary file.
+struct Upload {
+    id: Option<String>,
+    meta: Value,
+    file_name: Option<String>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IndexedVideo {
+    pub id: String,
+    pub bytes: u64,
+    pub frames: usize,
+    pub media: Value,
+    pub thumbnail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IndexResult {
+    pub task: String,
+    pub generation: u64,
+    pub indexed: Vec<IndexedVideo>,
+}
+
+/// The videos of one index request, for one task.
+pub struct IndexBatch {
+    state: Arc<AppState>,
+    task: Arc<Task>,
+    gen: Arc<Generation>,
+    uploads: Vec<Upload>,
+    tmp: TmpFiles,
+    t0: Instant,
+}
+
+impl IndexBatch {
+    /// Resolves the task (unknown task or not ready: refused before any byte is read).
+    pub fn begin(state: &Arc<AppState>, task: Option<&str>) -> Result<IndexBatch, ApiError> {
+        let t0 = Instant::now();
+        let (task, gen) = task_of(state, task)?;
+        Ok(IndexBatch {
+            state: state.clone(),
+            task,
+            gen,
+            uploads: Vec::new(),
+            tmp: TmpFiles(Vec::new()),
+            t0,
+        })
+    }
+
+    pub fn task(&self) -> &str {
+        &self.task.name
+    }
+
+    /// A temporary file for the next video (refused past `max_videos_per_request`).
+    pub async fn open_video(&mut self) -> Result<Spool, ApiError> {
+        let most = self.state.config.max_videos_per_request;
+        if self.uploads.len() >= most {
+            return Err(ApiError::too_large(format!(
+                "at most {most} videos per request"
+            )));
+        }
+        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .state
+            .tmp_dir
+            .join(format!("upload-{}-{n}", std::process::id()));
+        self.tmp.0.push(path.clone());
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("creating upload file: {e}")))?;
+        Ok(Spool {
+            file,
+            path,
+            bytes: 0,
+            cap: self.state.config.max_upload_bytes,
+        })
+    }
+
+    /// Ends a video's bytes; `id: None` gets a hash of the content.
+    pub async fn push(
+        &mut self,
+        mut spool: Spool,
+        id: Option<String>,
+        meta: Value,
+        file_name: Option<String>,
+    ) -> Result<(), ApiError> {
+        spool
+            .file
+            .flush()
+            .await
+            .map_err(|e| ApiError::internal(format!("writing upload: {e}")))?;
+        if spool.bytes == 0 {
+            return Err(ApiError::bad_request(
+                "empty_video",
+                "a video part is empty",
+            ));
+        }
+        self.uploads.push(Upload {
+            id,
+            meta,
+            file_name,
+            path: spool.path,
+            bytes: spool.bytes,
+        });
+        Ok(())
+    }
+
+    /// Decodes and encodes every video, then stores them all or none.
+    pub async fn commit(self) -> Result<IndexResult, ApiError> {
+        let IndexBatch {
+            state,
+            task,
+            gen,
+            uploads,
+            tmp,
+            t0,
+        } = self;
+        if uploads.is_empty() {
+            return Err(ApiError::bad_request(
+                "missing_video",
+                "the request has no video",
+            ));
+        }
+        let core = state.core()?;
+        let size = core.encoder.backbone().image_size;
+        let frames = gen.model.frames();
+        let mut prepared = Vec::with_capacity(uploads.len());
+        for up in uploads {
+            let _admitted = state
+                .decode_admission
+                .try_acquire()
+                .map_err(|_| ApiError::overloaded("too many videos waiting to be decoded", 2))?;
+            let slot = state
+                .decode_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError::internal("decoder closed"))?;
+            let decoder = state.decoder.clone();
+            let path = up.path.clone();
+            let decoded = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                decoder.decode(&path, frames, size)
+            })
+            .await??;
+            let vector = core
+                .encoder
+                .encode_video(gen.model.clone(), decoded.pixels, decoded.mask.clone())
+                .await?;
+            let id = match &up.id {
+                Some(id) => id.clone(),
+                None => {
+                    let path = up.path.clone();
+                    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+                        let mut h = blake3::Hasher::new();
+                        h.update_reader(std::fs::File::open(path)?)?;
+                        Ok(h.finalize().to_hex()[..16].to_string())
+                    })
+                    .await?
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                }
+            };
+            let frames_used = decoded.mask.iter().filter(|&&m| m).count();
+            prepared.push((
+                up,
+                id,
+                vector,
+                decoded.thumbnail_jpeg,
+                decoded.info,
+                frames_used,
+            ));
+        }
+        let task_name = task.name.clone();
+        let g = gen.clone();
+        let tmp_dir = state.tmp_dir.clone();
+        let t = task.clone();
+        let indexed =
+            tokio::task::spawn_blocking(move || -> Result<Vec<IndexedVideo>, ApiError> {
+                // The temporary files live until the blobs are moved into the store.
+                let _tmp = tmp;
+                // Writers hold the gate shared; a re-embedding cutover takes it exclusively.
+                let _gate = t.write_gate.read();
+                if t.current().number != g.number {
+                    return Err(ApiError::overloaded(
+                        "the task's adapter changed while this upload was encoded; send it again",
+                        1,
+                    ));
+                }
+                let mut items = Vec::with_capacity(prepared.len());
+                let mut out = Vec::with_capacity(prepared.len());
+                for (i, (up, id, vector, jpeg, info, frames_used)) in
+                    prepared.into_iter().enumerate()
+                {
+                    g.store.put_blob(&id, BlobKind::Original, &up.path)?;
+                    if !jpeg.is_empty() {
+                        let tp = tmp_dir.join(format!("thumb-{}-{i}", std::process::id()));
+                        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+                        let tp = tp.with_extension(n.to_string());
+                        let written = std::fs::File::create(&tp).and_then(|mut f| {
+                            f.write_all(&jpeg)?;
+                            f.sync_all()
+                        });
+                        if let Err(e) = written {
+                            let _ = std::fs::remove_file(&tp);
+                            return Err(ApiError::internal(format!("writing thumbnail: {e}")));
+                        }
+                        g.store.put_blob(&id, BlobKind::Thumbnail, &tp)?;
+                    }
+                    let stored = serde_json::json!({
+                        "meta": up.meta,
+                        "file_name": up.file_name,
+                        "bytes": up.bytes,
+                        "media": &info,
+                        "frames": frames_used,
+                    });
+                    out.push(IndexedVideo {
+                        thumbnail: thumb_url(&task_name, &id),
+                        id: id.clone(),
+                        bytes: up.bytes,
+                        frames: frames_used,
+                        media: info,
+                    });
+                    items.push((id, vector, stored));
+                }
+                g.store.add_batch(g.model.digest(), items)?;
+                Ok(out)
+            })
+            .await??;
+        state
+            .metrics
+            .videos_indexed
+            .with_label_values(&[task.name.as_str()])
+            .inc_by(indexed.len() as u64);
+        record(&state, &task.name, "index", t0);
+        tracing::info!(task = %task.name, videos = indexed.len(), "indexed");
+        Ok(IndexResult {
+            task: task.name.clone(),
+            generation: gen.number,
+            indexed,
+        })
+    }
+}
