@@ -324,8 +324,12 @@ pub struct ServeArgs {
     /// as `grpc listening on ADDR` after the HTTP line).
     #[arg(long, env = "MVSERVE_GRPC_PORT", default_value_t = 50051)]
     pub grpc_port: u16,
-    /// Serve HTTP only.
-    #[arg(long, env = "MVSERVE_NO_GRPC")]
+    /// Serve HTTP only (the env var takes 1/0, true/false, yes/no, on/off).
+    #[arg(
+        long,
+        env = "MVSERVE_NO_GRPC",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub no_grpc: bool,
     /// Address to listen on. Default: 127.0.0.1 without --auth-file, 0.0.0.0 with it. A
     /// non-loopback address needs --auth-file.
