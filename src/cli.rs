@@ -378,6 +378,9 @@ pub struct ServeArgs {
     /// Quiet time in ms after the last change to a file in the adapters folder before it is read.
     #[arg(long, env = "MVSERVE_WATCH_DEBOUNCE_MS", default_value_t = 100)]
     pub watch_debounce_ms: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the process stops.
+    #[arg(long, env = "MVSERVE_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    pub drain_timeout_s: u64,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
@@ -407,6 +410,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             pinned: args.pinned.into_iter().collect(),
         },
         watch_debounce: std::time::Duration::from_millis(args.watch_debounce_ms),
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
         ..Default::default()
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -99,6 +99,7 @@ fn an_unusable_device_is_a_clear_error_for_every_command() {
             tiny,
             "--port",
             "0",
+            "--no-grpc",
             "--data-dir",
             data.path().to_str().unwrap(),
             "--device",

@@ -327,3 +327,28 @@ fn search_page_builds_the_dom_without_html_strings() {
     }
     assert!(html.contains("textContent"));
 }
+
+#[test]
+fn a_stalled_upload_does_not_hold_shutdown_past_the_drain_timeout() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &["--drain-timeout-s", "1"]);
+    // Half a multipart request, then silence: the handler waits for the rest of the body.
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /index?task=clip HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\nabc"
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    s.stop();
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "shutdown took {took:?}"
+    );
+    drop(conn);
+}

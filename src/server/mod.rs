@@ -74,6 +74,8 @@ pub struct ServeConfig {
     pub adapter_cache: CacheConfig,
     /// Quiet time after the last event for a file in `adapters/` before it is read.
     pub watch_debounce: Duration,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before the process stops.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +99,7 @@ impl Default for ServeConfig {
             max_video_seconds: 1800.0,
             adapter_cache: CacheConfig::default(),
             watch_debounce: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -477,11 +480,30 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if let Some((health, _)) = &grpc {
         grpc::set_ready(health).await;
     }
-    server.await??;
-    if let Some((_, handle)) = grpc {
-        handle.await?.context("serving gRPC")?;
+    let drained = async {
+        server.await??;
+        if let Some((_, handle)) = grpc {
+            handle.await?.context("serving gRPC")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    // A client that stalls mid-request must not hold the process forever: after the signal,
+    // requests get `drain_timeout` to finish. Acknowledged writes are already durable (the WAL is
+    // synced before every 2xx), so stopping then loses nothing that was confirmed.
+    let deadline = async {
+        stopped().await;
+        tokio::time::sleep(state.config.drain_timeout).await;
+    };
+    tokio::select! {
+        r = drained => {
+            r?;
+            tracing::info!("draining done; stopping the encoder");
+        }
+        _ = deadline => tracing::warn!(
+            seconds = state.config.drain_timeout.as_secs_f64(),
+            "requests still in flight after the drain timeout; stopping anyway"
+        ),
     }
-    tracing::info!("draining done; stopping the encoder");
     if let Some(core) = state.core.get() {
         core.encoder.shutdown();
     }
