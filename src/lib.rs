@@ -13,3 +13,4 @@ pub mod media;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod train;
