@@ -9,6 +9,7 @@ pub mod adapter;
 pub mod backbone;
 pub mod bench;
 pub mod encode;
+pub mod eval;
 pub mod media;
 pub mod registry;
 pub mod server;
