@@ -264,3 +264,102 @@ fn no_temporal_trains_a_down_up_only_adapter_and_bad_settings_are_refused() {
     let e = Trainer::new(&b, "x", cfg, &none, &cache).err().unwrap();
     assert!(matches!(e, TrainError::NoData(_)), "{e}");
 }
+
+fn mvserve(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_train_command_trains_refuses_to_overwrite_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(dir.path());
+    let lines: Vec<String> = d
+        .pairs
+        .iter()
+        .map(|(v, c)| {
+            let name = d.videos[*v].file_name().unwrap().to_str().unwrap();
+            serde_json::json!({"video": name, "caption": c}).to_string()
+        })
+        .collect();
+    let jsonl = dir.path().join("captions.jsonl");
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let out = dir.path().join("cli.safetensors");
+    let cache = dir.path().join("cache");
+    let args = |epochs: &'static str| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            jsonl.to_str().unwrap(),
+            "--model-dir",
+            "tests/fixtures/tiny-clip",
+            "--task",
+            "gifs",
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--batch",
+            "4",
+            "--lr",
+            "1e-3",
+            "--frames",
+            "4",
+            "--words",
+            "16",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |a: Vec<String>| mvserve(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, stdout, err) = run(args("1"));
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(j["epochs"], 1);
+    assert!(j["loss"].as_f64().unwrap().is_finite());
+    assert!(j["pairs_per_s"].as_f64().unwrap() > 0.0);
+    let f = AdapterFile::read(&out).unwrap();
+    assert_eq!(j["digest"], f.digest());
+    assert_eq!(
+        f.meta.metrics.as_ref().unwrap()["train"]["data"],
+        "captions"
+    );
+    assert!(
+        std::fs::read_dir(&cache).unwrap().count() >= 8,
+        "frames cached"
+    );
+    // An existing file is not overwritten by accident.
+    let (ok, _, err) = run(args("1"));
+    assert!(!ok && err.contains("--resume"), "{err}");
+    // Resuming the finished 1-epoch run with other settings is refused; with its own, a no-op.
+    let (ok, _, err) = run([args("2"), vec!["--resume".into()]].concat());
+    assert!(!ok && err.contains("epochs"), "{err}");
+    let (ok, stdout, err) = run([args("1"), vec!["--resume".into()]].concat());
+    assert!(ok, "{err}");
+    let again: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(again["digest"], j["digest"]);
+    // --overwrite starts afresh: the same seed gives the same adapter.
+    let (ok, stdout, err) = run([args("1"), vec!["--overwrite".into()]].concat());
+    assert!(ok, "{err}");
+    let fresh: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let g = AdapterFile::read(&out).unwrap();
+    assert_eq!(fresh["loss"], j["loss"]);
+    assert!(g.tensors.iter().all(|(k, t)| {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = f.tensors[k].flatten_all().unwrap().to_vec1().unwrap();
+        a == b
+    }));
+}
