@@ -7,12 +7,11 @@ use candle_core::{DType, Device};
 use clap::{Args, Subcommand};
 use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
 use mvserve::adapter::{
-    clip_param_count, pool_frames, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta,
-    BackboneDims, TaskAdapter, Tying,
+    clip_param_count, AdapterConfig, AdapterFile, AdapterInit, AdapterMeta, BackboneDims,
+    TaskAdapter, Tying,
 };
-use mvserve::backbone::{
-    l2_normalize, preprocess, Backbone, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN,
-};
+use mvserve::backbone::{preprocess, Backbone, ModelSource, DEFAULT_MODEL_ID, DEFAULT_TEXT_LEN};
+use mvserve::embed::{load_adapter, Embedder};
 use std::path::PathBuf;
 
 /// Where the CLIP backbone comes from.
@@ -110,42 +109,18 @@ fn frames_from_dir(dir: &std::path::Path, frames: usize, size: usize) -> Result<
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let backbone = args.model.load()?;
     let clip = &backbone.clip;
-    let adapter = match &args.adapter {
+    let loaded = match &args.adapter {
         Some(p) => {
-            let f = AdapterFile::read(p).with_context(|| format!("adapter {}", p.display()))?;
-            f.check_backbone(&clip.id, &BackboneDims::of(&clip.config))
-                .with_context(|| format!("adapter {}", p.display()))?;
+            let (f, a) = load_adapter(p, clip)?;
             tracing::info!(task = %f.meta.task, digest = %f.digest(), "adapter loaded");
-            Some(f.adapter(&clip.device)?)
+            Some(a)
         }
         None => None,
     };
-    let s = clip.config.vision_config.image_size;
-    // Frames through the video hook (a single image is a one-frame video) and meanP.
-    let video = |pixels: Tensor, mask: Option<Vec<f32>>| -> Result<Tensor> {
-        let n = pixels.dim(0)?;
-        let mask = match mask {
-            Some(m) => Tensor::from_vec(m, (1, n), &Device::Cpu)?,
-            None => Tensor::ones((1, n), DType::F32, &Device::Cpu)?,
-        };
-        let frames = match &adapter {
-            Some(a) => {
-                let hook = a.video_hook(&mask)?;
-                clip.vision.forward(&pixels, Some(&hook), false)?.embeds
-            }
-            None => clip.vision.forward(&pixels, None, false)?.embeds,
-        };
-        Ok(pool_frames(&frames, &mask)?)
-    };
+    let e = Embedder::new(&backbone, loaded.as_ref(), args.text_len, args.frames);
+    let s = e.image_size();
     let emb = match (&args.text, &args.image, &args.video) {
-        (Some(text), None, None) => match &adapter {
-            Some(a) => {
-                let len = a.config.words;
-                let hook = a.text_hook(len)?;
-                backbone.embed_texts(&[text], len, Some(&hook))?
-            }
-            None => backbone.embed_texts(&[text], args.text_len, None)?,
-        },
+        (Some(text), None, None) => e.texts(&[text])?,
         (None, Some(path), None) => {
             let img = image::open(path)
                 .with_context(|| format!("reading image {}", path.display()))?
@@ -153,32 +128,20 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
             let pixels = Tensor::from_vec(
                 preprocess::preprocess(&img, s as u32),
                 (1, 3, s, s),
-                &Device::Cpu,
+                &clip.device,
             )?;
-            match &adapter {
-                Some(_) => video(pixels, None)?,
-                None => l2_normalize(&clip.vision.forward(&pixels, None, false)?.embeds)?,
-            }
+            e.images(&pixels)?
         }
         (None, None, Some(path)) => {
-            let f = adapter.as_ref().map_or(args.frames, |a| a.config.frames);
             if path.is_dir() {
-                video(frames_from_dir(path, f, s)?, None)?
+                let pixels = frames_from_dir(path, e.frames(), s)?.to_device(&clip.device)?;
+                let mask = Tensor::ones((1, pixels.dim(0)?), DType::F32, &clip.device)?;
+                e.videos(&pixels, &mask)?
             } else {
-                let spec = mvserve::media::SampleSpec {
-                    frames: f,
-                    fps: 1.0,
-                    size: s as u32,
-                };
-                let frames = mvserve::media::load_video(path, &spec, &Default::default())
-                    .with_context(|| format!("video {}", path.display()))?;
-                let pixels = Tensor::from_vec(frames.pixels, (f, 3, s, s), &Device::Cpu)?;
-                let mask = frames
-                    .mask
-                    .iter()
-                    .map(|&m| if m { 1.0 } else { 0.0 })
-                    .collect();
-                video(pixels, Some(mask))?
+                let frames =
+                    mvserve::media::load_video(path, &e.sample_spec(), &Default::default())
+                        .with_context(|| format!("video {}", path.display()))?;
+                e.decoded(&[&frames])?
             }
         }
         _ => bail!("give exactly one of --text, --image or --video"),

@@ -8,10 +8,12 @@
 pub mod adapter;
 pub mod backbone;
 pub mod bench;
+pub mod embed;
 pub mod encode;
 pub mod eval;
 pub mod media;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod synth;
 pub mod train;

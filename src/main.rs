@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod cli_train;
+mod cli_eval;
 
 // Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
 // kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.
@@ -39,6 +40,12 @@ enum Command {
     Probe(cli::ProbeArgs),
     /// Train a task's adapter on video-caption pairs (frozen backbone); a checkpoint each epoch.
     Train(cli_train::TrainArgs),
+    /// Write synthetic captioned clips (moving, appearing, growing shapes; two events in order)
+    /// as H.264 MP4 files and a captions.jsonl.
+    Synth(cli_eval::SynthArgs),
+    /// Retrieval metrics of a test set (R@1/5/10, MdR, MnR, both directions), zero-shot or with
+    /// an adapter.
+    Eval(cli_eval::EvalArgs),
 }
 
 fn main() -> Result<()> {
@@ -56,5 +63,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => cli::serve(args),
         Command::Probe(args) => cli::probe(args),
         Command::Train(args) => cli_train::train(args),
+        Command::Synth(args) => cli_eval::synth(args),
+        Command::Eval(args) => cli_eval::eval(args),
     }
 }
