@@ -57,6 +57,9 @@ pub struct TrainArgs {
     /// Train without temporal adaptation: a per-frame down/up video adapter (ablation).
     #[arg(long)]
     pub no_temporal: bool,
+    /// The adapter's output scale (the authors' 0.1; a small random test backbone needs 1).
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f64,
     /// Cross Modality Tying: down_in, down_out, kronecker or none.
     #[arg(long, default_value = "down_in")]
     pub tying: String,
@@ -115,6 +118,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         words: a.words.unwrap_or(if paragraph { 64 } else { 32 }),
         temporal: !a.no_temporal,
         tying: Tying::parse(&a.tying)?,
+        scale: a.scale,
     };
     config.validate()?;
     let backbone = a.model.load()?;

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cli;
-mod cli_train;
 mod cli_eval;
+mod cli_train;
 
 // Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
 // kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.

@@ -58,6 +58,10 @@ pub struct TrainConfig {
     /// a per-frame down/up video adapter, blind to frame order.
     pub temporal: bool,
     pub tying: Tying,
+    /// The adapter's output scale s (0.1, the authors'). Its up-projection starts at zero, so a
+    /// larger s makes the adapter's output grow faster: a small random backbone, whose
+    /// embeddings barely differ between inputs, needs s = 1 to leave the collapsed start.
+    pub scale: f64,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             words: 32,
             temporal: true,
             tying: Tying::DownIn,
+            scale: 0.1,
         }
     }
 }
@@ -109,6 +114,9 @@ impl TrainConfig {
         }
         if !(a.weight_decay >= 0.0 && self.clip_norm >= 0.0) {
             return bad("weight decay and the clipping norm must not be negative");
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0) {
+            return bad("the adapter scale must be positive");
         }
         if self.frames == 0 || self.words < 2 {
             return bad("frames must be positive and words at least 2 (SOT and EOT)");

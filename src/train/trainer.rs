@@ -139,6 +139,7 @@ impl<'a> Trainer<'a> {
         );
         ac.temporal = config.temporal;
         ac.video_trm = config.temporal;
+        ac.scale = config.scale;
         ac.validate()?;
         let init = seeded_tensors(&ac, AdapterInit::Authors, config.seed, &clip.device)?;
         let (adapter, varmap) =
