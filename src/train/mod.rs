@@ -2,9 +2,9 @@
 //! symmetric InfoNCE over in-batch pairs, AdamW with warmup and cosine decay, gradient clipping,
 //! the frame cache, per-epoch checkpoints in the adapter format, and exact resumes.
 //!
-//! Owns: `TrainConfig` (the run's hyper-parameters), `Trainer` (the loop), the optimiser
-//! (`optim`), the loss (`loss`), the frame cache (`frames`), seeded initial values (`init`) and
-//! the resume state beside each checkpoint (`state`). It does not own dataset formats (the caller
+//! Owns: `TrainConfig` (the run's hyper-parameters), `Trainer` (the loop), the order of pairs
+//! (`batches`), the optimiser (`optim`), the loss (`loss`), the frame cache (`frames`), seeded
+//! initial values (`init`) and the resume state beside each checkpoint (`state`). It does not own dataset formats (the caller
 //! passes video paths and pairs), the model, or evaluation.
 //!
 //! ```no_run
@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batches;
 pub mod frames;
 pub mod init;
 pub mod loss;
