@@ -498,6 +498,10 @@ pub struct AdapterNewArgs {
     /// Turn off the per-frame calibration (ablation).
     #[arg(long)]
     pub no_temporal: bool,
+    /// Also drop the video adapter's cross-frame part (TRM, cc, positional table): per-frame
+    /// down/up only (needs --no-temporal).
+    #[arg(long, requires = "no_temporal")]
+    pub no_video_trm: bool,
 }
 
 pub fn adapter(cmd: AdapterCommand) -> Result<()> {
@@ -516,6 +520,7 @@ pub fn adapter(cmd: AdapterCommand) -> Result<()> {
                 config.tied_layers = t;
             }
             config.temporal = !a.no_temporal;
+            config.video_trm = !a.no_video_trm;
             config.validate()?;
             let tensors = TaskAdapter::init_tensors(&config, init, &Device::Cpu)?;
             let meta = AdapterMeta {
@@ -574,8 +579,8 @@ pub fn adapter(cmd: AdapterCommand) -> Result<()> {
                     f.meta.backbone.name, f.meta.backbone.digest
                 );
                 println!(
-                    "config:     width {}, heads {}, scale {}, {} frames, {} words, tying {:?} in {:?}, temporal {}",
-                    c.width, c.heads, c.scale, c.frames, c.words, c.tying, c.tied_layers, c.temporal
+                    "config:     width {}, heads {}, scale {}, {} frames, {} words, tying {:?} in {:?}, temporal {}, video TRM {}",
+                    c.width, c.heads, c.scale, c.frames, c.words, c.tying, c.tied_layers, c.temporal, c.video_trm
                 );
                 println!(
                     "layers:     vision {:?}, text {:?}",

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod cli_eval;
+mod cli_train;
 
 // Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
 // kernel each time (page faults and zeroing on every op), mimalloc keeps and reuses them.
@@ -37,6 +38,8 @@ enum Command {
     /// Decode and sample a video as the server would; print container, codec, timing and the
     /// sampled timestamps (or the typed error) as JSON. Exits 1 when the video is refused.
     Probe(cli::ProbeArgs),
+    /// Train a task's adapter on video-caption pairs (frozen backbone); a checkpoint each epoch.
+    Train(cli_train::TrainArgs),
     /// Write synthetic captioned clips (moving, appearing, growing shapes; two events in order)
     /// as H.264 MP4 files and a captions.jsonl.
     Synth(cli_eval::SynthArgs),
@@ -59,6 +62,7 @@ fn main() -> Result<()> {
         Command::Bench(cmd) => cli::bench(cmd),
         Command::Serve(args) => cli::serve(args),
         Command::Probe(args) => cli::probe(args),
+        Command::Train(args) => cli_train::train(args),
         Command::Synth(args) => cli_eval::synth(args),
         Command::Eval(args) => cli_eval::eval(args),
     }

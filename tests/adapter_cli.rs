@@ -68,6 +68,30 @@ fn new_inspect_import_and_embed() {
     );
     let (ok, out, _) = mvserve(&["adapter", "inspect", z]);
     assert!(ok && out.contains("fits:       unknown"), "{out}");
+    // Down/up only: no cross-frame part, fewer parameters; --no-video-trm needs --no-temporal.
+    let flat = dir.path().join("flat.safetensors");
+    let args = [
+        "adapter",
+        "new",
+        "--model-dir",
+        tiny,
+        "--task",
+        "demo",
+        "--out",
+        flat.to_str().unwrap(),
+        "--frames",
+        "4",
+        "--no-video-trm",
+    ];
+    let (ok, _, _) = mvserve(&args);
+    assert!(!ok, "--no-video-trm alone must be refused");
+    let (ok, _, err) = mvserve(&[&args[..], &["--no-temporal"]].concat());
+    assert!(ok, "{err}");
+    let (ok, out, err) = mvserve(&["adapter", "inspect", flat.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["config"]["video_trm"], false);
+    assert!(j["params"].as_u64().unwrap() < 257_856);
 
     // A fresh adapter embeds exactly like plain CLIP; an imported random one does not.
     let frames = dir.path().join("frames");

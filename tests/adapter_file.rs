@@ -418,3 +418,38 @@ fn import_of_the_authors_fixture_checkpoint() {
     let e = import(bad, dims(), &opts).unwrap_err();
     assert!(e.to_string().contains("shared factor differs"), "{e}");
 }
+
+#[test]
+fn down_up_only_adapters_round_trip_and_older_files_still_read() {
+    // A standard config writes no video_trm key: files written before the field existed have the
+    // same bytes, and their config parses with the cross-frame part on.
+    let c = config();
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(!json.contains("video_trm"), "{json}");
+    let back: AdapterConfig = serde_json::from_str(&json).unwrap();
+    assert!(back.video_trm);
+    let dir = tempfile::tempdir().unwrap();
+    let p = raw_file(&dir, good_md(&c), &tensors(&c));
+    assert!(AdapterFile::read(&p).unwrap().meta.config.video_trm);
+    // Down/up only: the key is written, the tensors lack pos, cc, ln_pre, trm and calib.
+    let mut d = config();
+    d.temporal = false;
+    d.video_trm = false;
+    let f = AdapterFile::new(meta(&d), tensors(&d)).unwrap();
+    assert!(f.tensors.keys().all(|k| !k.ends_with(".cc")));
+    assert!(!f.tensors.contains_key("vision.0.pos"));
+    assert!(f.tensors.contains_key("text.0.pos"));
+    assert_eq!(f.param_count(), d.param_count());
+    let p = dir.path().join("flat.safetensors");
+    f.write(&p).unwrap();
+    let g = AdapterFile::read(&p).unwrap();
+    assert_eq!(g.meta, f.meta);
+    assert!(!g.meta.config.video_trm);
+    // A down/up-only config over tensors that have the cross-frame part is refused, and back.
+    let mut md = good_md(&c);
+    md.insert("config".into(), serde_json::to_string(&d).unwrap());
+    let e = AdapterFile::read(&raw_file(&dir, md, &tensors(&c))).unwrap_err();
+    assert!(matches!(e, AdapterError::UnexpectedTensors(_)), "{e}");
+    let e = AdapterFile::read(&raw_file(&dir, good_md(&c), &tensors(&d))).unwrap_err();
+    assert!(matches!(e, AdapterError::MissingTensors(_)), "{e}");
+}

@@ -54,15 +54,43 @@ fn vit_b_32_parameter_budget() {
     let mut no_t = vit_b_32(Tying::None);
     no_t.temporal = false;
     assert_eq!(no_t.param_count(), 12 * (158_160 - 7_248 + 118_272));
+    // Down/up only (no cross-frame part): a video adapter is W_down, b_down, W_up, b_up.
+    no_t.video_trm = false;
+    assert_eq!(
+        no_t.param_count(),
+        12 * ((64 * 768 + 64) + (768 * 64 + 768) + 118_272)
+    );
+    assert_eq!(no_t.param_count(), built_params(&no_t));
+    let mut no_trm = vit_b_32(Tying::DownIn);
+    no_trm.temporal = false;
+    no_trm.video_trm = false;
+    assert_eq!(no_trm.param_count(), built_params(&no_trm));
     let kron = vit_b_32(Tying::Kronecker);
     assert_eq!(kron.param_count(), built_params(&kron));
 }
 
 #[test]
 fn expected_tensor_names_match_what_is_built() {
-    for tying in [Tying::DownIn, Tying::DownOut, Tying::Kronecker, Tying::None] {
-        let c = vit_b_32(tying);
+    for (tying, cross_frame) in [
+        (Tying::DownIn, true),
+        (Tying::DownOut, true),
+        (Tying::Kronecker, true),
+        (Tying::None, true),
+        (Tying::DownIn, false),
+    ] {
+        let mut c = vit_b_32(tying);
+        c.temporal = cross_frame;
+        c.video_trm = cross_frame;
         let names = TaskAdapter::expected_tensors(&c).unwrap();
+        if !cross_frame {
+            let video: Vec<&String> = names.keys().filter(|n| n.starts_with("vision.")).collect();
+            assert!(
+                video
+                    .iter()
+                    .all(|n| n.contains(".down.") || n.contains(".up.") || n.contains(".cmt.")),
+                "{video:?}"
+            );
+        }
         let (_, vm) = TaskAdapter::trainable(&c, AdapterInit::Authors, None, &Device::Cpu).unwrap();
         let data = vm.data().lock().unwrap();
         assert_eq!(names.len(), data.len(), "{tying:?}");
@@ -398,4 +426,43 @@ fn fewer_frames_than_configured_use_the_start_of_the_table() {
         .embeds;
     let v = pool_frames(&e, &mask).unwrap();
     assert_eq!(v.dims(), &[1, 32]);
+}
+
+#[test]
+fn without_the_cross_frame_part_the_video_embedding_ignores_frame_order() {
+    let b = tiny();
+    let (pixels, mask, _, _) = inputs(&b);
+    let pixels = pixels.narrow(0, 0, 4).unwrap();
+    let mask = mask.narrow(0, 0, 1).unwrap();
+    let reversed = pixels
+        .index_select(&Tensor::new(&[3u32, 2, 1, 0], &Device::Cpu).unwrap(), 0)
+        .unwrap();
+    let embed = |a: &TaskAdapter, p: &Tensor| {
+        let hook = a.video_hook(&mask).unwrap();
+        let f = b.clip.vision.forward(p, Some(&hook), false).unwrap().embeds;
+        pool_frames(&f, &mask).unwrap()
+    };
+    let plain = pool_frames(
+        &b.clip.vision.forward(&pixels, None, false).unwrap().embeds,
+        &mask,
+    )
+    .unwrap();
+    for cross_frame in [false, true] {
+        let mut c = tiny_config(&b, Tying::DownIn);
+        c.temporal = cross_frame;
+        c.video_trm = cross_frame;
+        let (a, _) = TaskAdapter::trainable(&c, AdapterInit::Random, None, &Device::Cpu).unwrap();
+        let (fwd, rev) = (embed(&a, &pixels), embed(&a, &reversed));
+        assert!(max_diff(&fwd, &plain) > 1e-3, "the adapter must act");
+        if cross_frame {
+            // With the TRM and its positional table the order matters (the test can fail).
+            assert!(max_diff(&fwd, &rev) > 1e-4, "{}", max_diff(&fwd, &rev));
+        } else {
+            assert!(max_diff(&fwd, &rev) < 1e-6, "{}", max_diff(&fwd, &rev));
+        }
+    }
+    // Calibration without the TRM is not a valid adapter.
+    let mut c = tiny_config(&b, Tying::DownIn);
+    c.video_trm = false;
+    assert!(c.validate().is_err());
 }

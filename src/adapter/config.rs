@@ -68,6 +68,9 @@ fn d_scale() -> f64 {
 fn d_true() -> bool {
     true
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn d_factor_dim() -> usize {
     32
 }
@@ -105,6 +108,13 @@ pub struct AdapterConfig {
     /// Per-frame calibration of the CLS up-projection (Temporal Adaptation); off for ablations.
     #[serde(default = "d_true")]
     pub temporal: bool,
+    /// The video adapter's cross-frame part: the `cc` token, the (2F+1)-row positional table,
+    /// `ln_pre` and the TRM over `[cc; CLS_1..F; patch-mean_1..F]`. Off, the video adapter is
+    /// per-frame down/up only (the paper's "down/up only" ablation), so a meanP video embedding
+    /// does not depend on frame order; needs `temporal` off too. Written only when false, so
+    /// files without the field (and their bytes) are unchanged.
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub video_trm: bool,
     /// Length of the shared factor f_C (32).
     #[serde(default = "d_factor_dim")]
     pub factor_dim: usize,
@@ -138,6 +148,7 @@ impl AdapterConfig {
             tied_layers: tied,
             tying,
             temporal: true,
+            video_trm: true,
             factor_dim: 32,
             kron_n: 4,
             calib_dim: 16,
@@ -196,6 +207,11 @@ impl AdapterConfig {
                 }
             }
         }
+        if self.temporal && !self.video_trm {
+            return bad(
+                "temporal calibration reads the video TRM's output: it needs video_trm".into(),
+            );
+        }
         if self.temporal && self.calib_dim == 0 {
             return bad("calib_dim must be positive".into());
         }
@@ -220,12 +236,15 @@ impl AdapterConfig {
     /// Parameters of one video adapter (layer `layer`, tying parts excluded).
     fn video_params(&self, layer: usize) -> usize {
         let (d, w) = (self.backbone.vision_width, self.width);
+        // ln_pre, TRM, positional table and cc exist only with the cross-frame part.
+        let cross_frame = if self.video_trm {
+            2 * w + trm_params(w) + (2 * self.frames + 1) * w + w
+        } else {
+            0
+        };
         self.down_params(d, layer)
             + (w * d + d)
-            + 2 * w
-            + trm_params(w)
-            + (2 * self.frames + 1) * w
-            + w
+            + cross_frame
             + if self.temporal {
                 (w * w + w) + (2 * w * self.calib_dim + self.calib_dim) + self.calib_dim * w
             } else {

@@ -229,9 +229,14 @@ pub fn import(
         .map(|l| format!("vision.{l}"))
         .unwrap_or_else(|| format!("text.{}", text_layers[0]));
     let width = dim(&format!("{probe}.down.weight"), 0)?;
+    // A video adapter without the positional table is per-frame down/up only (no TRM); its
+    // frame count is then not recorded in the tensors and the usual 12 is assumed.
+    let video_trm = vision_layers
+        .first()
+        .is_none_or(|l| ours.contains_key(&format!("vision.{l}.pos")));
     let frames = match vision_layers.first() {
-        Some(l) => (dim(&format!("vision.{l}.pos"), 0)? - 1) / 2,
-        None => 12,
+        Some(l) if video_trm => (dim(&format!("vision.{l}.pos"), 0)? - 1) / 2,
+        _ => 12,
     };
     let words = match text_layers.first() {
         Some(l) => dim(&format!("text.{l}.pos"), 0)?,
@@ -294,6 +299,7 @@ pub fn import(
         tied_layers,
         tying,
         temporal,
+        video_trm,
         factor_dim,
         kron_n: 4,
         calib_dim,

@@ -384,10 +384,9 @@ impl TextAdapter {
     }
 }
 
-/// The video adapter of one block, with Temporal Adaptation (spec section 4).
+/// The video adapter's cross-frame part (Temporal Adaptation, spec section 4 steps 2 to 6).
 #[derive(Clone, Debug)]
-pub struct VideoAdapter {
-    down: Down,
+struct CrossFrame {
     /// (2F+1, w)
     pos: Tensor,
     /// (w,)
@@ -395,11 +394,21 @@ pub struct VideoAdapter {
     ln_pre: LayerNorm,
     trm: Trm,
     calib: Option<Calibration>,
+}
+
+/// The video adapter of one block, with Temporal Adaptation (spec section 4), or per-frame
+/// down/up only when built without the cross-frame part.
+#[derive(Clone, Debug)]
+pub struct VideoAdapter {
+    down: Down,
+    cross: Option<CrossFrame>,
     up: Linear,
     scale: f64,
 }
 
 impl VideoAdapter {
+    /// `cross_frame` false: no `cc`, positional table, `ln_pre`, TRM or calibration (then
+    /// `calib_dim` must be None).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         vb: VarBuilder,
@@ -410,19 +419,32 @@ impl VideoAdapter {
         frames: usize,
         scale: f64,
         tie: TieSpec,
+        cross_frame: bool,
         calib_dim: Option<usize>,
         init: AdapterInit,
     ) -> Result<Self> {
+        if !cross_frame && calib_dim.is_some() {
+            candle_core::bail!("the calibration needs the video adapter's cross-frame part");
+        }
+        // Built in the same order as always (down, pos, cc, ln_pre, trm, calib, up).
+        let down = Down::new(&vb, shared, d, w, tie, uniform(d), init)?;
+        let cross = if cross_frame {
+            Some(CrossFrame {
+                pos: vb.get_with_hints((2 * frames + 1, w), "pos", randn(0.01))?,
+                cc: vb.get_with_hints(w, "cc", randn((w as f64).powf(-0.5)))?,
+                ln_pre: layer_norm(&vb.pp("ln_pre"), w)?,
+                trm: Trm::new(vb.pp("trm"), w, heads, d)?,
+                calib: match calib_dim {
+                    Some(mid) => Some(Calibration::new(vb.pp("calib"), w, mid, init)?),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         Ok(Self {
-            down: Down::new(&vb, shared, d, w, tie, uniform(d), init)?,
-            pos: vb.get_with_hints((2 * frames + 1, w), "pos", randn(0.01))?,
-            cc: vb.get_with_hints(w, "cc", randn((w as f64).powf(-0.5)))?,
-            ln_pre: layer_norm(&vb.pp("ln_pre"), w)?,
-            trm: Trm::new(vb.pp("trm"), w, heads, d)?,
-            calib: match calib_dim {
-                Some(mid) => Some(Calibration::new(vb.pp("calib"), w, mid, init)?),
-                None => None,
-            },
+            down,
+            cross,
             up: up_linear(&vb.pp("up"), w, d, init)?,
             scale,
         })
@@ -442,38 +464,45 @@ impl VideoAdapter {
     pub fn forward_traced(&self, f: &Tensor, mask: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (n, t, d) = f.dims3()?;
         let (b, fr) = mask.dims2()?;
-        let max_frames = (self.pos.dim(0)? - 1) / 2;
+        let max_frames = match &self.cross {
+            Some(c) => (c.pos.dim(0)? - 1) / 2,
+            None => usize::MAX,
+        };
         if n != b * fr || fr > max_frames || t < 2 {
             candle_core::bail!(
                 "the video adapter got {n} images of {t} tokens for a frame mask of {b} x {fr} \
                  (at most {max_frames} frames per video)"
             );
         }
-        let w = self.cc.dim(0)?;
-        let mask = mask.to_dtype(f.dtype())?;
         // 1. Down with QuickGELU on every token.
         let g = bias_quick_gelu(&self.down.forward_no_bias(f)?, &self.down.bias)?; // (N, T, w)
+        let Some(cross) = &self.cross else {
+            // Per-frame down/up only: every token, CLS included, through the plain bottleneck.
+            return Ok((scaled_up(&self.up, self.scale, &g)?, None));
+        };
+        let w = cross.cc.dim(0)?;
+        let mask = mask.to_dtype(f.dtype())?;
         let cls_d = g.narrow(1, 0, 1)?.reshape((b, fr, w))?;
         let patch_d = g.narrow(1, 1, t - 1)?; // (N, P, w)
                                               // 2. Mean of the patches per frame.
         let pm = patch_d.mean(1)?.reshape((b, fr, w))?;
         // 3. [cc; cls_1..F; pm_1..F] + pos, LN.
-        let cc = self.cc.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
+        let cc = cross.cc.reshape((1, 1, w))?.broadcast_as((b, 1, w))?;
         let seq = Tensor::cat(&[&cc, &cls_d, &pm], 1)?; // (B, 2F+1, w)
-        let seq = seq.broadcast_add(&self.pos.narrow(0, 0, 2 * fr + 1)?)?;
-        let seq = self.ln_pre.forward(&seq)?;
+        let seq = seq.broadcast_add(&cross.pos.narrow(0, 0, 2 * fr + 1)?)?;
+        let seq = cross.ln_pre.forward(&seq)?;
         // 4. TRM: padded frames are masked as keys (-1e6, as the authors), cc always visible.
         let keys = Tensor::cat(
             &[&Tensor::ones((b, 1), f.dtype(), f.device())?, &mask, &mask],
             1,
         )?;
         let key_mask = ((keys - 1.0)? * 1e6)?.reshape((b, 1, 1, 2 * fr + 1))?;
-        let seq = quick_gelu(&self.trm.forward(&seq, Some(&key_mask))?)?;
+        let seq = quick_gelu(&cross.trm.forward(&seq, Some(&key_mask))?)?;
         let cc_t = seq.narrow(1, 0, 1)?;
         let cls_t = seq.narrow(1, 1, fr)?;
         let pm_t = seq.narrow(1, 1 + fr, fr)?;
         // 5-6. Calibrated CLS up-projection.
-        let (cls_in, alpha) = match &self.calib {
+        let (cls_in, alpha) = match &cross.calib {
             Some(c) => {
                 let alpha = c.forward(&cc_t, &(&cls_t + &pm_t)?, &mask)?;
                 ((&alpha * &cls_t)?, Some(alpha))
@@ -489,6 +518,6 @@ impl VideoAdapter {
     }
 
     pub fn dtype(&self) -> DType {
-        self.cc.dtype()
+        self.down.bias.dtype()
     }
 }

@@ -58,6 +58,7 @@ impl TaskAdapter {
                 c.frames,
                 c.scale,
                 tie(l),
+                c.video_trm,
                 c.temporal.then_some(c.calib_dim),
                 init,
             )?);
