@@ -304,10 +304,10 @@ impl FileLoader {
         let t0 = Instant::now();
         // Validate the bytes we keep: copy first, then read the copy, so the file in adapters/
         // changing under us cannot make the copy differ from what was checked.
-        let tmp = self
-            .cache
-            .dir
-            .join(format!(".{task}.{}.tmp", std::process::id()));
+        // Unique per load: the start-up scan and the watcher may read the same file at once.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.cache.dir.join(format!(".{task}.{n}.tmp"));
         std::fs::copy(path, &tmp).map_err(|e| format!("reading {}: {e}", path.display()))?;
         let checked = (|| {
             let file = AdapterFile::read(&tmp)?;
@@ -323,8 +323,12 @@ impl FileLoader {
             }
         };
         let digest = file.digest().to_string();
+        // Count this model as live before its copy lands, so that the last holder of the same
+        // digest going away meanwhile cannot delete the copy under it.
+        self.cache.acquire(&digest);
         if let Err(e) = std::fs::rename(&tmp, self.cache.copy_path(&digest)) {
             let _ = std::fs::remove_file(&tmp);
+            self.cache.release(&digest);
             return Err(format!("keeping a copy of {}: {e}", path.display()));
         }
         if file.meta.task != task {
@@ -338,7 +342,6 @@ impl FileLoader {
             text_len: config.words,
             cache: self.cache.clone(),
         };
-        self.cache.acquire(&digest);
         self.cache.insert(task, &digest, Arc::new(adapter));
         let seconds = t0.elapsed().as_secs_f64();
         self.cache.observer.loaded(task, seconds);
