@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mvserve::eval::data::{load, Dataset, DatasetFormat};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -65,17 +66,9 @@ pub fn synth(a: SynthArgs) -> Result<()> {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: crate::cli::ModelArgs,
-    /// The test set's annotation file (generic jsonl, MSR-VTT csv/json, MSVD tsv, DiDeMo or
-    /// ActivityNet json).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// The annotation format (default: detected): jsonl, msrvtt-csv, msrvtt-json, msvd, didemo,
-    /// activitynet.
-    #[arg(long)]
-    pub format: Option<String>,
-    /// Where the video files are (default: the annotation file's folder).
-    #[arg(long)]
-    pub video_dir: Option<PathBuf>,
+    /// The test set.
+    #[command(flatten)]
+    pub dataset: DataArgs,
     /// A task's adapter file (default: none, zero-shot CLIP with meanP).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -99,14 +92,38 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+/// Which dataset to read (`eval` and `train`).
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    /// The annotation file: a jsonl of {"video": PATH, "caption": TEXT} lines, MSR-VTT csv/json,
+    /// MSVD tsv, DiDeMo or ActivityNet json.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The annotation format (detected from the file when left out): jsonl, msrvtt-csv,
+    /// msrvtt-json, msvd, didemo, activitynet.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Where the video files are (default: the annotation file's folder).
+    #[arg(long)]
+    pub video_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The format (given, or detected from the file) and the dataset.
+    pub fn load(&self) -> Result<(DatasetFormat, Dataset)> {
+        let format = match self.format.as_deref() {
+            Some(f) => f.parse::<DatasetFormat>()?,
+            None => DatasetFormat::detect(&self.data)?,
+        };
+        let ds = load(&self.data, Some(format), self.video_dir.as_deref())
+            .with_context(|| format!("reading {}", self.data.display()))?;
+        Ok((format, ds))
+    }
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
-    use mvserve::eval::{load, run::run, DatasetFormat, EvalOptions};
-    let format = a
-        .format
-        .as_deref()
-        .map(str::parse::<DatasetFormat>)
-        .transpose()?;
-    let mut ds = load(&a.data, format, a.video_dir.as_deref())?;
+    use mvserve::eval::{run::run, EvalOptions};
+    let (_, mut ds) = a.dataset.load()?;
     if let Some(n) = a.limit {
         ds.videos.truncate(n);
     }

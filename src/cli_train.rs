@@ -2,25 +2,17 @@
 //! `train::Trainer`, and prints where the checkpoint went. No training logic lives here.
 
 use crate::cli::ModelArgs;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use mvserve::adapter::Tying;
-use mvserve::eval::data::{load, DatasetFormat};
 use mvserve::train::{state_path, AdamWConfig, FrameCache, TrainConfig, TrainData, Trainer};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Training pairs: a jsonl of {"video": PATH, "caption": TEXT} lines, or another format that
-    /// `--format` names (msrvtt-csv, msrvtt-json, msvd, didemo, activitynet).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// The annotation format (detected from the file when left out).
-    #[arg(long)]
-    pub format: Option<String>,
-    /// Where the videos are (default: the data file's folder).
-    #[arg(long)]
-    pub video_dir: Option<PathBuf>,
+    /// The training pairs.
+    #[command(flatten)]
+    pub dataset: crate::cli_eval::DataArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     /// The task the adapter is for (recorded in the file).
@@ -78,17 +70,7 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    let format = a
-        .format
-        .as_deref()
-        .map(str::parse::<DatasetFormat>)
-        .transpose()?;
-    let format = match format {
-        Some(f) => f,
-        None => DatasetFormat::detect(&a.data)?,
-    };
-    let ds = load(&a.data, Some(format), a.video_dir.as_deref())
-        .with_context(|| format!("reading {}", a.data.display()))?;
+    let (format, ds) = a.dataset.load()?;
     let missing = ds.missing_videos().len();
     if missing > 0 {
         tracing::warn!(
