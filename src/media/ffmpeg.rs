@@ -118,6 +118,9 @@ impl Drop for TempFile {
     }
 }
 
+/// How long a child asked to stop may take to exit by itself before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// A running child with a watchdog that kills it at the deadline or when asked to stop.
 struct Child {
     stdout: std::process::ChildStdout,
@@ -153,19 +156,29 @@ impl Child {
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let watchdog = std::thread::spawn(move || loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return (Some(status), false),
-                Ok(None) => {}
-                Err(_) => return (None, false),
+        let watchdog = std::thread::spawn(move || {
+            // Asked to stop, a child that has just closed its stdout is usually exiting on its
+            // own: give it a moment, or a busy machine turns a clean exit into a kill (and a
+            // readable file into "could not read").
+            let mut stop_at: Option<Instant> = None;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => return (Some(status), false),
+                    Ok(None) => {}
+                    Err(_) => return (None, false),
+                }
+                let now = Instant::now();
+                let timed_out = now > deadline;
+                if stop_at.is_none() && stop2.load(Ordering::Relaxed) {
+                    stop_at = Some(now + STOP_GRACE);
+                }
+                if timed_out || stop_at.is_some_and(|t| now > t) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return (None, timed_out);
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            let timed_out = Instant::now() > deadline;
-            if timed_out || stop2.load(Ordering::Relaxed) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, timed_out);
-            }
-            std::thread::sleep(Duration::from_millis(5));
         });
         Ok(Self {
             stdout,
