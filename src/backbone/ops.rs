@@ -348,6 +348,18 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
+    /// max |a - b| over all elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn reference(x: &Tensor, b: &Tensor) -> Tensor {
         let z = x.broadcast_add(b).unwrap();
         (&z * candle_nn::ops::sigmoid(&(&z * 1.702).unwrap()).unwrap()).unwrap()
@@ -357,14 +369,7 @@ mod tests {
     fn fused_bias_quick_gelu_matches_the_composite() {
         let x = Tensor::randn(0f32, 3.0, (5, 7, 33), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, 33, &Device::Cpu).unwrap();
-        let d = (bias_quick_gelu(&x, &b).unwrap() - reference(&x, &b))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&bias_quick_gelu(&x, &b).unwrap(), &reference(&x, &b));
         assert!(d < 1e-5, "{d}");
     }
 
@@ -373,16 +378,7 @@ mod tests {
         let x = Tensor::randn(0f32, 3.0, (4, 6, 40), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, 40, &Device::Cpu).unwrap();
         let want = reference(&x, &b);
-        let exact = |t: Tensor| {
-            (t - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let exact = |t: Tensor| max_diff(&t, &want);
         // The composite route is the very same candle ops as the reference: bit-identical.
         let (gelu, plain) = with_composite_ops(|| {
             assert!(!cpu_kernels_for(&x));
@@ -425,14 +421,7 @@ mod tests {
             .backward()
             .unwrap();
         for v in [&x, &b] {
-            let d = (fused.get(v).unwrap() - plain.get(v).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(fused.get(v).unwrap(), plain.get(v).unwrap());
             assert!(d < 1e-4, "{d}");
         }
     }
@@ -446,14 +435,7 @@ mod tests {
             Tensor::randn(0f32, 1.0, (3, 5, 40), &Device::Cpu).unwrap(),
         ] {
             let want = a.broadcast_add(&b).unwrap().add(&c).unwrap();
-            let d = (add3(&a, &b, &c).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(&add3(&a, &b, &c).unwrap(), &want);
             assert!(d < 1e-6, "{d}");
         }
     }
@@ -471,14 +453,7 @@ mod tests {
             .unwrap();
         let got = split_qkv_heads(&x, &b, 4).unwrap();
         assert_eq!(got.dims(), want.dims());
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&got, &want);
         assert_eq!(d, 0.0);
     }
 
@@ -493,14 +468,7 @@ mod tests {
         let fused = ln.forward(&x).unwrap();
         let v = Var::from_tensor(&x).unwrap();
         let slow = ln.forward(v.as_tensor()).unwrap();
-        let d = (fused - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&fused, &slow);
         assert!(d < 1e-5, "{d}");
     }
 }
