@@ -164,24 +164,7 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
     reg.scan(&FakeLoader, dir);
     // Five stored videos with originals, as uploads leave them.
-    let g0 = reg.get("news").unwrap().current();
-    std::fs::create_dir_all(reg.tmp_dir()).unwrap();
-    for i in 0..5 {
-        let up = reg.tmp_dir().join(format!("up{i}"));
-        std::fs::write(&up, format!("video bytes {i}")).unwrap();
-        let id = format!("v{i}");
-        g0.store
-            .put_blob(&id, mvserve::store::BlobKind::Original, &up)
-            .unwrap();
-        g0.store
-            .add(
-                &id,
-                &[1.0; 32],
-                g0.model.digest(),
-                serde_json::json!({"n": i}),
-            )
-            .unwrap();
-    }
+    store_videos(&reg, "news", 5);
     put(dir, "news.safetensors", "ok:news-2");
     let task = reg.get("news").unwrap();
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
@@ -241,11 +224,12 @@ impl mvserve::registry::reembed::Reembedder for FailingEmbedder {
     }
 }
 
-/// Stores three videos (contents "video 0".."video 2") in the task's current generation.
-fn three_videos(reg: &Registry, task: &str) {
+/// Stores `n` videos (ids v0.., originals with contents "video 0".., meta {"n": i}) in the
+/// task's current generation, as uploads leave them.
+fn store_videos(reg: &Registry, task: &str, n: usize) {
     let g = reg.get(task).unwrap().current();
     std::fs::create_dir_all(reg.tmp_dir()).unwrap();
-    for i in 0..3 {
+    for i in 0..n {
         let up = reg.tmp_dir().join(format!("up{i}"));
         std::fs::write(&up, format!("video {i}")).unwrap();
         let id = format!("v{i}");
@@ -253,7 +237,12 @@ fn three_videos(reg: &Registry, task: &str) {
             .put_blob(&id, mvserve::store::BlobKind::Original, &up)
             .unwrap();
         g.store
-            .add(&id, &[1.0; 32], g.model.digest(), serde_json::json!({}))
+            .add(
+                &id,
+                &[1.0; 32],
+                g.model.digest(),
+                serde_json::json!({"n": i}),
+            )
             .unwrap();
     }
 }
@@ -272,7 +261,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
         failed_once: Default::default(),
     }));
     reg.scan(&FakeLoader, dir);
-    three_videos(&reg, "news");
+    store_videos(&reg, "news", 3);
     put(dir, "news.safetensors", "ok:news-2");
     let task = reg.get("news").unwrap();
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
@@ -291,7 +280,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
         failed_once: Default::default(),
     }));
     reg.scan(&FakeLoader, dir);
-    three_videos(&reg, "news");
+    store_videos(&reg, "news", 3);
     put(dir, "news.safetensors", "ok:news-2");
     let task = reg.get("news").unwrap();
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
