@@ -2,6 +2,8 @@
 //! cache, checkpoints with metrics, exact resumes, and the refusals of a resume that would not
 //! continue the same run.
 
+mod common;
+
 use image::codecs::gif::GifEncoder;
 use image::{Delay, Frame, Rgba, RgbaImage};
 use mvserve::adapter::AdapterFile;
@@ -82,16 +84,7 @@ fn tensors_diff(a: &AdapterFile, b: &AdapterFile) -> f32 {
     assert_eq!(a.tensors.len(), b.tensors.len());
     a.tensors
         .iter()
-        .map(|(k, t)| {
-            (t - &b.tensors[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(k, t)| common::max_diff(t, &b.tensors[k]))
         .fold(0.0, f32::max)
 }
 
