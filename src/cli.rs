@@ -338,9 +338,26 @@ pub struct ServeArgs {
     /// JSON file of API keys (see the README); without it, auth is off and only localhost is served.
     #[arg(long, env = "MVSERVE_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
-    /// Largest accepted video file, in MiB.
-    #[arg(long, env = "MVSERVE_MAX_UPLOAD_MB", default_value_t = 256)]
+    /// Largest accepted video file, in MiB (the request body limit follows from it).
+    #[arg(long, env = "MVSERVE_MAX_UPLOAD_MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_upload_mb: u64,
+    /// Uploads read or processed at once; more get 503 before their body is read.
+    #[arg(long, env = "MVSERVE_MAX_CONCURRENT_UPLOADS", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_concurrent_uploads: u64,
+    /// Open HTTP connections; at the cap new ones wait in the kernel's backlog.
+    #[arg(long, env = "MVSERVE_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, env = "MVSERVE_HEADER_TIMEOUT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_s: u64,
+    /// Seconds an upload may send nothing before it is refused with 408.
+    #[arg(long, env = "MVSERVE_IDLE_TIMEOUT_S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_s: u64,
     /// Frames sampled per video (built-in task).
     #[arg(long, env = "MVSERVE_FRAMES", default_value_t = 12)]
     pub frames: usize,
@@ -411,6 +428,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         },
         watch_debounce: std::time::Duration::from_millis(args.watch_debounce_ms),
         drain_timeout: std::time::Duration::from_secs(args.drain_timeout_s),
+        max_concurrent_uploads: args.max_concurrent_uploads as usize,
+        max_connections: args.max_connections as usize,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_s),
+        idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s),
         ..Default::default()
     };
     tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 mod cli_eval;
+mod cli_store;
 mod cli_train;
 
 // Tensor buffers of several MB are allocated and freed every layer; glibc returns them to the
@@ -43,6 +44,9 @@ enum Command {
     /// Write synthetic captioned clips (moving, appearing, growing shapes; two events in order)
     /// as H.264 MP4 files and a captions.jsonl.
     Synth(cli_eval::SynthArgs),
+    /// Inspect and repair task stores offline (`store check DIR [--repair]`).
+    #[command(subcommand)]
+    Store(cli_store::StoreCommand),
     /// Retrieval metrics of a test set (R@1/5/10, MdR, MnR, both directions), zero-shot or with
     /// an adapter.
     Eval(cli_eval::EvalArgs),
@@ -65,5 +69,6 @@ fn main() -> Result<()> {
         Command::Train(args) => cli_train::train(args),
         Command::Synth(args) => cli_eval::synth(args),
         Command::Eval(args) => cli_eval::eval(args),
+        Command::Store(cmd) => cli_store::store(cmd),
     }
 }

@@ -5,7 +5,7 @@
 use mvserve::encode::{ClipModel, TaskModel};
 use mvserve::registry::watch::{watch, AdapterLoader, Outcome};
 use mvserve::registry::{ModelInfo, Registry};
-use mvserve::store::StoreConfig;
+use mvserve::store::{BlobKind, BlobVersion, NewRecord, StoreConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +35,11 @@ impl AdapterLoader for FakeLoader {
             frames: 4,
         });
         Ok((model, info))
+    }
+
+    fn keep_copy(&self, digest: &str, dst: &Path) -> Result<(), String> {
+        // The digest is the file's text.
+        std::fs::write(dst, digest).map_err(|e| e.to_string())
     }
 }
 
@@ -193,10 +198,7 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     let r = g1.store.get("v2").unwrap();
     assert_eq!(r.adapter_digest, "ok:news-2");
     assert_eq!(r.meta["n"], 2);
-    assert!(g1
-        .store
-        .blob_path("v2", mvserve::store::BlobKind::Original)
-        .is_some());
+    assert!(g1.store.blob_path("v2", BlobKind::Original).is_some());
     assert_eq!(reg.status("news").unwrap().pending_generation, None);
     assert_eq!(reg.recorded_generation("news"), Some(1));
 }
@@ -233,17 +235,17 @@ fn store_videos(reg: &Registry, task: &str, n: usize) {
         let up = reg.tmp_dir().join(format!("up{i}"));
         std::fs::write(&up, format!("video {i}")).unwrap();
         let id = format!("v{i}");
+        let blobs = BlobVersion::fresh();
         g.store
-            .put_blob(&id, mvserve::store::BlobKind::Original, &up)
+            .put_blob(&id, blobs, BlobKind::Original, &up)
             .unwrap();
-        g.store
-            .add(
-                &id,
-                &[1.0; 32],
-                g.model.digest(),
-                serde_json::json!({"n": i}),
-            )
-            .unwrap();
+        let record = NewRecord {
+            id,
+            vector: vec![1.0; 32],
+            meta: serde_json::json!({"n": i}),
+            blobs,
+        };
+        g.store.add_records(g.model.digest(), vec![record]).unwrap();
     }
 }
 
@@ -293,4 +295,224 @@ fn re_embedding_retries_and_never_drops_a_video() {
     assert_eq!(task.current().store.len(), 3);
     assert!(!data.path().join("tasks/news/gen-1").exists());
     assert_eq!(reg.recorded_generation("news"), Some(0));
+}
+
+/// The ids of a task's current generation, sorted.
+fn ids_of(reg: &Registry, task: &str) -> Vec<String> {
+    let mut ids = reg.get(task).unwrap().current().store.ids();
+    ids.sort();
+    ids
+}
+
+/// Review item: a restart after the adapter file changed while the server was down installed the
+/// next generation empty, so every video dropped out of search. Now the old generation comes back
+/// with the adapter it was made with (its own copy), answers while the videos are re-embedded,
+/// and the new generation carries every video; the replaced one is removed from disk.
+#[test]
+fn restart_after_the_adapter_changed_while_down_keeps_every_video() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    {
+        let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+        reg.scan(&FakeLoader, dir);
+        store_videos(&reg, "news", 3);
+    }
+    // The server is down; the operator replaces the file; the server starts again.
+    put(dir, "news.safetensors", "ok:news-2");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    let out = reg.scan(&FakeLoader, dir);
+    assert_eq!(
+        out,
+        vec![("news".to_string(), Outcome::Reembedding { generation: 1 })]
+    );
+    let task = reg.get("news").unwrap();
+    assert_eq!(task.current().number, 0);
+    assert_eq!(task.current().model.digest(), "ok:news-1");
+    assert_eq!(ids_of(&reg, "news"), vec!["v0", "v1", "v2"]);
+    release.store(true, std::sync::atomic::Ordering::Release);
+    wait_for("the cutover", || task.current().number == 1);
+    assert_eq!(task.current().model.digest(), "ok:news-2");
+    assert_eq!(ids_of(&reg, "news"), vec!["v0", "v1", "v2"]);
+    assert_eq!(reg.recorded_generation("news"), Some(1));
+    // Nothing holds generation 0 any more: its directory goes.
+    wait_for("generation 0 removed", || {
+        !data.path().join("tasks/news/gen-0").exists()
+    });
+    assert!(data
+        .path()
+        .join("tasks/news/gen-1/adapter.safetensors")
+        .exists());
+}
+
+/// Review item: after a crash mid re-embedding, the restart installed the half-built generation.
+/// It is discarded and rebuilt from the generation that was served.
+#[test]
+fn a_half_built_generation_left_by_a_crash_is_discarded_and_rebuilt() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    {
+        let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+        reg.scan(&FakeLoader, dir);
+        store_videos(&reg, "news", 3);
+        // What a crash mid re-embedding leaves: generation 1 holding part of the videos (and
+        // here one that generation 0 never had), CURRENT still naming generation 0.
+        put(dir, "news.safetensors", "ok:news-2");
+        let (model, info) = FakeLoader
+            .load("news", &dir.join("news.safetensors"))
+            .unwrap();
+        let g1 = reg.open_generation("news", 1, model, info).unwrap();
+        g1.store
+            .add("ghost", &[3.0; 32], "ok:news-2", serde_json::json!({}))
+            .unwrap();
+        g1.store
+            .add("v0", &[3.0; 32], "ok:news-2", serde_json::json!({}))
+            .unwrap();
+    }
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
+    reg.scan(&FakeLoader, dir);
+    let task = reg.get("news").unwrap();
+    wait_for("the cutover", || task.current().number == 1);
+    assert_eq!(task.current().model.digest(), "ok:news-2");
+    assert_eq!(ids_of(&reg, "news"), vec!["v0", "v1", "v2"]);
+}
+
+/// Review item: swapping the adapter of an empty task skipped the write gate, so an upload
+/// acknowledged meanwhile landed in the generation being replaced and was lost. The swap now
+/// waits for writers; an upload that got in first makes the task non-empty, so it is
+/// re-embedded with it.
+#[test]
+fn an_empty_swap_waits_for_an_upload_in_flight() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
+    reg.scan(&FakeLoader, dir);
+    let task = reg.get("news").unwrap();
+    put(dir, "news.safetensors", "ok:news-2");
+    // An upload holds the gate (as `IndexBatch::commit` does) while the file is replaced.
+    let gate = task.write_gate.read();
+    let swap = {
+        let reg = reg.clone();
+        let path = dir.join("news.safetensors");
+        std::thread::spawn(move || reg.apply_file(&FakeLoader, "news", &path))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        task.current().number,
+        0,
+        "the swap must wait for the writer"
+    );
+    store_videos(&reg, "news", 1);
+    drop(gate);
+    let outcome = swap.join().unwrap();
+    assert_eq!(outcome, Outcome::Reembedding { generation: 1 });
+    wait_for("the cutover", || task.current().number == 1);
+    assert_eq!(ids_of(&reg, "news"), vec!["v0"]);
+}
+
+/// Deletes the video it is not embedding on its `at`-th call, from the old generation's store,
+/// and makes deletes in the new generation fail from then on: a delete that lands while the
+/// carry-over runs and cannot be carried over.
+struct DeletingEmbedder {
+    calls: std::sync::atomic::AtomicUsize,
+    at: usize,
+    old: Arc<mvserve::store::TaskStore>,
+    new_dir: std::path::PathBuf,
+    deleted: std::sync::Mutex<Option<String>>,
+}
+impl mvserve::registry::reembed::Reembedder for DeletingEmbedder {
+    fn embed(&self, _model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let bytes = std::fs::read_to_string(original).map_err(|e| e.to_string())?;
+        if n == self.at {
+            let this = format!("v{}", bytes.trim_start_matches("video "));
+            let victim = self.old.ids().into_iter().find(|id| *id != this).unwrap();
+            mvserve::store::fail_next_deletes(&self.new_dir, 100);
+            assert!(self.old.delete(&victim).unwrap());
+            *self.deleted.lock().unwrap() = Some(victim);
+        }
+        Ok(vec![2.0; 32])
+    }
+}
+
+/// Review item: a delete that failed in the new generation was ignored, so the deleted video came
+/// back at the cutover. Now it is retried, and one that keeps failing stops the cutover.
+#[test]
+fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    reg.scan(&FakeLoader, dir);
+    store_videos(&reg, "news", 3);
+    let task = reg.get("news").unwrap();
+    let embedder = Arc::new(DeletingEmbedder {
+        calls: Default::default(),
+        at: 3,
+        old: task.current().store.clone(),
+        new_dir: reg.generation_dir("news", 1),
+        deleted: Default::default(),
+    });
+    *reg.reembedder.write() = Some(embedder.clone());
+    put(dir, "news.safetensors", "ok:news-2");
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Reembedding { generation: 1 });
+    wait_for("the end of the re-embedding", || {
+        task.pending.lock().is_none()
+    });
+    let victim = embedder.deleted.lock().unwrap().clone().unwrap();
+    assert_eq!(task.current().number, 0, "no cutover");
+    assert!(task.current().store.get(&victim).is_none(), "still deleted");
+    let err = task.last_error.read().clone().unwrap();
+    assert!(err.contains(&victim), "{err}");
+}
+
+/// Review item: a re-embedding that finished after the task's adapter file was removed put the
+/// task back in service. The finished generation is discarded instead.
+#[test]
+fn a_re_embedding_that_ends_after_the_file_was_removed_does_not_bring_the_task_back() {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    let dir = adapters.path();
+    put(dir, "news.safetensors", "ok:news-1");
+    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    reg.scan(&FakeLoader, dir);
+    store_videos(&reg, "news", 2);
+    let task = reg.get("news").unwrap();
+    put(dir, "news.safetensors", "ok:news-2");
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Reembedding { generation: 1 });
+    std::fs::remove_file(dir.join("news.safetensors")).unwrap();
+    let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(o, Outcome::Removed);
+    release.store(true, std::sync::atomic::Ordering::Release);
+    wait_for("the end of the re-embedding", || {
+        task.pending.lock().is_none()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        reg.get("news").is_none(),
+        "the task must stay out of service"
+    );
+    assert_eq!(reg.recorded_generation("news"), Some(0));
+    assert!(!data.path().join("tasks/news/gen-1").exists());
+    // Its data stays: the file coming back serves the same videos.
+    drop(task);
+    put(dir, "news.safetensors", "ok:news-1");
+    reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
+    assert_eq!(ids_of(&reg, "news"), vec!["v0", "v1"]);
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mvserve::store::{BlobKind, StoreConfig, StoreError, TaskStore};
+use mvserve::store::{BlobKind, BlobVersion, NewRecord, StoreConfig, StoreError, TaskStore};
 use serde_json::json;
 
 const DIM: usize = 16;
@@ -317,12 +317,15 @@ fn blobs_are_named_safely_and_removed_with_their_id() {
     for (id, body) in [("../../outside.txt", "evil"), ("ok/id", "fine")] {
         let tmp = dir.path().join("upload.tmp");
         fs::write(&tmp, body).unwrap();
-        s.put_blob(id, BlobKind::Original, &tmp).unwrap();
+        let v = BlobVersion::fresh();
+        s.put_blob(id, v, BlobKind::Original, &tmp).unwrap();
         assert!(!tmp.exists());
+        // Not the record's until the record is added.
+        assert!(s.blob_path(id, BlobKind::Original).is_none());
+        s.add_records("d", vec![record(id, v)]).unwrap();
         let p = s.blob_path(id, BlobKind::Original).unwrap();
         assert!(p.starts_with(dir.path().join("blobs")));
         assert_eq!(fs::read_to_string(&p).unwrap(), body);
-        s.add(id, &vec_for(id), "d", json!(null)).unwrap();
     }
     assert!(!outside.exists());
     assert!(s.blob_path("ok/id", BlobKind::Thumbnail).is_none());
@@ -332,14 +335,203 @@ fn blobs_are_named_safely_and_removed_with_their_id() {
     // A blob whose add never happened (crash between the two) is swept on the next open.
     let tmp = dir.path().join("orphan.tmp");
     fs::write(&tmp, "x").unwrap();
-    s.put_blob("orphan", BlobKind::Thumbnail, &tmp).unwrap();
-    let orphan = s.blob_path("orphan", BlobKind::Thumbnail).unwrap();
+    s.put_blob("orphan", BlobVersion::fresh(), BlobKind::Thumbnail, &tmp)
+        .unwrap();
+    let blob_files = || {
+        walk_files(&dir.path().join("blobs"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+            .count()
+    };
+    assert_eq!(blob_files(), 1);
     drop(s);
     let s = TaskStore::open(dir.path(), DIM, config()).unwrap();
-    assert!(!orphan.exists());
+    assert_eq!(blob_files(), 0);
     assert!(s
         .blob_path("../../outside.txt", BlobKind::Original)
         .is_some());
+}
+
+fn record(id: &str, blobs: BlobVersion) -> NewRecord {
+    NewRecord {
+        id: id.to_string(),
+        vector: vec_for(id),
+        meta: json!(null),
+        blobs,
+    }
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Review item: a re-upload put its new files over the old ones before the log record was
+/// written, so a failed commit left the old record with the new files. Now the new files live
+/// under their own version until the record that owns them is durable.
+#[test]
+fn a_failed_re_upload_leaves_the_old_record_its_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TaskStore::open(dir.path(), DIM, config()).unwrap();
+    let put = |body: &str| {
+        let tmp = dir.path().join("upload.tmp");
+        fs::write(&tmp, body).unwrap();
+        let v = BlobVersion::fresh();
+        s.put_blob("clip", v, BlobKind::Original, &tmp).unwrap();
+        v
+    };
+    let v1 = put("old bytes");
+    s.add_records("d", vec![record("clip", v1)]).unwrap();
+    // The re-upload's files land, then its record is refused (a digest from another model).
+    let v2 = put("new bytes");
+    assert!(s.add_records("other", vec![record("clip", v2)]).is_err());
+    let p = s.blob_path("clip", BlobKind::Original).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "old bytes");
+    s.discard_blobs("clip", v2).unwrap();
+    // discard never touches the live version.
+    s.discard_blobs("clip", v1).unwrap();
+    assert_eq!(fs::read_to_string(&p).unwrap(), "old bytes");
+    // A successful re-upload owns its new files, and the old version is gone.
+    let v3 = put("newer bytes");
+    s.add_records("d", vec![record("clip", v3)]).unwrap();
+    let p3 = s.blob_path("clip", BlobKind::Original).unwrap();
+    assert_eq!(fs::read_to_string(&p3).unwrap(), "newer bytes");
+    assert!(!p.exists());
+    assert_eq!(s.get("clip").unwrap().blobs, v3);
+    drop(s);
+    // And it reads back so after a restart.
+    let s = TaskStore::open(dir.path(), DIM, config()).unwrap();
+    assert_eq!(s.get("clip").unwrap().blobs, v3);
+    assert_eq!(
+        fs::read_to_string(s.blob_path("clip", BlobKind::Original).unwrap()).unwrap(),
+        "newer bytes"
+    );
+    assert_eq!(walk_files(&dir.path().join("blobs")).len(), 1);
+}
+
+/// A frame as the log writes it: `[u32 len][u32 crc32][payload]`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Review item: a record whose checksum is right but which does not decode used to be taken for a
+/// torn tail, and replay cut it off with every record after it. It is corruption: the store
+/// refuses to open and names the file and offset; `check` shows it; `repair` cuts the log there
+/// and keeps the bytes.
+#[test]
+fn a_checksummed_record_that_does_not_decode_is_corruption_with_check_and_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TaskStore::open(dir.path(), DIM, config()).unwrap();
+    for id in ["a", "b"] {
+        s.add(id, &vec_for(id), "d", json!({"id": id})).unwrap();
+    }
+    drop(s);
+    let seg = wal_segments(dir.path()).pop().unwrap();
+    let good_len = fs::metadata(&seg).unwrap().len() as usize;
+    // seq 3, an unknown tag, then a valid record after it (seq 4 would follow).
+    let mut payload = 3u64.to_le_bytes().to_vec();
+    payload.push(0x63);
+    let mut bytes = frame(&payload);
+    let mut next = 4u64.to_le_bytes().to_vec();
+    next.push(2); // delete
+    next.extend_from_slice(&1u32.to_le_bytes());
+    next.push(b'a');
+    bytes.extend_from_slice(&frame(&next));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let seg_name = seg.file_name().unwrap().to_str().unwrap().to_string();
+    match TaskStore::open(dir.path(), DIM, config()) {
+        Err(StoreError::Corrupt(m)) => {
+            assert!(m.contains(&seg_name), "{m}");
+            assert!(m.contains(&format!("byte {good_len}")), "{m}");
+            assert!(
+                !m.contains(dir.path().to_str().unwrap()),
+                "no absolute path: {m}"
+            );
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a corrupt log must not open"),
+    }
+    // Nothing was cut off by the failed open.
+    assert_eq!(
+        fs::metadata(&seg).unwrap().len() as usize,
+        good_len + bytes.len()
+    );
+    let report = mvserve::store::check(dir.path()).unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(report.records, 2);
+    assert!(report.problems[0].contains(&format!("{seg_name} at byte {good_len}")));
+    let repaired = mvserve::store::repair(dir.path()).unwrap();
+    let kept = repaired.kept_in.unwrap();
+    let saved = fs::read(kept.join(format!("{seg_name}.from-{good_len}"))).unwrap();
+    assert_eq!(saved, bytes);
+    assert!(mvserve::store::check(dir.path()).unwrap().is_ok());
+    let s = TaskStore::open(dir.path(), DIM, config()).unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s.get("a").unwrap().meta, json!({"id": "a"}));
+}
+
+/// `mvserve store check` finds the store below a data folder, exits 1 on corruption naming the
+/// file and offset, and `--repair` makes it open again.
+#[test]
+fn store_check_command_reports_and_repairs() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("tasks/news/gen-0");
+    let s = TaskStore::open(&dir, DIM, config()).unwrap();
+    s.add("a", &vec_for("a"), "d", json!(1)).unwrap();
+    drop(s);
+    let seg = wal_segments(&dir).pop().unwrap();
+    let mut junk = frame(&[2u8; 9]);
+    junk.extend_from_slice(&frame(&[3u8; 9]));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .unwrap()
+        .write_all(&junk)
+        .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mvserve"))
+            .args(["store", "check"])
+            .arg(data.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("DAMAGED") && text.contains("at byte"),
+        "{text}"
+    );
+    let out = run(&["--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("repaired"), "{text}");
+    let out = run(&["--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["store"]["live_ids"], 1);
 }
 
 /// Child side of the SIGKILL test: ingests until killed, printing each acknowledged operation.

@@ -365,4 +365,21 @@ impl AdapterLoader for FileLoader {
         let (model, info) = self.load_file(task, path)?;
         Ok((Arc::new(model), info))
     }
+
+    fn keep_copy(&self, digest: &str, dst: &Path) -> Result<(), String> {
+        let src = self.cache.copy_path(digest);
+        let tmp = dst.with_extension("tmp");
+        let io = |e: std::io::Error| format!("keeping a copy of adapter {digest}: {e}");
+        std::fs::copy(&src, &tmp).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, dst).map_err(io)?;
+        if let Some(dir) = dst.parent() {
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
 }

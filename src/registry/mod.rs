@@ -5,8 +5,13 @@
 //! to the next, and the on-disk layout `<data-dir>/tasks/<task>/gen-<n>/` with a `CURRENT` file.
 //! Does not own: encoding (`encode`), HTTP, or the vector store's internals (`store`).
 //!
-//! A generation never mixes embedding spaces: its store only holds vectors of its own model digest.
-//! Readers take an `Arc<Generation>` and keep using it even if the task is swapped meanwhile.
+//! A generation never mixes embedding spaces: its store only holds vectors of its own model digest,
+//! and an adapter task's generation keeps a copy of the adapter that made them
+//! (`gen-<n>/adapter.safetensors`), so that after a restart with a changed adapter file the old
+//! generation can keep answering while its videos are re-embedded. Readers take an
+//! `Arc<Generation>` and keep using it even if the task is swapped meanwhile; a replaced
+//! generation's directory is removed once the last reader lets go of it, and at start every
+//! generation but the recorded one (replaced ones, and half-built ones a crash left) is removed.
 
 pub mod adapters;
 pub mod reembed;
@@ -23,6 +28,8 @@ use std::time::SystemTime;
 
 /// The name of the built-in zero-shot task (no adapter).
 pub const CLIP_TASK: &str = "clip";
+/// A generation's own copy of the adapter its vectors were made with.
+pub const ADAPTER_COPY: &str = "adapter.safetensors";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -144,6 +151,40 @@ impl Registry {
         self.data_dir.join("tasks").join(task)
     }
 
+    pub fn generation_dir(&self, task: &str, number: u64) -> PathBuf {
+        self.task_dir(task).join(format!("gen-{number}"))
+    }
+
+    /// Removes every generation directory of `task` but `keep`: replaced generations a crash kept
+    /// from being removed, and half-built ones a crash left mid re-embedding (never served).
+    pub fn prune_generations(&self, task: &str, keep: u64) {
+        let Ok(entries) = std::fs::read_dir(self.task_dir(task)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("gen-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if n != keep {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => tracing::info!(
+                        task,
+                        generation = n,
+                        "removed a generation that is not served"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(task, generation = n, error = %err, "could not remove an unused generation")
+                    }
+                }
+            }
+        }
+    }
+
     /// The generation number recorded in `<task>/CURRENT`, if any.
     pub fn recorded_generation(&self, task: &str) -> Option<u64> {
         std::fs::read_to_string(self.task_dir(task).join("CURRENT"))
@@ -179,7 +220,7 @@ impl Registry {
         if !valid_task_name(task) {
             return Err(RegistryError::BadName(task.to_string()));
         }
-        let dir = self.task_dir(task).join(format!("gen-{number}"));
+        let dir = self.generation_dir(task, number);
         std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
             path: dir.clone(),
             source,
@@ -230,7 +271,47 @@ impl Registry {
         }
     }
 
-    /// Removes a task from service (its data stays on disk). Returns whether it existed.
+    /// Opens generation `number` of `task` empty: whatever a crash left in its directory (a
+    /// re-embedding that never finished) is discarded first.
+    pub fn fresh_generation(
+        &self,
+        task: &str,
+        number: u64,
+        model: Arc<dyn TaskModel>,
+        info: ModelInfo,
+    ) -> Result<Generation, RegistryError> {
+        let dir = self.generation_dir(task, number);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(
+                task,
+                generation = number,
+                "discarded a half-built generation"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RegistryError::Io { path: dir, source }),
+        }
+        self.open_generation(task, number, model, info)
+    }
+
+    /// Replaces `task`'s generation with `generation` if `task` is still the one in service (a
+    /// task removed or re-added meanwhile is not brought back). The replaced generation is
+    /// removed from disk once its last reader is done. Returns whether it was installed.
+    pub fn cutover(&self, task: &Arc<Task>, generation: Generation) -> Result<bool, RegistryError> {
+        // Held (shared) across the swap so that a removal cannot slip in between check and swap.
+        let tasks = self.tasks.read();
+        if !tasks.get(&task.name).is_some_and(|t| Arc::ptr_eq(t, task)) {
+            generation.store.remove_when_closed();
+            return Ok(false);
+        }
+        self.write_current(&task.name, generation.number)?;
+        let old = std::mem::replace(&mut *task.current.write(), Arc::new(generation));
+        old.store.remove_when_closed();
+        *task.last_error.write() = None;
+        drop(tasks);
+        Ok(true)
+    }
+
+    /// Removes a task from service (its data stays on disk). Returns the task if it existed.
     pub fn remove(&self, task: &str) -> Option<Arc<Task>> {
         self.tasks.write().remove(task)
     }

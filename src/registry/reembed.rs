@@ -2,15 +2,18 @@
 //!
 //! Owns: copying every stored video (original upload, thumbnail, meta) of the current generation
 //! into the new one with a vector from the new model, catching up with writes that land meanwhile,
-//! and the cutover. A video that fails to re-embed is retried; one that keeps failing stops the
-//! cutover (the old generation keeps serving) rather than silently leaving the video out. The old generation answers every query until the new one is complete; the last
-//! catch-up pass runs with the task's write gate held, so the swap loses no acknowledged write.
+//! and the cutover. A video that fails to re-embed (or a delete that fails to carry over) is
+//! retried; one that keeps failing stops the cutover (the old generation keeps serving) rather
+//! than silently leaving the video out or bringing a deleted one back. The old generation answers
+//! every query until the new one is complete; the last catch-up pass runs with the task's write
+//! gate held, so the swap loses no acknowledged write. A task taken out of service meanwhile (its
+//! adapter file removed) is not brought back: the finished generation is discarded.
 //! Does not own how a video becomes a vector: that is a [`Reembedder`] (decode + encode, from the
 //! server).
 
 use super::{Generation, Registry, Task};
 use crate::encode::TaskModel;
-use crate::store::BlobKind;
+use crate::store::{BlobKind, BlobVersion, NewRecord, TaskStore};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +26,12 @@ pub trait Reembedder: Send + Sync {
 
 static COPY_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Tries per video before it is left out of the new generation.
+/// Tries per video before it stops the cutover.
 const MAX_ATTEMPTS: u32 = 3;
+/// Passes without the write gate before the gated ones.
+const UNGATED_PASSES: usize = 5;
+/// A pass that changes at most this many videos is close enough to take the gate for the rest.
+const SETTLED: usize = 2;
 
 /// Copies `src` to a fresh file under `tmp` (same file system as the stores) for `put_blob`.
 fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
@@ -36,72 +43,146 @@ fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
     Ok(dst)
 }
 
-/// One pass: brings `new` up to date with `old`. `done` maps id -> the `added_ms` of the old
-/// record it was made from. Returns how many ids changed.
-fn sync_pass(
-    registry: &Registry,
-    old: &Generation,
-    new: &Generation,
-    done: &mut HashMap<String, u64>,
-    embedder: &dyn Reembedder,
-    attempts: &mut HashMap<String, u32>,
-    failures: &mut Vec<String>,
-) -> usize {
-    let mut changed = 0;
-    let ids = old.store.ids();
-    for id in &ids {
-        let Some(rec) = old.store.get(id) else {
-            continue;
-        };
-        if done.get(id) == Some(&rec.added_ms) {
-            continue;
+/// The state of one carry-over from an old store into a new generation.
+struct CarryOver<'a> {
+    registry: &'a Registry,
+    old: &'a TaskStore,
+    new: &'a Generation,
+    embedder: &'a dyn Reembedder,
+    /// id -> the `added_ms` of the old record it was made from.
+    done: HashMap<String, u64>,
+    attempts: HashMap<String, u32>,
+    failures: Vec<String>,
+}
+
+impl CarryOver<'_> {
+    fn copy_one(&self, id: &str, meta: serde_json::Value) -> Result<(), String> {
+        let orig = self
+            .old
+            .blob_path(id, BlobKind::Original)
+            .ok_or("the original upload is missing")?;
+        let vector = self.embedder.embed(&self.new.model, &orig)?;
+        let blobs = BlobVersion::fresh();
+        let tmp = self.registry.tmp_dir();
+        for kind in BlobKind::ALL {
+            if let Some(src) = self.old.blob_path(id, kind) {
+                let copy = copy_for_put(&tmp, &src).map_err(|e| e.to_string())?;
+                self.new
+                    .store
+                    .put_blob(id, blobs, kind, &copy)
+                    .map_err(|e| e.to_string())?;
+            }
         }
-        changed += 1;
-        let result = (|| -> Result<(), String> {
-            let orig = old
-                .store
-                .blob_path(id, BlobKind::Original)
-                .ok_or("the original upload is missing")?;
-            let vector = embedder.embed(&new.model, &orig)?;
-            let tmp = registry.tmp_dir();
-            for kind in BlobKind::ALL {
-                if let Some(src) = old.store.blob_path(id, kind) {
-                    let copy = copy_for_put(&tmp, &src).map_err(|e| e.to_string())?;
-                    new.store
-                        .put_blob(id, kind, &copy)
-                        .map_err(|e| e.to_string())?;
+        let record = NewRecord {
+            id: id.to_string(),
+            vector,
+            meta,
+            blobs,
+        };
+        self.new
+            .store
+            .add_records(self.new.model.digest(), vec![record])
+            .map_err(|e| e.to_string())
+    }
+
+    /// Counts a failed try of `id`; after [`MAX_ATTEMPTS`] it is recorded as a failure that
+    /// stops the cutover. Returns whether it may be tried again.
+    fn failed(&mut self, id: &str, e: String) -> bool {
+        let n = self.attempts.entry(id.to_string()).or_default();
+        *n += 1;
+        if *n < MAX_ATTEMPTS {
+            tracing::warn!(id, error = %e, "carrying a video over failed; will retry");
+            true
+        } else {
+            tracing::error!(id, error = %e, "carrying a video over failed {MAX_ATTEMPTS} times");
+            self.failures.push(format!("{id}: {e}"));
+            false
+        }
+    }
+
+    /// One pass: brings the new generation up to date with the old store. Returns how many ids
+    /// changed.
+    fn pass(&mut self) -> usize {
+        let mut changed = 0;
+        let ids = self.old.ids();
+        for id in &ids {
+            let Some(rec) = self.old.get(id) else {
+                continue;
+            };
+            if self.done.get(id) == Some(&rec.added_ms) {
+                continue;
+            }
+            changed += 1;
+            match self.copy_one(id, rec.meta) {
+                Ok(()) => {
+                    self.done.insert(id.clone(), rec.added_ms);
+                }
+                // The original decoded once already, so a failure is most likely transient (a
+                // queue full of live uploads, a slow decode under load): later passes try again.
+                Err(e) => {
+                    if !self.failed(id, e) {
+                        self.done.insert(id.clone(), rec.added_ms);
+                    }
                 }
             }
-            new.store
-                .add(id, &vector, new.model.digest(), rec.meta.clone())
-                .map_err(|e| e.to_string())
-        })();
-        match result {
-            Ok(()) => {
-                done.insert(id.clone(), rec.added_ms);
+        }
+        let live: std::collections::HashSet<&String> = ids.iter().collect();
+        let gone: Vec<String> = self
+            .done
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for id in gone {
+            changed += 1;
+            // A delete that does not reach the new generation would bring the video back at the
+            // cutover: it is retried, and one that keeps failing stops the cutover.
+            match self.new.store.delete(&id) {
+                Ok(_) => {
+                    self.done.remove(&id);
+                }
+                Err(e) => {
+                    if !self.failed(&id, e.to_string()) {
+                        self.done.remove(&id);
+                    }
+                }
             }
-            // The original decoded once already, so a failure is most likely transient (a queue
-            // full of live uploads, a slow decode under load): later passes try again, and only
-            // a video that fails every time is left out of the new generation.
-            Err(e) if *attempts.entry(id.clone()).or_default() + 1 < MAX_ATTEMPTS => {
-                *attempts.get_mut(id).expect("inserted above") += 1;
-                tracing::warn!(id, error = %e, "re-embedding a video failed; will retry");
-            }
-            Err(e) => {
-                tracing::error!(id, error = %e, "re-embedding a video failed {MAX_ATTEMPTS} times; it is left out");
-                done.insert(id.clone(), rec.added_ms);
-                failures.push(format!("{id}: {e}"));
+        }
+        changed
+    }
+
+    /// Runs gated passes until one changes nothing (or the tries run out).
+    fn finish(&mut self) {
+        for _ in 0..MAX_ATTEMPTS {
+            if self.pass() == 0 {
+                break;
             }
         }
     }
-    let live: std::collections::HashSet<&String> = ids.iter().collect();
-    let gone: Vec<String> = done.keys().filter(|k| !live.contains(k)).cloned().collect();
-    for id in gone {
-        changed += 1;
-        let _ = new.store.delete(&id);
-        done.remove(&id);
+}
+
+/// Copies every video of `old` into `new` in this thread, with nothing else writing to either
+/// (a task that is not in service yet). Returns the videos that could not be carried over.
+pub fn carry_over(
+    registry: &Registry,
+    old: &TaskStore,
+    new: &Generation,
+    embedder: &dyn Reembedder,
+) -> Result<(), Vec<String>> {
+    let mut c = CarryOver {
+        registry,
+        old,
+        new,
+        embedder,
+        done: HashMap::new(),
+        attempts: HashMap::new(),
+        failures: Vec::new(),
+    };
+    c.finish();
+    match c.failures.is_empty() {
+        true => Ok(()),
+        false => Err(c.failures),
     }
-    changed
 }
 
 /// Starts re-embedding `task` into `new` on a background thread; cuts over when complete.
@@ -116,36 +197,35 @@ pub fn start(
         .spawn(move || {
             let t0 = std::time::Instant::now();
             let old = task.current();
-            let mut done = HashMap::new();
-            let mut attempts = HashMap::new();
-            let mut failures = Vec::new();
-            let mut pass = |done: &mut HashMap<String, u64>| {
-                sync_pass(&registry, &old, &new, done, embedder.as_ref(), &mut attempts, &mut failures)
-            };
-            // Passes without the gate until one changes little, then the last ones with it
-            // (retrying what failed, so a transient failure does not drop a video).
-            for _ in 0..5 {
-                if pass(&mut done) <= 2 {
-                    break;
-                }
-            }
             let number = new.number;
-            let gate = task.write_gate.write();
-            for _ in 0..MAX_ATTEMPTS {
-                if pass(&mut done) == 0 {
+            let mut c = CarryOver {
+                registry: &registry,
+                old: &old.store,
+                new: &new,
+                embedder: embedder.as_ref(),
+                done: HashMap::new(),
+                attempts: HashMap::new(),
+                failures: Vec::new(),
+            };
+            // Passes without the gate until one changes little, then the last ones with it.
+            for _ in 0..UNGATED_PASSES {
+                if c.pass() <= SETTLED {
                     break;
                 }
             }
+            let gate = task.write_gate.write();
+            c.finish();
+            let failures = std::mem::take(&mut c.failures);
+            drop(c);
             if !failures.is_empty() {
-                // Cutting over would drop these videos from search: keep the complete old
-                // generation instead, and say which videos stopped the update.
+                // Cutting over would drop these videos from search (or bring deleted ones back):
+                // keep the complete old generation instead, and say which videos stopped it.
                 drop(gate);
-                let dir = registry.task_dir(&task.name).join(format!("gen-{number}"));
+                new.store.remove_when_closed();
                 drop(new);
-                let _ = std::fs::remove_dir_all(&dir);
                 *task.pending.lock() = None;
                 let m = format!(
-                    "the new adapter was not installed: {} videos could not be re-embedded ({}); generation {} keeps serving. Delete or re-upload them, then replace the file again",
+                    "the new adapter was not installed: {} videos could not be carried over ({}); generation {} keeps serving. Delete or re-upload them, then replace the file again",
                     failures.len(),
                     failures.join("; "),
                     old.number
@@ -155,12 +235,15 @@ pub fn start(
                 return;
             }
             let videos = new.store.len();
-            let result = registry.install(&task.name, new);
+            let result = registry.cutover(&task, new);
             drop(gate);
             *task.pending.lock() = None;
             match result {
-                Ok(_) => {
+                Ok(true) => {
                     tracing::info!(task = %task.name, generation = number, videos, ms = t0.elapsed().as_millis() as u64, "re-embedded; cut over")
+                }
+                Ok(false) => {
+                    tracing::info!(task = %task.name, generation = number, "re-embedded, but the task left service meanwhile; discarded")
                 }
                 Err(e) => {
                     tracing::error!(task = %task.name, error = %e, "cutover failed; the old generation keeps serving");

@@ -3,15 +3,18 @@
 //!
 //! Owns: scanning at start, the `notify` watcher with a short debounce, and the rules of a swap (a
 //! file that fails to load is logged and shown in `/tasks`, never replaces a good model; an
-//! unchanged digest is a no-op; a task that holds videos is not swapped until re-embedding exists,
-//! see below). Does not own reading or validating adapter files: that is an [`AdapterLoader`]
-//! (the `adapter` module's `AdapterFile`, plugged in by the server).
+//! unchanged digest is a no-op; an empty task swaps under its write gate; a task that holds videos
+//! is re-embedded first, see below; a task whose file changed while the server was down comes back
+//! serving its old generation while it is re-embedded). Does not own reading or validating
+//! adapter files: that is an [`AdapterLoader`] (the `adapter` module's `AdapterFile`, plugged in
+//! by the server).
 //!
 //! A new adapter for a task that holds videos starts a background re-embedding into a new
 //! generation (`reembed`); without a configured re-embedder it is refused and the old keeps serving.
 
-use super::{valid_task_name, ModelInfo, Registry, CLIP_TASK};
+use super::{valid_task_name, Generation, ModelInfo, Registry, Task, ADAPTER_COPY, CLIP_TASK};
 use crate::encode::TaskModel;
+use crate::store::TaskStore;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::BTreeMap;
@@ -22,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Reads and validates one adapter file against the loaded backbone.
 pub trait AdapterLoader: Send + Sync {
     fn load(&self, task: &str, path: &Path) -> Result<(Arc<dyn TaskModel>, ModelInfo), String>;
+    /// Writes the validated bytes of the loaded adapter `digest` to `dst` (durably), so that a
+    /// generation keeps the adapter its vectors were made with.
+    fn keep_copy(&self, digest: &str, dst: &Path) -> Result<(), String>;
 }
 
 /// What happened to one file, for logs, metrics and tests.
@@ -94,77 +100,176 @@ impl Registry {
             Ok(x) => x,
             Err(m) => return reject(m),
         };
-        let existing = self.get(task);
-        let next = match &existing {
-            Some(t) => {
-                let cur = t.current();
-                if cur.model.digest() == model.digest() {
-                    *t.last_error.write() = None;
-                    return Outcome::Unchanged;
-                }
-                if !cur.store.is_empty() {
-                    let Some(embedder) = self.reembedder.read().clone() else {
-                        return reject(format!(
-                            "task holds {} videos and no re-embedder is configured; generation {} keeps serving",
-                            cur.store.len(),
-                            cur.number
-                        ));
-                    };
-                    let next = cur.number + 1;
-                    {
-                        let mut p = t.pending.lock();
-                        if let Some(n) = *p {
-                            return reject(format!(
-                                "generation {n} is still being re-embedded; try again when it is done"
-                            ));
-                        }
-                        *p = Some(next);
-                    }
-                    let gen = match self.open_generation(task, next, model, info) {
-                        Ok(g) => g,
-                        Err(e) => {
-                            *t.pending.lock() = None;
-                            return reject(e.to_string());
-                        }
-                    };
-                    super::reembed::start(self.clone(), t.clone(), gen, embedder);
-                    return Outcome::Reembedding { generation: next };
-                }
-                cur.number + 1
-            }
-            None => match self.recorded_generation(task) {
-                // A task coming back: reuse its generation if the model is the same, else start anew.
-                Some(n) => {
-                    let dir = self.task_dir(task).join(format!("gen-{n}"));
-                    let same =
-                        crate::store::TaskStore::open(&dir, self.dim, self.store_config.clone())
-                            .ok()
-                            .map(|s| s.digest().is_none_or(|d| d == model.digest()))
-                            .unwrap_or(false);
-                    if same {
-                        n
-                    } else {
-                        n + 1
-                    }
-                }
-                None => 0,
-            },
+        let outcome = match self.get(task) {
+            Some(t) => self.swap(loader, &t, model, info),
+            None => self.bring_up(loader, task, model, info),
         };
-        let gen = match self.open_generation(task, next, model, info) {
+        match outcome {
+            Ok(o) => {
+                if matches!(o, Outcome::Added { .. } | Outcome::Reembedding { .. }) {
+                    self.rejected.write().remove(task);
+                }
+                o
+            }
+            Err(m) => reject(m),
+        }
+    }
+
+    /// Opens generation `number` for `model`, with the generation's own copy of the adapter.
+    fn adapter_generation(
+        &self,
+        loader: &dyn AdapterLoader,
+        task: &str,
+        number: u64,
+        fresh: bool,
+        model: Arc<dyn TaskModel>,
+        info: ModelInfo,
+    ) -> Result<Generation, String> {
+        let digest = model.digest().to_string();
+        let gen = match fresh {
+            true => self.fresh_generation(task, number, model, info),
+            false => self.open_generation(task, number, model, info),
+        }
+        .map_err(|e| e.to_string())?;
+        let copy = self.generation_dir(task, number).join(ADAPTER_COPY);
+        if !copy.exists() {
+            loader.keep_copy(&digest, &copy)?;
+        }
+        Ok(gen)
+    }
+
+    /// A new model for a task in service: an empty task swaps at once (under the write gate, so
+    /// that no upload lands in the old generation meanwhile); one that holds videos is
+    /// re-embedded into the next generation in the background.
+    fn swap(
+        self: &Arc<Self>,
+        loader: &dyn AdapterLoader,
+        t: &Arc<Task>,
+        model: Arc<dyn TaskModel>,
+        info: ModelInfo,
+    ) -> Result<Outcome, String> {
+        let task = t.name.as_str();
+        if t.current().model.digest() == model.digest() {
+            *t.last_error.write() = None;
+            return Ok(Outcome::Unchanged);
+        }
+        {
+            let mut p = t.pending.lock();
+            if let Some(n) = *p {
+                return Err(format!(
+                    "generation {n} is still being re-embedded; try again when it is done"
+                ));
+            }
+            let gate = t.write_gate.write();
+            let cur = t.current();
+            let next = cur.number + 1;
+            if cur.store.is_empty() {
+                let gen = self.adapter_generation(loader, task, next, true, model, info)?;
+                let installed = self.cutover(t, gen).map_err(|e| e.to_string())?;
+                drop(gate);
+                tracing::info!(task, generation = next, installed, "adapter swapped");
+                return Ok(Outcome::Swapped { generation: next });
+            }
+            *p = Some(next);
+        }
+        let cur = t.current();
+        let next = cur.number + 1;
+        let Some(embedder) = self.reembedder.read().clone() else {
+            *t.pending.lock() = None;
+            return Err(format!(
+                "task holds {} videos and no re-embedder is configured; generation {} keeps serving",
+                cur.store.len(),
+                cur.number
+            ));
+        };
+        let gen = match self.adapter_generation(loader, task, next, true, model, info) {
             Ok(g) => g,
-            Err(e) => return reject(e.to_string()),
+            Err(e) => {
+                *t.pending.lock() = None;
+                return Err(e);
+            }
         };
-        match self.install(task, gen) {
-            Ok(None) => {
-                self.rejected.write().remove(task);
-                tracing::info!(task, generation = next, "task added");
-                Outcome::Added { generation: next }
+        super::reembed::start(self.clone(), t.clone(), gen, embedder);
+        Ok(Outcome::Reembedding { generation: next })
+    }
+
+    /// A task coming into service (at start, or its file added again). Its recorded generation
+    /// is reused when it holds nothing or vectors of this model. When it holds vectors of another
+    /// model (the file changed while the server was down, or a crash cut a re-embedding short),
+    /// the old generation serves with its own adapter copy while the videos are re-embedded, so
+    /// no video drops out of search; without a usable copy the videos are carried over before the
+    /// task comes into service.
+    fn bring_up(
+        self: &Arc<Self>,
+        loader: &dyn AdapterLoader,
+        task: &str,
+        model: Arc<dyn TaskModel>,
+        info: ModelInfo,
+    ) -> Result<Outcome, String> {
+        let Some(n) = self.recorded_generation(task) else {
+            let gen = self.adapter_generation(loader, task, 0, true, model, info)?;
+            self.install(task, gen).map_err(|e| e.to_string())?;
+            tracing::info!(task, generation = 0, "task added");
+            return Ok(Outcome::Added { generation: 0 });
+        };
+        self.prune_generations(task, n);
+        let held = {
+            let dir = self.generation_dir(task, n);
+            let store = TaskStore::open(&dir, self.dim, self.store_config.clone())
+                .map_err(|e| format!("generation {n}: {e}"))?;
+            store.digest()
+        };
+        let Some(old_digest) = held.filter(|d| d != model.digest()) else {
+            let gen = self.adapter_generation(loader, task, n, false, model, info)?;
+            self.install(task, gen).map_err(|e| e.to_string())?;
+            tracing::info!(task, generation = n, "task added");
+            return Ok(Outcome::Added { generation: n });
+        };
+        let copy = self.generation_dir(task, n).join(ADAPTER_COPY);
+        let old_model =
+            loader
+                .load(task, &copy)
+                .and_then(|(m, i)| match m.digest() == old_digest {
+                    true => Ok((m, i)),
+                    false => Err(format!("its adapter copy has digest {}", m.digest())),
+                });
+        match old_model {
+            Ok((old_model, old_info)) => {
+                let gen = self
+                    .open_generation(task, n, old_model, old_info)
+                    .map_err(|e| e.to_string())?;
+                self.install(task, gen).map_err(|e| e.to_string())?;
+                tracing::info!(task, generation = n, "task added with the adapter its videos were made with; re-embedding for the new file");
+                let t = self.get(task).ok_or("the task left service meanwhile")?;
+                self.swap(loader, &t, model, info)
             }
-            Ok(Some(_old)) => {
-                tracing::info!(task, generation = next, "adapter swapped");
-                Outcome::Swapped { generation: next }
+            Err(why) => {
+                tracing::warn!(task, generation = n, %why, "the adapter of the stored videos cannot be loaded; carrying them over before the task is served");
+                let embedder = self.reembedder.read().clone().ok_or(
+                    "the task holds videos of another adapter and no re-embedder is configured",
+                )?;
+                let old = TaskStore::open(
+                    &self.generation_dir(task, n),
+                    self.dim,
+                    self.store_config.clone(),
+                )
+                .map_err(|e| format!("generation {n}: {e}"))?;
+                let gen = self.adapter_generation(loader, task, n + 1, true, model, info)?;
+                if let Err(failures) =
+                    super::reembed::carry_over(self, &old, &gen, embedder.as_ref())
+                {
+                    gen.store.remove_when_closed();
+                    return Err(format!(
+                        "{} videos of generation {n} could not be re-embedded ({}); the task stays out of service",
+                        failures.len(),
+                        failures.join("; ")
+                    ));
+                }
+                self.install(task, gen).map_err(|e| e.to_string())?;
+                old.remove_when_closed();
+                tracing::info!(task, generation = n + 1, "videos carried over; task added");
+                Ok(Outcome::Added { generation: n + 1 })
             }
-            Err(e) => reject(e.to_string()),
         }
     }
 

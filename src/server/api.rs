@@ -2,14 +2,14 @@
 //! [`super::upload`] for `POST /index`) and returns JSON or an [`ApiError`]. No logic of the
 //! operations lives here, so gRPC serves exactly the same thing.
 //!
-//! `POST /index` reads the multipart form part by part and streams each video into an
-//! [`IndexBatch`]; nothing is buffered whole in memory.
+//! `POST /index` hands its body to [`super::multipart`], which reads the form part by part into
+//! an upload batch with every bound applied as bytes arrive.
 
 use super::service::{self, DEFAULT_K};
-use super::upload::{self, IndexBatch, MAX_ID_BYTES, MAX_META_BYTES};
-use super::{ApiError, AppState};
-use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, StatusCode};
+use super::upload;
+use super::{multipart, ApiError, AppState};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -69,100 +69,14 @@ pub struct IndexParams {
     task: Option<String>,
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    let status = e.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(e.body_text())
-    } else {
-        ApiError::bad_request("bad_multipart", e.body_text())
-    }
-}
-
-/// Most bytes of a refused upload read and thrown away so that the client sees the error response
-/// instead of a reset connection; beyond this the connection is closed.
-const DRAIN_BYTES: usize = 16 << 20;
-
 pub async fn index(
     State(state): State<Arc<AppState>>,
     Query(p): Query<IndexParams>,
-    mut form: Multipart,
+    req: Request,
 ) -> Result<Json<upload::IndexResult>, ApiError> {
-    let result = index_form(&state, p, &mut form).await;
-    if result.is_err() {
-        let drain = async {
-            let mut n = 0;
-            while let Ok(Some(mut f)) = form.next_field().await {
-                while let Ok(Some(c)) = f.chunk().await {
-                    n += c.len();
-                    if n > DRAIN_BYTES {
-                        return;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-    }
-    result.map(Json)
-}
-
-/// Form fields: `id` and `meta` apply to the next `video` part.
-async fn index_form(
-    state: &Arc<AppState>,
-    p: IndexParams,
-    form: &mut Multipart,
-) -> Result<upload::IndexResult, ApiError> {
-    let mut batch = IndexBatch::begin(state, p.task.as_deref())?;
-    let mut next_id: Option<String> = None;
-    let mut next_meta: Option<Value> = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
-        let name = field.name().unwrap_or("").to_string();
-        match name.as_str() {
-            "id" | "meta" => {
-                let limit = if name == "id" {
-                    MAX_ID_BYTES
-                } else {
-                    MAX_META_BYTES
-                };
-                let mut buf = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() > limit {
-                        return Err(upload::field_too_long(&name, limit));
-                    }
-                }
-                let text = String::from_utf8(buf).map_err(|_| {
-                    ApiError::bad_request("bad_field", format!("the {name} field is not UTF-8"))
-                })?;
-                if name == "id" {
-                    next_id = Some(upload::parse_id(&text)?);
-                } else {
-                    next_meta = Some(upload::parse_meta(&text)?);
-                }
-            }
-            "video" => {
-                let file_name = field.file_name().map(str::to_string);
-                let mut spool = batch.open_video().await?;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    spool.write(&chunk).await?;
-                }
-                batch
-                    .push(
-                        spool,
-                        next_id.take(),
-                        next_meta.take().unwrap_or(Value::Null),
-                        file_name,
-                    )
-                    .await?;
-            }
-            other => {
-                return Err(ApiError::bad_request(
-                    "unknown_field",
-                    format!("unexpected form field {other:?} (id, meta and video are known)"),
-                ))
-            }
-        }
-    }
-    batch.commit().await
+    Ok(Json(
+        multipart::index(&state, p.task.as_deref(), req).await?,
+    ))
 }
 
 pub async fn get_video(

@@ -106,6 +106,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EmptyId => ApiError::bad_request("bad_id", e.to_string()),
+            StoreError::Unstorable(_) => ApiError::bad_request("unstorable", e.to_string()),
             _ => ApiError::internal(e.to_string()),
         }
     }

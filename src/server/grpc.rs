@@ -6,6 +6,7 @@
 //! `mvserve_grpc_requests_total` and `mvserve_grpc_request_duration_seconds` by method.
 
 use super::auth::{Need, Scope};
+use super::fields;
 use super::service;
 use super::upload::{self, IndexBatch, Spool};
 use super::{ApiError, AppState};
@@ -153,13 +154,13 @@ type VideoFields = (Option<String>, Value, Option<String>);
 fn header_fields(h: proto::IndexHeader) -> Result<VideoFields, ApiError> {
     let id = match h.id.as_str() {
         "" => None,
-        id => Some(upload::parse_id(id)?),
+        id => Some(fields::parse_id(id)?),
     };
     let meta = match h.meta.as_str() {
         "" => Value::Null,
-        m => upload::parse_meta(m)?,
+        m => fields::parse_meta(m)?,
     };
-    Ok((id, meta, Some(h.filename).filter(|f| !f.is_empty())))
+    Ok((id, meta, fields::parse_file_name(Some(&h.filename))?))
 }
 
 /// Reads an `Index` stream into a batch: a header starts each video, chunks are its bytes.

@@ -10,9 +10,12 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod fields;
 pub mod grpc;
 pub mod ingest;
+pub mod listen;
 pub mod metrics;
+pub mod multipart;
 pub mod service;
 pub mod upload;
 
@@ -76,6 +79,15 @@ pub struct ServeConfig {
     pub watch_debounce: Duration,
     /// After SIGTERM/SIGINT, how long in-flight requests may take before the process stops.
     pub drain_timeout: Duration,
+    /// `POST /index` requests being read or processed at once; more get 503 before their body
+    /// is read.
+    pub max_concurrent_uploads: usize,
+    /// Open HTTP connections; at the cap new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long an upload may send nothing before it is refused (408).
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -100,6 +112,10 @@ impl Default for ServeConfig {
             adapter_cache: CacheConfig::default(),
             watch_debounce: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(30),
+            max_concurrent_uploads: 8,
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -123,6 +139,8 @@ pub struct AppState {
     pub decode_admission: Semaphore,
     /// Decodes running.
     pub decode_slots: Arc<Semaphore>,
+    /// Uploads being read or processed (`max_concurrent_uploads`).
+    pub upload_slots: Arc<Semaphore>,
     pub tmp_dir: PathBuf,
 }
 
@@ -148,9 +166,18 @@ impl MakeRequestId for Counter {
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
     let header = axum::http::HeaderName::from_static("x-request-id");
+    let body_limit = multipart::max_body_bytes(
+        state.config.max_videos_per_request,
+        state.config.max_upload_bytes,
+    );
     Router::new()
         .route("/", get(api::page))
-        .route("/index", post(api::index))
+        .route(
+            "/index",
+            post(api::index).layer(axum::extract::DefaultBodyLimit::max(
+                usize::try_from(body_limit).unwrap_or(usize::MAX),
+            )),
+        )
         .route("/search", get(api::search))
         .route(
             "/videos/{task}/{id}",
@@ -162,7 +189,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_mw))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_mw))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -409,6 +435,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let state = Arc::new(AppState {
         decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),
         decode_slots: Arc::new(Semaphore::new(config.decode_workers.max(1))),
+        upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
         config: config.clone(),
         core: OnceLock::new(),
         metrics: metrics.clone(),
@@ -473,15 +500,18 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         })
     };
     let app = router(state.clone());
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped());
-    let server = tokio::spawn(async move { server.await });
+    let limits = listen::ConnLimits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+    };
+    let server = tokio::spawn(listen::serve(listener, app, limits, stopped()));
     // A backbone that fails to load ends the process.
     loader.await??;
     if let Some((health, _)) = &grpc {
         grpc::set_ready(health).await;
     }
     let drained = async {
-        server.await??;
+        server.await?;
         if let Some((_, handle)) = grpc {
             handle.await?.context("serving gRPC")?;
         }

@@ -3,13 +3,19 @@
 //! every video of the request is decoded and encoded, and only when all of them succeeded are
 //! they stored, with one log write (all or nothing).
 //!
-//! The transport drives an [`IndexBatch`]: [`IndexBatch::open_video`] for each video, then
+//! The transport drives an [`IndexBatch`]: [`IndexBatch::begin`] takes one of the server's upload
+//! slots before the first byte of the body is read (so memory and disk per request are bounded
+//! up front: a full server answers 503 at once), [`IndexBatch::open_video`] for each video, then
 //! [`Spool::write`] per chunk, [`IndexBatch::push`] when its bytes end, [`IndexBatch::commit`].
+//!
+//! Each video's files go into the store under a fresh blob version, so a re-upload of an id never
+//! overwrites the files of the record that is still acknowledged; if the commit fails they are
+//! discarded and the old record keeps its own.
 
 use super::service::{record, task_of, thumb_url};
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task};
-use crate::store::BlobKind;
+use crate::store::{BlobKind, BlobVersion, NewRecord};
 use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;
@@ -18,40 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
-
-/// Longest `id` in bytes.
-pub const MAX_ID_BYTES: usize = 256;
-/// Longest `meta` JSON in bytes.
-pub const MAX_META_BYTES: usize = 64 << 10;
+use tokio::sync::OwnedSemaphorePermit;
 
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// A video id as given by the client.
-pub fn parse_id(text: &str) -> Result<String, ApiError> {
-    if text.len() > MAX_ID_BYTES {
-        return Err(field_too_long("id", MAX_ID_BYTES));
-    }
-    if text.is_empty() {
-        return Err(ApiError::bad_request("bad_id", "the id field is empty"));
-    }
-    Ok(text.to_string())
-}
-
-/// The `meta` JSON kept with a video.
-pub fn parse_meta(text: &str) -> Result<Value, ApiError> {
-    if text.len() > MAX_META_BYTES {
-        return Err(field_too_long("meta", MAX_META_BYTES));
-    }
-    serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request("bad_meta", format!("meta is not JSON: {e}")))
-}
-
-pub fn field_too_long(name: &str, limit: usize) -> ApiError {
-    ApiError::bad_request(
-        "field_too_long",
-        format!("the {name} field is limited to {limit} bytes"),
-    )
-}
 
 /// Removes the temporary files of a request however it ends.
 struct TmpFiles(Vec<PathBuf>);
@@ -121,13 +96,29 @@ pub struct IndexBatch {
     uploads: Vec<Upload>,
     tmp: TmpFiles,
     t0: Instant,
+    /// One of the server's upload slots, held until the request ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl IndexBatch {
-    /// Resolves the task (unknown task or not ready: refused before any byte is read).
+    /// Resolves the task and takes an upload slot; an unknown task, a server that is not ready
+    /// and a server whose slots are all taken are refused before any byte is read.
     pub fn begin(state: &Arc<AppState>, task: Option<&str>) -> Result<IndexBatch, ApiError> {
         let t0 = Instant::now();
         let (task, gen) = task_of(state, task)?;
+        let slot = state
+            .upload_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::overloaded(
+                    format!(
+                        "{} uploads are already in progress",
+                        state.config.max_concurrent_uploads
+                    ),
+                    2,
+                )
+            })?;
         Ok(IndexBatch {
             state: state.clone(),
             task,
@@ -135,6 +126,7 @@ impl IndexBatch {
             uploads: Vec::new(),
             tmp: TmpFiles(Vec::new()),
             t0,
+            _slot: slot,
         })
     }
 
@@ -205,6 +197,7 @@ impl IndexBatch {
             uploads,
             tmp,
             t0,
+            _slot,
         } = self;
         if uploads.is_empty() {
             return Err(ApiError::bad_request(
@@ -277,12 +270,26 @@ impl IndexBatch {
                         1,
                     ));
                 }
-                let mut items = Vec::with_capacity(prepared.len());
+                let mut items: Vec<NewRecord> = Vec::with_capacity(prepared.len());
                 let mut out = Vec::with_capacity(prepared.len());
+                // Files put so far; removed again unless the log write below succeeds.
+                let mut staged: Vec<(String, BlobVersion)> = Vec::new();
+                let discard = |staged: &[(String, BlobVersion)]| {
+                    for (id, v) in staged {
+                        if let Err(e) = g.store.discard_blobs(id, *v) {
+                            tracing::warn!(id, error = %e, "could not remove the files of a failed upload");
+                        }
+                    }
+                };
                 for (i, (up, id, vector, jpeg, info, frames_used)) in
                     prepared.into_iter().enumerate()
                 {
-                    g.store.put_blob(&id, BlobKind::Original, &up.path)?;
+                    let blobs = BlobVersion::fresh();
+                    staged.push((id.clone(), blobs));
+                    if let Err(e) = g.store.put_blob(&id, blobs, BlobKind::Original, &up.path) {
+                        discard(&staged);
+                        return Err(e.into());
+                    }
                     if !jpeg.is_empty() {
                         let tp = tmp_dir.join(format!("thumb-{}-{i}", std::process::id()));
                         let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -293,9 +300,14 @@ impl IndexBatch {
                         });
                         if let Err(e) = written {
                             let _ = std::fs::remove_file(&tp);
+                            discard(&staged);
                             return Err(ApiError::internal(format!("writing thumbnail: {e}")));
                         }
-                        g.store.put_blob(&id, BlobKind::Thumbnail, &tp)?;
+                        if let Err(e) = g.store.put_blob(&id, blobs, BlobKind::Thumbnail, &tp) {
+                            let _ = std::fs::remove_file(&tp);
+                            discard(&staged);
+                            return Err(e.into());
+                        }
                     }
                     let stored = serde_json::json!({
                         "meta": up.meta,
@@ -311,9 +323,17 @@ impl IndexBatch {
                         frames: frames_used,
                         media: info,
                     });
-                    items.push((id, vector, stored));
+                    items.push(NewRecord {
+                        id,
+                        vector,
+                        meta: stored,
+                        blobs,
+                    });
                 }
-                g.store.add_batch(g.model.digest(), items)?;
+                if let Err(e) = g.store.add_records(g.model.digest(), items) {
+                    discard(&staged);
+                    return Err(e.into());
+                }
                 Ok(out)
             })
             .await??;

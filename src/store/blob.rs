@@ -2,9 +2,12 @@
 //!
 //! Owns their placement under `<task dir>/blobs/`: a file is named by the SHA-256 of its id (so
 //! any user string, `../` included, maps to a fixed-length hex name inside the directory) and
-//! fanned out by its first two hex digits. Files are fsynced and renamed into place, then the
-//! directory is fsynced. Does not own the decision of when a blob may go: `TaskStore` deletes
-//! blobs only after the delete record is durable.
+//! the version of the record that owns it, fanned out by the first two hex digits. Versions keep a
+//! re-upload's files beside the old ones until its log record is durable: the old record keeps
+//! its own files if the new one never commits. Version 0 is the unversioned name of stores
+//! written before versions existed. Files are fsynced and renamed into place, then the directory
+//! is fsynced. Does not own the decision of when a blob may go: `TaskStore` removes a version only
+//! after the record that replaced or deleted it is durable.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -42,14 +45,24 @@ fn hash_hex(id: &str) -> String {
         .collect()
 }
 
-pub(crate) fn path_for(root: &Path, id: &str, kind: BlobKind) -> PathBuf {
+pub(crate) fn path_for(root: &Path, id: &str, version: u64, kind: BlobKind) -> PathBuf {
     let h = hash_hex(id);
-    root.join(&h[..2]).join(format!("{h}.{}", kind.ext()))
+    let name = match version {
+        0 => format!("{h}.{}", kind.ext()),
+        v => format!("{h}-{v:016x}.{}", kind.ext()),
+    };
+    root.join(&h[..2]).join(name)
 }
 
 /// Moves `src` (a finished temporary file) to the blob's place, durably.
-pub(crate) fn put(root: &Path, id: &str, kind: BlobKind, src: &Path) -> Result<(), StoreError> {
-    let dst = path_for(root, id, kind);
+pub(crate) fn put(
+    root: &Path,
+    id: &str,
+    version: u64,
+    kind: BlobKind,
+    src: &Path,
+) -> Result<(), StoreError> {
+    let dst = path_for(root, id, version, kind);
     let parent = dst.parent().unwrap_or(root);
     fs::create_dir_all(parent)?;
     File::open(src)?.sync_all()?;
@@ -65,9 +78,9 @@ pub(crate) fn put(root: &Path, id: &str, kind: BlobKind, src: &Path) -> Result<(
     Ok(())
 }
 
-pub(crate) fn remove(root: &Path, id: &str) -> Result<(), StoreError> {
+pub(crate) fn remove(root: &Path, id: &str, version: u64) -> Result<(), StoreError> {
     for kind in BlobKind::ALL {
-        match fs::remove_file(path_for(root, id, kind)) {
+        match fs::remove_file(path_for(root, id, version, kind)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
@@ -76,15 +89,15 @@ pub(crate) fn remove(root: &Path, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes blobs of ids that are not live: left by a crash between `put_blob` and the add
-/// (never acknowledged) or between a durable delete and the blob removal.
-pub(crate) fn sweep(root: &Path, live: &HashSet<String>) -> Result<usize, StoreError> {
+/// Removes blobs that no live record owns: left by a crash between `put_blob` and the add (never
+/// acknowledged), or between a durable replace or delete and the removal of the old version.
+pub(crate) fn sweep(root: &Path, live: &HashSet<(String, u64)>) -> Result<usize, StoreError> {
     if !root.exists() {
         return Ok(0);
     }
     let keep: HashSet<PathBuf> = live
         .iter()
-        .flat_map(|id| BlobKind::ALL.map(|k| path_for(root, id, k)))
+        .flat_map(|(id, v)| BlobKind::ALL.map(|k| path_for(root, id, *v, k)))
         .collect();
     let mut removed = 0;
     for dir in fs::read_dir(root)? {

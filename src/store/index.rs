@@ -24,6 +24,8 @@ pub(crate) type Graph = Hnsw<'static, f32, DistDot>;
 pub(crate) struct Entry {
     pub slot: usize,
     pub added_ms: u64,
+    /// The version of the id's blobs this record owns (0: unversioned names).
+    pub blobs: u64,
     pub meta: serde_json::Value,
 }
 
@@ -73,6 +75,7 @@ impl Index {
         id: &str,
         digest: &str,
         added_ms: u64,
+        blobs: u64,
         vector: &[f32],
         meta: serde_json::Value,
     ) -> usize {
@@ -92,6 +95,7 @@ impl Index {
             Entry {
                 slot,
                 added_ms,
+                blobs,
                 meta,
             },
         );
@@ -310,7 +314,7 @@ mod tests {
     fn exact_search_orders_and_skips_tombstones() {
         let mut idx = Index::new(2);
         for (id, v) in [("a", [1.0, 0.0]), ("b", [0.6, 0.8]), ("c", [0.0, 1.0])] {
-            idx.insert(id, "d", 0, &v, serde_json::Value::Null);
+            idx.insert(id, "d", 0, 0, &v, serde_json::Value::Null);
         }
         let hits = idx.search_exact(&[1.0, 0.0], 2);
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![0, 1]);

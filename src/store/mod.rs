@@ -12,6 +12,7 @@
 //! until a graph is ready, search falls back to the exact scan.
 
 mod blob;
+mod check;
 mod codec;
 mod config;
 mod index;
@@ -31,6 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
 pub use blob::BlobKind;
+pub use check::{check, repair, CheckReport, RepairReport};
 pub use config::{ConfigError, StoreConfig, MAX_HNSW_M};
 pub use index::dot;
 use index::{new_graph, normalize, Index};
@@ -64,10 +66,30 @@ pub enum StoreError {
     DigestMismatch { store: String, got: String },
     #[error("store data is damaged: {0}")]
     Corrupt(String),
+    /// Refused before anything was written: the log could not read the record back as given.
+    #[error("the record cannot be stored: {0}")]
+    Unstorable(String),
     #[error("an earlier write failed; reopen the store to recover from its log")]
     Poisoned,
     #[error("store directory {0} is open in another process or handle")]
     Locked(PathBuf),
+}
+
+/// Which version of an id's blobs (original upload, thumbnail) a record owns. A re-upload writes
+/// its files under a fresh version, so until its log record is durable the old record still has
+/// its own files; the old version is removed once the new record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlobVersion(u64);
+
+impl BlobVersion {
+    /// Records without versioned blobs (vectors added without files, and stores written before
+    /// versions existed).
+    pub const UNVERSIONED: BlobVersion = BlobVersion(0);
+
+    /// A version no other upload will pick (random, so two uploads of one id never share one).
+    pub fn fresh() -> BlobVersion {
+        BlobVersion(rand::random::<u64>().max(1))
+    }
 }
 
 /// What the store keeps about a live id.
@@ -77,7 +99,17 @@ pub struct Record {
     pub adapter_digest: String,
     /// Milliseconds since the Unix epoch when the vector was added.
     pub added_ms: u64,
+    pub blobs: BlobVersion,
     pub meta: serde_json::Value,
+}
+
+/// One vector to add, with the blob version its files were put under.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub id: String,
+    pub vector: Vec<f32>,
+    pub meta: serde_json::Value,
+    pub blobs: BlobVersion,
 }
 
 /// One search result; `score` is the dot product of unit vectors (cosine similarity).
@@ -119,8 +151,24 @@ struct Inner {
     snapshot_pending: AtomicBool,
     closing: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once nothing will read this store again (a replaced generation): the directory is
+    /// removed when the last handle is gone.
+    remove_when_closed: AtomicBool,
     /// Held for the store's lifetime: two processes appending to one log would corrupt it.
     _lock: File,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.remove_when_closed.load(Ordering::Acquire) {
+            match fs::remove_dir_all(&self.dir) {
+                Ok(()) => tracing::info!(dir = %self.dir.display(), "removed a retired store"),
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a retired store")
+                }
+            }
+        }
+    }
 }
 
 /// One task's store. `Send + Sync`: share it behind an `Arc`.
@@ -134,7 +182,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Takes the directory's lock. Retries for a moment: a handle closed just now can still be held
 /// by a child process forked elsewhere in this process that has not reached `exec` yet.
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let lock = File::create(dir.join("LOCK"))?;
     for _ in 0..LOCK_RETRIES {
         match lock.try_lock() {
@@ -144,6 +192,36 @@ fn lock_dir(dir: &Path) -> Result<File, StoreError> {
         }
     }
     Err(StoreError::Locked(dir.to_path_buf()))
+}
+
+/// Test-only fault injection: directories whose next deletes fail, with how many are left.
+/// Checked behind an atomic so that the write path pays nothing while none is set.
+static FAIL_DELETES: Mutex<Vec<(PathBuf, u32)>> = Mutex::new(Vec::new());
+static ANY_FAILPOINT: AtomicBool = AtomicBool::new(false);
+
+/// Makes the next `n` deletes in the store at `dir` fail with an I/O error before anything is
+/// written, so tests can drive the paths that handle a failed delete (a re-embedding's carry-over,
+/// say). Not for production use.
+#[doc(hidden)]
+pub fn fail_next_deletes(dir: &Path, n: u32) {
+    let mut f = FAIL_DELETES.lock();
+    f.retain(|(d, _)| d != dir);
+    f.push((dir.to_path_buf(), n));
+    ANY_FAILPOINT.store(true, Ordering::Release);
+}
+
+fn injected_delete_failure(dir: &Path) -> Result<(), StoreError> {
+    if !ANY_FAILPOINT.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let mut f = FAIL_DELETES.lock();
+    match f.iter_mut().find(|(d, n)| d == dir && *n > 0) {
+        Some((_, n)) => {
+            *n -= 1;
+            Err(StoreError::Io(io::Error::other("injected delete failure")))
+        }
+        None => Ok(()),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -180,12 +258,16 @@ impl TaskStore {
             snap_seq = snap.seq;
             let digest = snap.digest.unwrap_or_default();
             for r in snap.records {
-                idx.insert(&r.id, &digest, r.added_ms, &r.vector, r.meta);
+                idx.insert(&r.id, &digest, r.added_ms, r.blobs, &r.vector, r.meta);
             }
         }
         let wal = Wal::open(dir, snap_seq, |seq, op| replay(&mut idx, seq, op))?;
         let blob_root = dir.join("blobs");
-        let live: HashSet<String> = idx.entries.keys().map(|k| k.to_string()).collect();
+        let live: HashSet<(String, u64)> = idx
+            .entries
+            .iter()
+            .map(|(k, e)| (k.to_string(), e.blobs))
+            .collect();
         let swept = blob::sweep(&blob_root, &live)?;
         if swept > 0 {
             tracing::info!(dir = %dir.display(), swept, "removed blobs of ids that are not live");
@@ -211,6 +293,7 @@ impl TaskStore {
                 snapshot_pending: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
                 background: Mutex::new(Vec::new()),
+                remove_when_closed: AtomicBool::new(false),
                 _lock: lock,
             }),
         };
@@ -243,12 +326,38 @@ impl TaskStore {
         adapter_digest: &str,
         items: Vec<(String, Vec<f32>, serde_json::Value)>,
     ) -> Result<(), StoreError> {
+        let records = items
+            .into_iter()
+            .map(|(id, vector, meta)| NewRecord {
+                id,
+                vector,
+                meta,
+                blobs: BlobVersion::UNVERSIONED,
+            })
+            .collect();
+        self.add_records(adapter_digest, records)
+    }
+
+    /// Adds or replaces many ids, each with the blob version its files were put under, with one
+    /// fsync; all or none are accepted. Returns only after the log record is fsynced; a replaced
+    /// record's blobs of another version are removed after that.
+    pub fn add_records(
+        &self,
+        adapter_digest: &str,
+        items: Vec<NewRecord>,
+    ) -> Result<(), StoreError> {
         if adapter_digest.is_empty() {
             return Err(StoreError::EmptyDigest);
         }
         let added_ms = now_ms();
         let mut ops = Vec::with_capacity(items.len());
-        for (id, mut vector, meta) in items {
+        for NewRecord {
+            id,
+            mut vector,
+            meta,
+            blobs,
+        } in items
+        {
             if id.is_empty() {
                 return Err(StoreError::EmptyId);
             }
@@ -260,6 +369,7 @@ impl TaskStore {
                 id,
                 digest: adapter_digest.to_owned(),
                 added_ms,
+                blobs: blobs.0,
                 vector,
                 meta,
             });
@@ -280,6 +390,7 @@ impl TaskStore {
         }
         w.wal.append(&ops)?;
         w.since_snapshot += ops.len() as u64;
+        let mut superseded = Vec::new();
         let (graph, new_slots) = {
             let mut idx = inner.index.write();
             let mut slots = Vec::with_capacity(ops.len());
@@ -288,15 +399,28 @@ impl TaskStore {
                     id,
                     digest,
                     added_ms,
+                    blobs,
                     vector,
                     meta,
                 } = op
                 {
-                    slots.push((idx.insert(&id, &digest, added_ms, &vector, meta), vector));
+                    if let Some(old) = idx.entries.get(id.as_str()) {
+                        if old.blobs != blobs {
+                            superseded.push((id.clone(), old.blobs));
+                        }
+                    }
+                    let slot = idx.insert(&id, &digest, added_ms, blobs, &vector, meta);
+                    slots.push((slot, vector));
                 }
             }
             (idx.graph.clone(), slots)
         };
+        for (id, version) in superseded {
+            if let Err(e) = blob::remove(&inner.blob_root, &id, version) {
+                // The replace is durable; the next open sweeps what is left.
+                tracing::warn!(id, error = %e, "could not remove the blobs of a replaced record");
+            }
+        }
         // Outside the index lock so that searches go on; `writer` keeps rebuilds from swapping
         // the graph meanwhile. Until inserted, the new slots are just not found by the graph.
         if let Some(g) = graph {
@@ -318,13 +442,14 @@ impl TaskStore {
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let mut w = inner.writer.lock();
-        if !inner.index.read().entries.contains_key(id) {
+        let Some(version) = inner.index.read().entries.get(id).map(|e| e.blobs) else {
             return Ok(false);
-        }
+        };
+        injected_delete_failure(&inner.dir)?;
         w.wal.append(&[Op::Delete { id: id.to_owned() }])?;
         w.since_snapshot += 1;
         inner.index.write().remove(id);
-        if let Err(e) = blob::remove(&inner.blob_root, id) {
+        if let Err(e) = blob::remove(&inner.blob_root, id, version) {
             // The delete is durable; the next open sweeps what is left.
             tracing::warn!(id, error = %e, "could not remove blobs of a deleted id");
         }
@@ -340,6 +465,7 @@ impl TaskStore {
             id: id.to_owned(),
             adapter_digest: idx.digest.clone().unwrap_or_default(),
             added_ms: e.added_ms,
+            blobs: BlobVersion(e.blobs),
             meta: e.meta.clone(),
         })
     }
@@ -439,25 +565,49 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Moves a finished temporary file into place as `id`'s blob of `kind` (fsynced, renamed,
-    /// directory fsynced). Call before `add`; a blob whose id never gets added is removed on the
-    /// next open.
+    /// Moves a finished temporary file into place as `id`'s blob of `kind` under `version`
+    /// (fsynced, renamed, directory fsynced). Call before adding the record that owns `version`;
+    /// blobs no live record owns are removed by [`TaskStore::discard_blobs`] or on the next open.
     pub fn put_blob(
         &self,
         id: &str,
+        version: BlobVersion,
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
         if id.is_empty() {
             return Err(StoreError::EmptyId);
         }
-        blob::put(&self.inner.blob_root, id, kind, src_tmp_file)
+        if version == BlobVersion::UNVERSIONED {
+            return Err(StoreError::Unstorable(
+                "new blobs need a fresh version".into(),
+            ));
+        }
+        blob::put(&self.inner.blob_root, id, version.0, kind, src_tmp_file)
     }
 
-    /// The blob's path when it exists.
+    /// Removes blobs put under `version` for a record that was never added (a failed upload);
+    /// the live record's own version is left alone.
+    pub fn discard_blobs(&self, id: &str, version: BlobVersion) -> Result<(), StoreError> {
+        let _w = self.inner.writer.lock();
+        let live = self.inner.index.read().entries.get(id).map(|e| e.blobs);
+        if live == Some(version.0) {
+            return Ok(());
+        }
+        blob::remove(&self.inner.blob_root, id, version.0)
+    }
+
+    /// The path of the live record's blob of `kind`, when both exist.
     pub fn blob_path(&self, id: &str, kind: BlobKind) -> Option<PathBuf> {
-        let p = blob::path_for(&self.inner.blob_root, id, kind);
+        let version = self.inner.index.read().entries.get(id)?.blobs;
+        let p = blob::path_for(&self.inner.blob_root, id, version, kind);
         p.is_file().then_some(p)
+    }
+
+    /// Marks the store as no longer needed (a generation that was replaced): its directory is
+    /// removed once the last handle to it is dropped, so readers that still hold it finish first.
+    pub fn remove_when_closed(&self) {
+        self.inner.remove_when_closed.store(true, Ordering::Release);
     }
 
     fn check_dim(&self, got: usize) -> Result<(), StoreError> {
@@ -491,6 +641,7 @@ fn replay(idx: &mut Index, seq: u64, op: Op) -> Result<(), StoreError> {
             id,
             digest,
             added_ms,
+            blobs,
             vector,
             meta,
         } => {
@@ -506,7 +657,7 @@ fn replay(idx: &mut Index, seq: u64, op: Op) -> Result<(), StoreError> {
                     idx.digest
                 )));
             }
-            idx.insert(&id, &digest, added_ms, &vector, meta);
+            idx.insert(&id, &digest, added_ms, blobs, &vector, meta);
         }
         Op::Delete { id } => {
             idx.remove(&id);
@@ -566,10 +717,16 @@ impl Inner {
             let mut recs: Vec<_> = idx
                 .entries
                 .iter()
-                .map(|(id, e)| (&**id, e.added_ms, &e.meta, idx.vector(e.slot)))
+                .map(|(id, e)| snapshot::SnapRef {
+                    id,
+                    added_ms: e.added_ms,
+                    blobs: e.blobs,
+                    meta: &e.meta,
+                    vector: idx.vector(e.slot),
+                })
                 .collect();
             // Slot order, so that a reload lays vectors out as they were added.
-            recs.sort_by_key(|r| idx.entries[r.0].slot);
+            recs.sort_by_key(|r| idx.entries[r.id].slot);
             let bytes = snapshot::encode(seq, self.dim, idx.digest.as_deref(), &recs);
             drop(idx);
             w.wal.rotate()?;

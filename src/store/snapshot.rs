@@ -13,13 +13,16 @@ use std::path::{Path, PathBuf};
 use super::codec::{self, Reader};
 use super::{sync_dir, StoreError};
 
-const MAGIC: &[u8; 8] = b"MVSNAP01";
+/// Version 2 adds each record's blob version; version 1 files still load (blob version 0).
+const MAGIC: &[u8; 8] = b"MVSNAP02";
+const MAGIC_V1: &[u8; 8] = b"MVSNAP01";
 
 /// One live record in a snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SnapRecord {
     pub id: String,
     pub added_ms: u64,
+    pub blobs: u64,
     pub meta: serde_json::Value,
     pub vector: Vec<f32>,
 }
@@ -36,12 +39,21 @@ pub(crate) fn file_name(seq: u64) -> String {
     format!("snapshot-{seq:020}.snap")
 }
 
+/// One live record as the snapshot writer borrows it from the index.
+pub(crate) struct SnapRef<'a> {
+    pub id: &'a str,
+    pub added_ms: u64,
+    pub blobs: u64,
+    pub meta: &'a serde_json::Value,
+    pub vector: &'a [f32],
+}
+
 /// Serialises a snapshot into memory, so the caller can drop its locks before the slow write.
 pub(crate) fn encode(
     seq: u64,
     dim: usize,
     digest: Option<&str>,
-    records: &[(&str, u64, &serde_json::Value, &[f32])],
+    records: &[SnapRef<'_>],
 ) -> Vec<u8> {
     let mut p = Vec::with_capacity(64 + records.len() * (dim * 4 + 64));
     codec::put_u64(&mut p, seq);
@@ -54,12 +66,14 @@ pub(crate) fn encode(
         None => codec::put_u8(&mut p, 0),
     }
     codec::put_u64(&mut p, records.len() as u64);
-    for (id, added_ms, meta, vector) in records {
-        codec::put_bytes(&mut p, id.as_bytes());
-        codec::put_u64(&mut p, *added_ms);
-        let m = serde_json::to_vec(meta).unwrap_or_else(|_| b"null".to_vec());
+    for r in records {
+        codec::put_bytes(&mut p, r.id.as_bytes());
+        codec::put_u64(&mut p, r.added_ms);
+        codec::put_u64(&mut p, r.blobs);
+        // Every meta here passed the log's read-back check, so it serialises.
+        let m = serde_json::to_vec(r.meta).unwrap_or_else(|_| b"null".to_vec());
         codec::put_bytes(&mut p, &m);
-        codec::put_f32s(&mut p, vector);
+        codec::put_f32s(&mut p, r.vector);
     }
     let mut out = Vec::with_capacity(p.len() + 20);
     out.extend_from_slice(MAGIC);
@@ -69,8 +83,12 @@ pub(crate) fn encode(
     out
 }
 
-fn decode(buf: &[u8]) -> Option<Snapshot> {
-    let mut r = Reader::new(buf.strip_prefix(MAGIC)?);
+pub(crate) fn decode(buf: &[u8]) -> Option<Snapshot> {
+    let (v2, body) = match buf.strip_prefix(MAGIC) {
+        Some(b) => (true, b),
+        None => (false, buf.strip_prefix(MAGIC_V1)?),
+    };
+    let mut r = Reader::new(body);
     let len = usize::try_from(r.u64()?).ok()?;
     let rest = buf.get(MAGIC.len() + 8..)?;
     if rest.len() != len.checked_add(4)? {
@@ -93,6 +111,7 @@ fn decode(buf: &[u8]) -> Option<Snapshot> {
     for _ in 0..n {
         let id = r.string()?;
         let added_ms = r.u64()?;
+        let blobs = if v2 { r.u64()? } else { 0 };
         let meta = serde_json::from_slice(r.bytes()?).ok()?;
         let vector = r.f32s()?;
         if vector.len() != dim {
@@ -101,6 +120,7 @@ fn decode(buf: &[u8]) -> Option<Snapshot> {
         records.push(SnapRecord {
             id,
             added_ms,
+            blobs,
             meta,
             vector,
         });
@@ -184,11 +204,19 @@ mod tests {
     fn round_trip_and_every_truncation_is_rejected() {
         let meta = serde_json::json!({"a": 1});
         let v = [0.6f32, 0.8];
-        let bytes = encode(5, 2, Some("dig"), &[("x", 9, &meta, &v)]);
+        let rec = SnapRef {
+            id: "x",
+            added_ms: 9,
+            blobs: 3,
+            meta: &meta,
+            vector: &v,
+        };
+        let bytes = encode(5, 2, Some("dig"), &[rec]);
         let s = decode(&bytes).expect("decodes");
         assert_eq!(s.seq, 5);
         assert_eq!(s.digest.as_deref(), Some("dig"));
         assert_eq!(s.records[0].vector, v);
+        assert_eq!(s.records[0].blobs, 3);
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
         }

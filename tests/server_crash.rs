@@ -1,0 +1,446 @@
+//! What is acknowledged is never lost, tested as a property on the real binary: seeded random
+//! uploads (odd ids, metadata with deep nesting, Unicode, escapes and numbers at their limits,
+//! odd file names, parts in any order, several videos per request), re-uploads, deletes and
+//! refused hostile inputs, with the server killed by SIGKILL at random moments. After every
+//! restart each acknowledged id is there with identical meta, each deleted id is gone, nothing a
+//! refused request sent is there, and searches give every untouched video the same score.
+//! `MVSERVE_CRASH_ROUNDS` sets the number of kills (50 by default, as CI runs it) and
+//! `MVSERVE_CRASH_SEED` the seed.
+
+mod common;
+
+use common::server::{json_of, multipart, video, Part, Server};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// splitmix64: the test is reproducible from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+}
+
+const STRINGS: &[&str] = &[
+    "",
+    "plain",
+    "ünïcödé",
+    "日本語のテキスト",
+    "emoji 🎬🍿👩‍👩‍👧",
+    "rtl עברית العربية",
+    "e\u{301} combining",
+    "quote \" backslash \\ slash /",
+    "newline\nand\ttab",
+    "nul \u{0} inside",
+    "\u{2028}\u{2029} separators",
+    "\u{FEFF}bom",
+    "surrogate pair 𝄞",
+];
+
+fn number(r: &mut Rng) -> Value {
+    match r.below(10) {
+        0 => json!(i64::MIN),
+        1 => json!(u64::MAX),
+        2 => json!(f64::MAX),
+        3 => json!(f64::MIN_POSITIVE),
+        4 => json!(5e-324),
+        5 => json!(-0.0),
+        6 => json!(0.1),
+        7 => json!(1.000_000_000_000_000_2),
+        8 => json!(r.next() as f64 / 7.0),
+        _ => json!(r.next() as i64),
+    }
+}
+
+fn meta(r: &mut Rng, depth: usize) -> Value {
+    let leaf = depth >= 5 || r.below(3) == 0;
+    match r.below(if leaf { 4 } else { 6 }) {
+        0 => Value::Null,
+        1 => json!(r.below(2) == 0),
+        2 => number(r),
+        3 => json!(r.pick(STRINGS)),
+        4 => Value::Array((0..r.below(4)).map(|_| meta(r, depth + 1)).collect()),
+        _ => Value::Object(
+            (0..r.below(4))
+                .map(|_| (r.pick(STRINGS).to_string(), meta(r, depth + 1)))
+                .collect(),
+        ),
+    }
+}
+
+/// A meta value as the client sends it: random, or nested exactly as deep as allowed.
+fn random_meta(r: &mut Rng) -> Value {
+    match r.below(6) {
+        0 => {
+            let mut v = json!("core");
+            for i in 0..32 {
+                v = if i % 2 == 0 {
+                    json!([v])
+                } else {
+                    json!({"k": v})
+                };
+            }
+            v
+        }
+        1 => json!({"blob": "x".repeat(60 << 10)}),
+        _ => meta(r, 0),
+    }
+}
+
+const IDS: &[&str] = &[
+    "plain",
+    "ünïcödé",
+    "with space",
+    "slash/inside",
+    "../../etc/passwd",
+    "emoji 🎬",
+    "日本語のid",
+    "quote\"back\\slash",
+    "%2F%00",
+    "a",
+];
+
+fn long_id() -> String {
+    "é".repeat(128)
+}
+
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+const CLIPS: &[&str] = &["carphone_distorted.mp4", "realshort.mp4", "video740.mp4"];
+
+/// What the test knows about the store.
+#[derive(Default)]
+struct Model {
+    live: BTreeMap<String, Value>,
+    gone: BTreeSet<String>,
+    /// Sent but not answered when the server died: (id, the meta it would have, or None for a
+    /// delete).
+    uncertain: Vec<(String, Option<Value>)>,
+    /// Scores for the fixed query at the last check, of ids untouched since.
+    scores: HashMap<String, f32>,
+}
+
+impl Model {
+    fn touch(&mut self, id: &str) {
+        self.scores.remove(id);
+    }
+}
+
+struct Worker {
+    base: String,
+    clips: Vec<Vec<u8>>,
+}
+
+impl Worker {
+    /// One random operation; returns false once the server is gone.
+    fn step(&self, r: &mut Rng, model: &Mutex<Model>) -> bool {
+        match r.below(10) {
+            0..=5 => self.upload(r, model),
+            6 | 7 => self.delete(r, model),
+            _ => self.refused(r, model),
+        }
+    }
+
+    fn upload(&self, r: &mut Rng, model: &Mutex<Model>) -> bool {
+        let n_videos = 1 + r.below(2);
+        // (id, whether the request names it, meta, file name, clip)
+        let mut plan: Vec<(String, bool, Value, String, usize)> = Vec::new();
+        for _ in 0..n_videos {
+            let id = match r.below(8) {
+                0 => None,
+                1 => Some(long_id()),
+                _ => Some(r.pick(IDS).to_string()),
+            };
+
+            let name = match r.below(4) {
+                0 => String::new(),
+                1 => "ﬁlé name (1).mp4".to_string(),
+                2 => "n".repeat(255),
+                _ => "clip.mp4".to_string(),
+            };
+            let clip = r.below(self.clips.len());
+            // Without an id the server names the video by its content's hash.
+            let named = id.is_some();
+            let id =
+                id.unwrap_or_else(|| blake3::hash(&self.clips[clip]).to_hex()[..16].to_string());
+            plan.push((id, named, random_meta(r), name, clip));
+        }
+        // One request sends each id once: later parts would replace earlier ones.
+        let mut seen = BTreeSet::new();
+        plan.retain(|(id, ..)| seen.insert(id.clone()));
+        let meta_texts: Vec<String> = plan.iter().map(|(_, _, m, ..)| m.to_string()).collect();
+        let mut parts = Vec::new();
+        for (i, (id, named, _, name, clip)) in plan.iter().enumerate() {
+            let id_part = named.then(|| Part::Text("id", id));
+            let meta_part = Part::Text("meta", &meta_texts[i]);
+            let video = Part::File(name, self.clips[*clip].clone());
+            // Fields apply to the next video, in either order.
+            if r.below(2) == 0 {
+                parts.extend(id_part);
+                parts.push(meta_part);
+            } else {
+                parts.push(meta_part);
+                parts.extend(id_part);
+            }
+            parts.push(video);
+        }
+        {
+            let mut m = model.lock().unwrap();
+            for (id, _, meta, ..) in &plan {
+                m.uncertain.push((id.clone(), Some(meta.clone())));
+            }
+        }
+        let (ct, body) = multipart(&parts);
+        let resp = ureq::post(&format!("{}/index?task=clip", self.base))
+            .set("Content-Type", &ct)
+            .timeout(Duration::from_secs(60))
+            .send_bytes(&body);
+        let (status, body) = match resp {
+            Err(ureq::Error::Transport(_)) => return false,
+            r => json_of(r),
+        };
+        let mut m = model.lock().unwrap();
+        m.uncertain.clear();
+        if status == 503 {
+            // A restart's re-embedding or a full queue: nothing was stored.
+            return true;
+        }
+        assert_eq!(status, 200, "upload refused: {body}");
+        let indexed = body["indexed"].as_array().unwrap();
+        assert_eq!(indexed.len(), plan.len());
+        for (v, (id, _, meta, ..)) in indexed.iter().zip(&plan) {
+            assert_eq!(v["id"].as_str(), Some(id.as_str()));
+            let id = id.clone();
+            m.touch(&id);
+            m.gone.remove(&id);
+            m.live.insert(id, meta.clone());
+        }
+        true
+    }
+
+    fn delete(&self, r: &mut Rng, model: &Mutex<Model>) -> bool {
+        let id = {
+            let mut m = model.lock().unwrap();
+            let ids: Vec<String> = m.live.keys().cloned().collect();
+            if ids.is_empty() {
+                return true;
+            }
+            let id = r.pick(&ids).clone();
+            m.uncertain.push((id.clone(), None));
+            id
+        };
+        let resp = ureq::delete(&format!("{}/videos/clip/{}", self.base, path_segment(&id)))
+            .timeout(Duration::from_secs(30))
+            .call();
+        let (status, body) = match resp {
+            Err(ureq::Error::Transport(_)) => return false,
+            r => json_of(r),
+        };
+        let mut m = model.lock().unwrap();
+        m.uncertain.clear();
+        assert_eq!(status, 200, "delete of {id:?}: {body}");
+        m.touch(&id);
+        m.live.remove(&id);
+        m.gone.insert(id);
+        true
+    }
+
+    /// A request the server must refuse whole; it names ids the test never acknowledges.
+    fn refused(&self, r: &mut Rng, _model: &Mutex<Model>) -> bool {
+        let deep = "[".repeat(33) + &"]".repeat(33);
+        let (id, meta) = match r.below(3) {
+            0 => ("refused-deep", deep.as_str()),
+            1 => ("refused\u{7}bell", "{}"),
+            _ => ("refused-json", "{\"a\": 1e999}"),
+        };
+        let clip = self.clips[0].clone();
+        let (ct, body) = multipart(&[
+            Part::Text("id", id),
+            Part::Text("meta", meta),
+            Part::File("x.mp4", clip),
+        ]);
+        let resp = ureq::post(&format!("{}/index?task=clip", self.base))
+            .set("Content-Type", &ct)
+            .timeout(Duration::from_secs(30))
+            .send_bytes(&body);
+        let (status, body) = match resp {
+            Err(ureq::Error::Transport(_)) => return false,
+            r => json_of(r),
+        };
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"]["code"].is_string(), "{body}");
+        true
+    }
+}
+
+fn get_meta(s: &Server, id: &str) -> Option<Value> {
+    let (status, body) = s.get(&format!("/videos/clip/{}", path_segment(id)));
+    match status {
+        200 => Some(body["meta"].clone()),
+        404 => None,
+        _ => panic!("GET {id:?}: {status} {body}"),
+    }
+}
+
+/// Resolves what was in flight at the kill, then checks everything the model knows.
+fn verify(s: &Server, m: &mut Model, round: usize) {
+    for (id, intended) in std::mem::take(&mut m.uncertain) {
+        m.touch(&id);
+        match (get_meta(s, &id), intended) {
+            (Some(actual), Some(meta)) => {
+                // Either the upload committed, or the id kept its old record.
+                assert!(
+                    actual == meta || m.live.get(&id) == Some(&actual),
+                    "round {round}: {id:?} has meta that was never sent"
+                );
+                m.live.insert(id.clone(), actual);
+                m.gone.remove(&id);
+            }
+            (Some(actual), None) => assert_eq!(m.live.get(&id), Some(&actual), "round {round}"),
+            (None, _) => {
+                m.live.remove(&id);
+                m.gone.insert(id);
+            }
+        }
+    }
+    for (id, meta) in &m.live {
+        let actual = get_meta(s, id);
+        assert_eq!(
+            actual.as_ref(),
+            Some(meta),
+            "round {round}: acknowledged {id:?} lost or changed"
+        );
+    }
+    for id in &m.gone {
+        assert_eq!(
+            get_meta(s, id),
+            None,
+            "round {round}: deleted {id:?} is back"
+        );
+    }
+    for id in ["refused-deep", "refused\u{7}bell", "refused-json"] {
+        assert_eq!(
+            get_meta(s, id),
+            None,
+            "round {round}: a refused upload was stored"
+        );
+    }
+    let (status, body) = s.get("/search?task=clip&q=a%20video&k=1000");
+    assert_eq!(status, 200, "{body}");
+    let hits: HashMap<String, f32> = body["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    for id in hits.keys() {
+        assert!(
+            m.live.contains_key(id),
+            "round {round}: search found {id:?}, never acknowledged"
+        );
+    }
+    assert_eq!(
+        hits.len(),
+        m.live.len(),
+        "round {round}: search misses videos"
+    );
+    for (id, score) in &m.scores {
+        let now = hits.get(id).copied();
+        assert!(
+            now.is_some_and(|x| (x - score).abs() <= 1e-6),
+            "round {round}: score of {id:?} changed from {score} to {now:?}"
+        );
+    }
+    m.scores = hits;
+}
+
+#[test]
+fn acknowledged_uploads_survive_sigkill_at_random_points() {
+    let rounds: usize = std::env::var("MVSERVE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("MVSERVE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("crash test: {rounds} kills, seed {seed} (MVSERVE_CRASH_SEED)");
+    let data = tempfile::tempdir().unwrap();
+    let clips: Vec<Vec<u8>> = CLIPS.iter().map(|c| video(c)).collect();
+    let model = Arc::new(Mutex::new(Model::default()));
+    let mut r = Rng(seed);
+    let mut acknowledged_ops = 0usize;
+    for round in 0..=rounds {
+        let mut s = Server::start(data.path(), &["--no-grpc"]);
+        verify(&s, &mut model.lock().unwrap(), round);
+        if round == rounds {
+            break;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let w = Worker {
+                base: s.base.clone(),
+                clips: clips.clone(),
+            };
+            let model = model.clone();
+            let stop = stop.clone();
+            let mut wr = Rng(r.next());
+            std::thread::spawn(move || {
+                let mut ops = 0;
+                while !stop.load(Ordering::Acquire) && w.step(&mut wr, &model) {
+                    ops += 1;
+                }
+                ops
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50 + r.below(1500) as u64));
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+        stop.store(true, Ordering::Release);
+        acknowledged_ops += worker.join().unwrap();
+    }
+    let m = model.lock().unwrap();
+    eprintln!(
+        "crash test: {acknowledged_ops} operations answered, {} live and {} deleted ids at the end",
+        m.live.len(),
+        m.gone.len()
+    );
+    assert!(
+        acknowledged_ops >= rounds,
+        "too few operations ran to mean anything"
+    );
+    if rounds >= 10 {
+        assert!(
+            !m.live.is_empty() && !m.gone.is_empty(),
+            "the ops never reached both states"
+        );
+    }
+}
