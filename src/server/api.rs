@@ -5,13 +5,14 @@
 //! `POST /index` reads the multipart form part by part and streams each video into an
 //! [`IndexBatch`]; nothing is buffered whole in memory.
 
+use super::auth::Caller;
 use super::service::{self, DEFAULT_K};
 use super::upload::{self, IndexBatch, MAX_ID_BYTES, MAX_META_BYTES};
 use super::{ApiError, AppState};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -187,10 +188,12 @@ pub async fn thumbnail(
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response())
 }
 
+/// The tasks the caller's key may read (`auth_mw` always names the caller).
 pub async fn tasks(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<service::TaskList>, ApiError> {
-    Ok(Json(service::tasks(&state)?))
+    Ok(Json(service::tasks(&state, &caller)?))
 }
 
 pub async fn task(
