@@ -296,6 +296,8 @@ fn errors_name_no_path_of_the_server() {
     // (a file is in its way): the last fails deep in the registry, with the path in its error.
     std::fs::create_dir(adapters.join("folder.safetensors")).unwrap();
     std::fs::write(adapters.join("garbled.safetensors"), b"garbled bytes").unwrap();
+    // Refused by the registry itself, with the file's full path in its message.
+    std::fs::write(adapters.join("clip.safetensors"), b"would shadow clip").unwrap();
     new_adapter(&adapters.join("blocked.safetensors"), "blocked");
     std::fs::create_dir_all(data.join("tasks")).unwrap();
     std::fs::write(data.join("tasks").join("blocked"), b"in the way").unwrap();
@@ -306,8 +308,8 @@ fn errors_name_no_path_of_the_server() {
             assert!(!text.contains(dir), "{what} names {dir}: {text}");
         }
     };
-    wait_until("the three refused files", || {
-        rejected(&s.get("/tasks").1).len() == 3
+    wait_until("the four refused files", || {
+        rejected(&s.get("/tasks").1).len() == 4
     });
     let (_, list) = s.get("/tasks");
     leaks("/tasks", &list.to_string());
@@ -328,6 +330,10 @@ fn errors_name_no_path_of_the_server() {
     );
     assert!(
         why["blocked"].as_str().unwrap().contains("<data-dir>"),
+        "{why}"
+    );
+    assert!(
+        why["clip"].as_str().unwrap().contains("<adapters-dir>"),
         "{why}"
     );
     let (_, news) = s.get("/tasks/news");
