@@ -331,6 +331,11 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub no_grpc: bool,
+    /// Serve `/metrics` alone on this port too, without a key (for Prometheus; with --auth-file
+    /// the API's `/metrics` needs an admin key). Same address as HTTP; 0: any free port, printed
+    /// as `metrics listening on ADDR` after the other listeners.
+    #[arg(long, env = "MVSERVE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// Address to listen on. Default: 127.0.0.1 without --auth-file, 0.0.0.0 with it. A
     /// non-loopback address needs --auth-file.
     #[arg(long, env = "MVSERVE_BIND")]
@@ -409,6 +414,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         bind: args.bind,
         port: args.port,
         grpc_port: (!args.no_grpc).then_some(args.grpc_port),
+        metrics_port: args.metrics_port,
         auth_file: args.auth_file,
         max_upload_bytes: args.max_upload_mb << 20,
         frames: args.frames,

@@ -453,3 +453,133 @@ fn down_up_only_adapters_round_trip_and_older_files_still_read() {
     let e = AdapterFile::read(&raw_file(&dir, good_md(&c), &tensors(&d))).unwrap_err();
     assert!(matches!(e, AdapterError::MissingTensors(_)), "{e}");
 }
+
+/// A header written by hand: `config` as JSON, tensors as (name, shape, offsets), no data unless
+/// given. The shapes and offsets are whatever the test says, however absurd.
+fn hand_made(
+    dir: &tempfile::TempDir,
+    config: &serde_json::Value,
+    tensors: &[(&str, Vec<u64>, [u64; 2])],
+    data: &[u8],
+) -> PathBuf {
+    let mut header = serde_json::Map::new();
+    let md = good_md(&self::config());
+    let mut md: serde_json::Map<String, serde_json::Value> =
+        md.into_iter().map(|(k, v)| (k, v.into())).collect();
+    md.insert("config".into(), config.to_string().into());
+    header.insert("__metadata__".into(), md.into());
+    for (name, shape, offs) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": offs}),
+        );
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&h);
+    bytes.extend_from_slice(data);
+    write_tmp(dir, "hand.safetensors", &bytes)
+}
+
+#[test]
+fn hostile_sizes_are_refused_before_anything_is_allocated() {
+    use mvserve::adapter::config::limits;
+    let dir = tempfile::tempdir().unwrap();
+    let good = serde_json::to_value(config()).unwrap();
+    // Every size of the config, far beyond its limit: refused by the config check, naming the
+    // field, before a shape is computed (the file has no tensors or data at all).
+    for (field, value) in [
+        ("frames", serde_json::json!(1_000_000_000u64)),
+        ("frames", serde_json::json!(limits::MAX_FRAMES + 1)),
+        ("words", serde_json::json!(1_000_000_000u64)),
+        ("words", serde_json::json!(limits::MAX_WORDS + 1)),
+        ("width", serde_json::json!(1u64 << 40)),
+        ("heads", serde_json::json!(1u64 << 40)),
+        ("factor_dim", serde_json::json!(u64::MAX)),
+        ("kron_n", serde_json::json!(1u64 << 62)),
+        ("calib_dim", serde_json::json!(1u64 << 33)),
+        ("backbone.vision_width", serde_json::json!(1u64 << 50)),
+        ("backbone.text_width", serde_json::json!(1u64 << 50)),
+        ("backbone.vision_layers", serde_json::json!(1_000_000u64)),
+        ("backbone.text_layers", serde_json::json!(1_000_000u64)),
+    ] {
+        let mut c = good.clone();
+        match field.split_once('.') {
+            Some((outer, inner)) => c[outer][inner] = value.clone(),
+            None => c[field] = value.clone(),
+        }
+        let e = AdapterFile::read(&hand_made(&dir, &c, &[], &[])).unwrap_err();
+        assert!(
+            matches!(&e, AdapterError::BadConfig(m) if m.contains(field) && m.contains("limit")),
+            "{field} = {value}: {e}"
+        );
+        // The header-only read used by listings refuses it the same way.
+        assert!(AdapterFile::read_header(&hand_made(&dir, &c, &[], &[])).is_err());
+    }
+    // The limits themselves are allowed (the tensors then do not match: a shape error, not a
+    // config error).
+    let mut c = good.clone();
+    c["frames"] = limits::MAX_FRAMES.into();
+    c["words"] = limits::MAX_WORDS.into();
+    let e = AdapterFile::read(&hand_made(&dir, &c, &[], &[])).unwrap_err();
+    assert!(matches!(e, AdapterError::MissingTensors(_)), "{e}");
+
+    // Lengths in the header that overflow or point past the file, with the config valid: the
+    // tensor list is the right one, but the shapes or offsets are absurd.
+    let f = good_file_layout();
+    let mut absurd_shape = f.clone();
+    absurd_shape[0].1 = vec![1 << 40, 1 << 40, 1 << 40];
+    let mut huge_end = f.clone();
+    huge_end.last_mut().unwrap().2[1] = u64::MAX;
+    let mut reversed = f.clone();
+    reversed[0].2 = [reversed[0].2[1], reversed[0].2[0]];
+    for (what, layout) in [
+        ("shape", absurd_shape),
+        ("end", huge_end),
+        ("reversed", reversed),
+    ] {
+        let tensors: Vec<(&str, Vec<u64>, [u64; 2])> = layout
+            .iter()
+            .map(|(n, s, o)| (n.as_str(), s.clone(), *o))
+            .collect();
+        let e = AdapterFile::read(&hand_made(&dir, &good, &tensors, &[0u8; 64])).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AdapterError::TensorShape { .. }
+                    | AdapterError::NotSafetensors(_)
+                    | AdapterError::Truncated { .. }
+            ),
+            "{what}: {e}"
+        );
+    }
+}
+
+/// The tensors of the good file: name, shape, offsets, in the file's order.
+fn good_file_layout() -> Vec<(String, Vec<u64>, [u64; 2])> {
+    let bytes = good().to_bytes().unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut out: Vec<(String, Vec<u64>, [u64; 2])> = h
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            let o = v["data_offsets"].as_array().unwrap();
+            (
+                k.clone(),
+                shape,
+                [o[0].as_u64().unwrap(), o[1].as_u64().unwrap()],
+            )
+        })
+        .collect();
+    out.sort_by_key(|(_, _, o)| o[0]);
+    out
+}

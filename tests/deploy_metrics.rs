@@ -1,6 +1,8 @@
 //! The monitoring files in deploy/ query only metrics the server exports: every `mvserve_*` name in
 //! the alert rules and the Grafana dashboard (less a histogram's `_bucket`/`_sum`/`_count`) must be
 //! registered in `src/server/metrics.rs`, so renaming a metric there fails here, not on a dashboard.
+//! And Prometheus scrapes the metrics port the manifests give the server (where `/metrics` needs no
+//! key), not the API port (where it needs an admin key).
 
 use std::collections::BTreeSet;
 
@@ -8,6 +10,10 @@ const METRICS_RS: &str = include_str!("../src/server/metrics.rs");
 const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yml");
 const ALERT_TESTS: &str = include_str!("../deploy/prometheus/alerts_test.yml");
 const DASHBOARD: &str = include_str!("../deploy/grafana/dashboards/mvserve.json");
+const CONFIGMAP: &str = include_str!("../deploy/k8s/configmap.yaml");
+const DEPLOYMENT: &str = include_str!("../deploy/k8s/deployment.yaml");
+const COMPOSE: &str = include_str!("../deploy/docker-compose.yml");
+const PROMETHEUS: &str = include_str!("../deploy/prometheus/prometheus.yml");
 
 /// Every `mvserve_[a-z_]+` word in `text`.
 fn names(text: &str) -> BTreeSet<String> {
@@ -82,4 +88,29 @@ fn the_dashboard_is_json_and_every_panel_queries_something() {
             );
         }
     }
+}
+
+/// The value of the first `key: value` line (quotes removed) in a YAML file.
+fn yaml_value<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in the file"))
+        .trim()
+        .trim_matches('"')
+}
+
+#[test]
+fn prometheus_scrapes_the_metrics_port() {
+    let port = yaml_value(CONFIGMAP, "MVSERVE_METRICS_PORT");
+    assert!(port.parse::<u16>().is_ok(), "{port}");
+    assert_ne!(port, yaml_value(CONFIGMAP, "MVSERVE_PORT"));
+    // Kubernetes: the pod annotation Prometheus discovers, and the container port it names.
+    assert_eq!(yaml_value(DEPLOYMENT, "prometheus.io/port"), port);
+    assert!(DEPLOYMENT.contains(&format!("containerPort: {port}")));
+    // Compose: the server's setting and the static target.
+    assert_eq!(yaml_value(COMPOSE, "MVSERVE_METRICS_PORT"), port);
+    assert!(
+        PROMETHEUS.contains(&format!("\"mvserve:{port}\"")),
+        "{PROMETHEUS}"
+    );
 }

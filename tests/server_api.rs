@@ -338,7 +338,7 @@ fn a_stalled_upload_does_not_hold_shutdown_past_the_drain_timeout() {
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
     write!(
         conn,
-        "POST /index?task=clip HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\nabc"
+        "POST /index?task=clip HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\nabc"
     )
     .unwrap();
     conn.flush().unwrap();

@@ -81,6 +81,28 @@ fn d_calib_dim() -> usize {
     16
 }
 
+/// Upper bounds on every size in a config, checked by [`AdapterConfig::validate`] before any
+/// tensor shape is computed or allocated, so a hostile file cannot ask for a billion frames or
+/// make a shape product overflow. Each leaves ample headroom over real use.
+pub mod limits {
+    /// Frames per video (real use 12; 64 for long-video datasets). Every upload to the task is
+    /// decoded to this many frames, so it also bounds the work of one upload.
+    pub const MAX_FRAMES: usize = 256;
+    /// Padded text length: CLIP's text context is 77 tokens (real use 32 or 64).
+    pub const MAX_WORDS: usize = 77;
+    /// Adapter width d' (real use 64).
+    pub const MAX_WIDTH: usize = 1024;
+    /// Heads of the adapter's transformer (real use 2).
+    pub const MAX_HEADS: usize = 64;
+    /// f_C length, Kronecker rank and calibration width (real use 32, 4, 16).
+    pub const MAX_FACTOR_DIM: usize = 1024;
+    pub const MAX_KRON_N: usize = 64;
+    pub const MAX_CALIB_DIM: usize = 1024;
+    /// Backbone width and depth (ViT-bigG/14 is 1664 wide and 48 deep).
+    pub const MAX_BACKBONE_WIDTH: usize = 8192;
+    pub const MAX_BACKBONE_LAYERS: usize = 128;
+}
+
 /// Everything that fixes an adapter's architecture. JSON field names are stable (file format).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +181,42 @@ impl AdapterConfig {
     /// Internal consistency (does not look at a backbone).
     pub fn validate(&self) -> Result<(), AdapterError> {
         let bad = |m: String| Err(AdapterError::BadConfig(m));
+        // Bounds first: everything below (and every shape computed from the config) may then
+        // multiply sizes without overflow.
+        let b = &self.backbone;
+        for (what, value, max) in [
+            ("frames", self.frames, limits::MAX_FRAMES),
+            ("words", self.words, limits::MAX_WORDS),
+            ("width", self.width, limits::MAX_WIDTH),
+            ("heads", self.heads, limits::MAX_HEADS),
+            ("factor_dim", self.factor_dim, limits::MAX_FACTOR_DIM),
+            ("kron_n", self.kron_n, limits::MAX_KRON_N),
+            ("calib_dim", self.calib_dim, limits::MAX_CALIB_DIM),
+            (
+                "backbone.vision_width",
+                b.vision_width,
+                limits::MAX_BACKBONE_WIDTH,
+            ),
+            (
+                "backbone.text_width",
+                b.text_width,
+                limits::MAX_BACKBONE_WIDTH,
+            ),
+            (
+                "backbone.vision_layers",
+                b.vision_layers,
+                limits::MAX_BACKBONE_LAYERS,
+            ),
+            (
+                "backbone.text_layers",
+                b.text_layers,
+                limits::MAX_BACKBONE_LAYERS,
+            ),
+        ] {
+            if value > max {
+                return bad(format!("{what} is {value}, above the limit of {max}"));
+            }
+        }
         if self.width == 0 || self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return bad(format!(
                 "adapter width {} is not divisible by {} heads",
@@ -171,7 +229,6 @@ impl AdapterConfig {
         if !self.scale.is_finite() {
             return bad("scale must be finite".into());
         }
-        let b = &self.backbone;
         for (what, layers, n) in [
             ("vision", &self.vision_layers, b.vision_layers),
             ("text", &self.text_layers, b.text_layers),

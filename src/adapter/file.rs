@@ -5,7 +5,10 @@
 //! tensor), then the tensor bytes. Metadata: `format` ("mvserve-adapter/1"), `task`, `backbone`,
 //! `backbone_digest`, `config` (JSON), optional `metrics` (JSON) and `backbone_params`. Tensors are F32, sorted by name.
 //! Reading looks at the header first (size limit, names, shapes, dtypes, config) and only then
-//! at the tensor bytes (length, finiteness). It does not own the backbone check's inputs.
+//! at the tensor bytes (length, finiteness). Every size in the config is bounded
+//! ([`super::config::limits`]) and every length from the file is checked against the file's size
+//! with checked arithmetic before anything is allocated or sliced. It does not own the backbone
+//! check's inputs.
 
 use super::config::{AdapterConfig, BackboneDims};
 use super::task::TaskAdapter;
@@ -92,9 +95,25 @@ impl AdapterFile {
             .len();
         let header = read_header_bytes(&mut file, size, path)?;
         let h = parse_header(&header, size)?;
+        // Read exactly the length the header describes (already checked against the file's
+        // size), so a file that changes meanwhile cannot make a slice below run past the data.
         let mut data = Vec::with_capacity(h.data_len as usize);
-        file.read_to_end(&mut data)
-            .map_err(|e| AdapterError::Io(path.into(), e))?;
+        let io = |e| AdapterError::Io(path.into(), e);
+        (&mut file)
+            .take(h.data_len)
+            .read_to_end(&mut data)
+            .map_err(io)?;
+        if (data.len() as u64) < h.data_len {
+            return Err(AdapterError::Truncated {
+                expected: 8 + header.len() as u64 + h.data_len,
+                found: 8 + header.len() as u64 + data.len() as u64,
+            });
+        }
+        if file.read(&mut [0u8; 1]).map_err(io)? != 0 {
+            return Err(AdapterError::NotSafetensors(
+                "the file grew while it was read".into(),
+            ));
+        }
         let mut tensors = HashMap::new();
         for (name, (shape, start, end)) in &h.tensors {
             let bytes = &data[*start..*end];
@@ -347,13 +366,22 @@ fn parse_header(header: &[u8], file_size: u64) -> Res<Header> {
     spans.sort();
     let mut at = 0u64;
     for (s, e, name) in &spans {
-        let numel: usize = layout[*name].0.iter().product();
-        if *s != at || e < s || e - s != 4 * numel as u64 {
-            return Err(not(format!("tensor {name} has inconsistent data offsets")));
+        let inconsistent = || not(format!("tensor {name} has inconsistent data offsets"));
+        // Checked: the shapes equal the config's (bounded), but no length from the file is
+        // trusted to fit in a multiplication.
+        let bytes = layout[*name]
+            .0
+            .iter()
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(inconsistent)?;
+        if *s != at || e.checked_sub(*s) != Some(bytes) {
+            return Err(inconsistent());
         }
         at = *e;
     }
-    let expected_size = 8 + header.len() as u64 + at;
+    let expected_size = (8 + header.len() as u64)
+        .checked_add(at)
+        .ok_or_else(|| not("the data offsets overflow".into()))?;
     if file_size < expected_size {
         return Err(AdapterError::Truncated {
             expected: expected_size,

@@ -171,8 +171,8 @@ impl AdapterCache {
         let file = AdapterFile::read(&path)?;
         if file.digest() != model.digest {
             return Err(AdapterError::BadConfig(format!(
-                "the copy {} changed on disk (digest {})",
-                path.display(),
+                "the cached copy of adapter {} changed on disk (digest now {})",
+                model.digest,
                 file.digest()
             )));
         }
@@ -300,15 +300,21 @@ pub struct FileLoader {
 }
 
 impl FileLoader {
+    /// Errors name the file relative to the adapters folder (it lies directly inside it): they
+    /// reach clients through `/tasks`, which must not learn the server's paths.
     fn load_file(&self, task: &str, path: &Path) -> Result<(AdapterModel, ModelInfo), String> {
         let t0 = Instant::now();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{task}.safetensors"));
         // Validate the bytes we keep: copy first, then read the copy, so the file in adapters/
         // changing under us cannot make the copy differ from what was checked.
         // Unique per load: the start-up scan and the watcher may read the same file at once.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.cache.dir.join(format!(".{task}.{n}.tmp"));
-        std::fs::copy(path, &tmp).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        std::fs::copy(path, &tmp).map_err(|e| format!("reading {name}: {e}"))?;
         let checked = (|| {
             let file = AdapterFile::read(&tmp)?;
             file.check_backbone(&self.backbone, &self.dims)?;
@@ -319,7 +325,11 @@ impl FileLoader {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e.to_string());
+                return Err(match e {
+                    // The path in it is the copy's, under the data folder.
+                    AdapterError::Io(_, io) => format!("reading {name}: {io}"),
+                    e => format!("{name}: {e}"),
+                });
             }
         };
         let digest = file.digest().to_string();
@@ -329,7 +339,7 @@ impl FileLoader {
         if let Err(e) = std::fs::rename(&tmp, self.cache.copy_path(&digest)) {
             let _ = std::fs::remove_file(&tmp);
             self.cache.release(&digest);
-            return Err(format!("keeping a copy of {}: {e}", path.display()));
+            return Err(format!("keeping a copy of {name}: {e}"));
         }
         if file.meta.task != task {
             tracing::info!(task, file_task = %file.meta.task, "the file name sets the task; the task recorded inside differs");
@@ -350,7 +360,7 @@ impl FileLoader {
             digest,
             parameters: file.param_count(),
             file_bytes: file.size(),
-            file: Some(path.display().to_string()),
+            file: Some(name),
             loaded_at: now_s(),
             load_ms: seconds * 1e3,
             frames: config.frames,

@@ -5,13 +5,14 @@
 //! `POST /index` hands its body to [`super::multipart`], which reads the form part by part into
 //! an upload batch with every bound applied as bytes arrive.
 
+use super::auth::Caller;
 use super::service::{self, DEFAULT_K};
 use super::upload;
 use super::{multipart, ApiError, AppState};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -101,10 +102,12 @@ pub async fn thumbnail(
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response())
 }
 
+/// The tasks the caller's key may read (`auth_mw` always names the caller).
 pub async fn tasks(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<service::TaskList>, ApiError> {
-    Ok(Json(service::tasks(&state)?))
+    Ok(Json(service::tasks(&state, &caller)?))
 }
 
 pub async fn task(

@@ -59,10 +59,17 @@ impl ApiError {
             )
         }
     }
-    pub fn internal(message: impl Into<String>) -> Self {
-        let message = message.into();
-        tracing::error!(%message, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// A failure inside the server. The detail (which may name files of the server) goes to the
+    /// log, inside the request's span and so with its request id; the client gets a generic
+    /// message.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error; the details are in the server log (over HTTP, under this response's x-request-id)",
+        )
     }
 }
 
@@ -92,6 +99,9 @@ impl From<EncodeError> for ApiError {
 
 impl From<DecodeError> for ApiError {
     fn from(e: DecodeError) -> Self {
+        if let DecodeError::Internal(_) = e {
+            return ApiError::internal(e.to_string());
+        }
         let status = match e {
             DecodeError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             DecodeError::Corrupt(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -5,7 +5,7 @@
 //! [`super::upload`], shared with HTTP; metrics are the same per-task ones plus
 //! `mvserve_grpc_requests_total` and `mvserve_grpc_request_duration_seconds` by method.
 
-use super::auth::{Need, Scope};
+use super::auth::{Caller, Need, Scope};
 use super::fields;
 use super::service;
 use super::upload::{self, IndexBatch, Spool};
@@ -91,7 +91,7 @@ impl GrpcApi {
         MvServeServer::new(GrpcApi { state })
     }
 
-    fn authorize(&self, key: Option<&str>, need: Need<'_>) -> Result<(), ApiError> {
+    fn authorize(&self, key: Option<&str>, need: Need<'_>) -> Result<Caller, ApiError> {
         service::authorize(&self.state, key, need)
     }
 
@@ -305,8 +305,8 @@ impl MvServe for GrpcApi {
         req: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
         self.observe("ListTasks", async {
-            self.authorize(key_of(&req).as_deref(), Need::AnyKey)?;
-            let l = service::tasks(&self.state)?;
+            let caller = self.authorize(key_of(&req).as_deref(), Need::AnyKey)?;
+            let l = service::tasks(&self.state, &caller)?;
             Ok(proto::ListTasksResponse {
                 tasks: l.tasks.into_iter().map(task_status).collect(),
                 rejected: l.rejected.into_iter().collect(),

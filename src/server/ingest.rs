@@ -49,6 +49,22 @@ pub trait VideoDecoder: Send + Sync {
     fn decode(&self, path: &Path, frames: usize, size: usize) -> Result<DecodedVideo, DecodeError>;
 }
 
+/// `message` with `path` (as given, as absolute, as ffmpeg's `file:` URL) written as "the
+/// upload": ffmpeg's messages quote its input, a file under the data folder, and clients see them.
+fn without_path(message: &str, path: &Path) -> String {
+    let mut forms = vec![path.display().to_string()];
+    if let Ok(abs) = std::path::absolute(path) {
+        forms.insert(0, abs.display().to_string());
+    }
+    let mut out = message.to_string();
+    for f in forms {
+        out = out
+            .replace(&format!("file:{f}"), "the upload")
+            .replace(&f, "the upload");
+    }
+    out
+}
+
 /// Decoding with `media::load_video` (in-process H.264 and GIF, the ffmpeg program for the rest).
 pub struct MediaDecoder {
     pub limits: MediaLimits,
@@ -64,7 +80,7 @@ impl VideoDecoder for MediaDecoder {
             size: size as u32,
         };
         let f = media::load_video(path, &spec, &self.limits).map_err(|e| {
-            let m = e.to_string();
+            let m = without_path(&e.to_string(), path);
             match e {
                 MediaError::Unsupported { .. } => DecodeError::Unsupported(m),
                 MediaError::Corrupt(_) | MediaError::TimedOut(_) => DecodeError::Corrupt(m),

@@ -14,6 +14,7 @@ pub mod fields;
 pub mod grpc;
 pub mod ingest;
 pub mod listen;
+pub mod local;
 pub mod metrics;
 pub mod multipart;
 pub mod service;
@@ -27,7 +28,7 @@ use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
 use crate::store::StoreConfig;
 use anyhow::{bail, Context, Result};
-use auth::{AuthConfig, Need, Scope};
+use auth::{AuthConfig, Caller, Need, Scope};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -60,6 +61,8 @@ pub struct ServeConfig {
     pub port: u16,
     /// The gRPC port (0: any free port); `None`: no gRPC listener.
     pub grpc_port: Option<u16>,
+    /// A port that serves `/metrics` alone, without a key (for Prometheus); `None`: none.
+    pub metrics_port: Option<u16>,
     pub auth_file: Option<PathBuf>,
     /// Largest accepted video file.
     pub max_upload_bytes: u64,
@@ -100,6 +103,7 @@ impl Default for ServeConfig {
             bind: None,
             port: 8080,
             grpc_port: Some(50051),
+            metrics_port: None,
             auth_file: None,
             max_upload_bytes: 256 << 20,
             max_videos_per_request: 16,
@@ -252,13 +256,22 @@ fn request_task(req: &Request) -> Option<String> {
     }
 }
 
-async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+/// With auth on: checks the request's key against what its route needs. With auth off: refuses
+/// requests not addressed to localhost or sent from another origin ([`local`]). Either way it
+/// names the [`Caller`] in the request's extensions for handlers that show only what it may read.
+async fn auth_mw(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     if state.auth.is_none() {
+        if let Err(e) = local::check(req.headers(), req.uri()) {
+            return e.into_response();
+        }
+        req.extensions_mut().insert(Caller::Local);
         return next.run(req).await;
     }
     let path = req.uri().path();
     // Probes stay open for orchestrators; the page holds no data (its API calls carry the key).
-    if matches!(path, "/" | "/healthz" | "/readyz" | "/metrics") {
+    // `/metrics` is not among them: its labels name every task (serve it to Prometheus on
+    // `--metrics-port`).
+    if matches!(path, "/" | "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let key = {
@@ -273,13 +286,39 @@ async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let task = request_task(&req);
     let need = match (&task, path) {
         (_, "/tasks") => Need::AnyKey,
+        // Before the task rule: `/metrics?task=x` must not pass as a read of task x.
+        (_, "/metrics") => Need::Admin,
         (Some(t), _) => Need::Task(t, scope),
         (None, _) => Need::Admin,
     };
     match service::authorize(&state, key.as_deref(), need) {
-        Ok(()) => next.run(req).await,
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
+}
+
+/// The router of `--metrics-port`: `/metrics` alone, no key (it is meant for a scraper on a
+/// network the operator controls); with auth off the same localhost rules as the API apply.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(api::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            local_mw,
+        ))
+        .with_state(state)
+}
+
+async fn local_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if state.auth.is_none() {
+        if let Err(e) = local::check(req.headers(), req.uri()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Re-embeds stored uploads for the registry: decode with the server's decoder, encode through the
@@ -446,15 +485,19 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, config.port))
         .await
         .with_context(|| format!("binding {ip}:{}", config.port))?;
-    let grpc_listener = match config.grpc_port {
-        Some(port) => Some(
-            tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
+    let bind_extra = |port: Option<u16>, what: &'static str| async move {
+        match port {
+            Some(port) => tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
                 .await
-                .with_context(|| format!("binding {ip}:{port} for gRPC"))?,
-        ),
-        None => None,
+                .map(Some)
+                .with_context(|| format!("binding {ip}:{port} for {what}")),
+            None => Ok(None),
+        }
     };
-    // Both addresses go to stdout, HTTP first: tests and scripts read them to find the ports.
+    let grpc_listener = bind_extra(config.grpc_port, "gRPC").await?;
+    let metrics_listener = bind_extra(config.metrics_port, "metrics").await?;
+    // The addresses go to stdout, HTTP first, then gRPC, then metrics: tests and scripts read them
+    // to find the ports.
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("listening on {addr}");
@@ -462,6 +505,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         let addr = l.local_addr()?;
         tracing::info!(%addr, "grpc listening");
         println!("grpc listening on {addr}");
+    }
+    if let Some(l) = &metrics_listener {
+        let addr = l.local_addr()?;
+        tracing::info!(%addr, "metrics listening");
+        println!("metrics listening on {addr}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -499,11 +547,19 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             Ok(())
         })
     };
-    let app = router(state.clone());
     let limits = listen::ConnLimits {
         max_connections: config.max_connections,
         header_timeout: config.header_timeout,
     };
+    if let Some(l) = metrics_listener {
+        tokio::spawn(listen::serve(
+            l,
+            metrics_router(state.clone()),
+            limits,
+            stopped(),
+        ));
+    }
+    let app = router(state.clone());
     let server = tokio::spawn(listen::serve(listener, app, limits, stopped()));
     // A backbone that fails to load ends the process.
     loader.await??;

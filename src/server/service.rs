@@ -1,9 +1,9 @@
 //! The server's operations, independent of the transport: HTTP ([`super::api`]) and gRPC
 //! ([`super::grpc`]) parse their own input, call these, and render the plain results. Owns task
-//! lookup, input validation (query, `k`), the API-key check, per-task metrics and thumbnail URLs.
-//! Uploads live in [`super::upload`].
+//! lookup, input validation (query, `k`), the API-key check, which tasks a caller may see, per-task
+//! metrics and thumbnail URLs. Uploads live in [`super::upload`].
 
-use super::auth::{Denied, Need};
+use super::auth::{Caller, Denied, Need};
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task, TaskStatus};
 use crate::store::BlobKind;
@@ -28,10 +28,11 @@ pub fn api_key<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -
         .or(x_api_key)
 }
 
-/// Checks a request's key against what it needs; always passes when auth is off.
-pub fn authorize(state: &AppState, key: Option<&str>, need: Need<'_>) -> Result<(), ApiError> {
+/// Checks a request's key against what it needs and says who the caller is; always passes (as
+/// [`Caller::Local`]) when auth is off.
+pub fn authorize(state: &AppState, key: Option<&str>, need: Need<'_>) -> Result<Caller, ApiError> {
     let Some(auth) = &state.auth else {
-        return Ok(());
+        return Ok(Caller::Local);
     };
     auth.check(key, need).map_err(|d| match d {
         Denied::Unauthenticated => ApiError::new(
@@ -261,19 +262,68 @@ pub struct TaskList {
     pub rejected: BTreeMap<String, String>,
 }
 
-pub fn tasks(state: &AppState) -> Result<TaskList, ApiError> {
+/// The tasks `caller` may read, with the adapter files refused for tasks it may read.
+pub fn tasks(state: &AppState, caller: &Caller) -> Result<TaskList, ApiError> {
     let core = state.core()?;
-    let rejected = core.registry.rejected.read().clone();
-    Ok(TaskList {
-        tasks: core.registry.statuses(),
-        rejected,
-    })
+    let rejected = core
+        .registry
+        .rejected
+        .read()
+        .iter()
+        .filter(|(task, _)| caller.may_read(task))
+        .map(|(task, why)| (task.clone(), redact_paths(state, why)))
+        .collect();
+    let tasks = core
+        .registry
+        .statuses()
+        .into_iter()
+        .filter(|s| caller.may_read(&s.task))
+        .map(|s| redacted(state, s))
+        .collect();
+    Ok(TaskList { tasks, rejected })
 }
 
 pub fn task(state: &AppState, task: &str) -> Result<TaskStatus, ApiError> {
-    state
+    let status = state
         .core()?
         .registry
         .status(task)
-        .ok_or_else(|| ApiError::unknown_task(task))
+        .ok_or_else(|| ApiError::unknown_task(task))?;
+    Ok(redacted(state, status))
+}
+
+fn redacted(state: &AppState, mut s: TaskStatus) -> TaskStatus {
+    s.last_error = s.last_error.map(|e| redact_paths(state, &e));
+    s
+}
+
+/// `message` with the server's data and adapter folders written as `<data-dir>` and
+/// `<adapters-dir>`. Adapter-load errors already name files relative to the adapters folder; this
+/// is the backstop for errors from deeper down (the store, re-embedding, the file system) that
+/// reach clients through `last_error` and `rejected`: clients never learn the server's layout.
+fn redact_paths(state: &AppState, message: &str) -> String {
+    let c = &state.config;
+    let mut dirs: Vec<(String, &str)> = Vec::new();
+    for (dir, label) in [
+        (&c.data_dir, "<data-dir>"),
+        (&c.adapters_dir, "<adapters-dir>"),
+    ] {
+        // As resolved (symlinks followed) and as written (made absolute): errors carry either.
+        for abs in [std::fs::canonicalize(dir), std::path::absolute(dir)]
+            .into_iter()
+            .flatten()
+        {
+            dirs.push((abs.display().to_string(), label));
+        }
+    }
+    // Longest first, so a folder inside the other is replaced as itself.
+    dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.len()));
+    let mut out = message.to_string();
+    for (dir, label) in dirs {
+        let dir = dir.trim_end_matches('/');
+        if !dir.is_empty() {
+            out = out.replace(dir, label);
+        }
+    }
+    out
 }

@@ -16,6 +16,8 @@ pub struct Server {
     pub base: String,
     /// `http://127.0.0.1:PORT` of the gRPC listener (`None` with `--no-grpc`).
     pub grpc: Option<String>,
+    /// `http://127.0.0.1:PORT` of the `--metrics-port` listener, when asked for.
+    pub metrics: Option<String>,
 }
 
 impl Server {
@@ -52,19 +54,29 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         let port = addr.rsplit(':').next().unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let grpc = (!extra.contains(&"--no-grpc")).then(|| {
+        // The next listener's line: `<what> listening on ADDR`.
+        let mut next_addr = |what: &str| {
             let line = lines
                 .next()
-                .expect("mvserve printed no gRPC address")
+                .unwrap_or_else(|| panic!("mvserve printed no {what} address"))
                 .expect("reading stdout");
             let addr = line
-                .strip_prefix("grpc listening on ")
-                .unwrap_or_else(|| panic!("unexpected second line {line:?}"));
+                .strip_prefix(&format!("{what} listening on "))
+                .unwrap_or_else(|| panic!("expected the {what} address, got {line:?}"));
             format!("http://127.0.0.1:{}", addr.rsplit(':').next().unwrap())
-        });
+        };
+        let grpc = (!extra.contains(&"--no-grpc")).then(|| next_addr("grpc"));
+        let metrics = extra
+            .contains(&"--metrics-port")
+            .then(|| next_addr("metrics"));
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let s = Server { child, base, grpc };
+        let s = Server {
+            child,
+            base,
+            grpc,
+            metrics,
+        };
         let t0 = Instant::now();
         loop {
             if s.get("/readyz").0 == 200 {
@@ -93,6 +105,11 @@ impl Server {
                 .set("Authorization", &format!("Bearer {key}"))
                 .call(),
         )
+    }
+
+    /// A GET with exactly these headers (see [`raw_get`]).
+    pub fn raw_get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        raw_get(&self.base, path, headers)
     }
 
     pub fn delete(&self, path: &str) -> (u16, Value) {
@@ -130,6 +147,34 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A GET written by hand on a TCP stream, with exactly these headers (ureq would add its own
+/// `Host`): for requests a browser under DNS rebinding or on another origin would send.
+pub fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting");
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    stream.read_to_end(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {resp:?}"));
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = serde_json::from_str(body).ok();
+    (
+        status,
+        json.unwrap_or_else(|| Value::String(body.to_string())),
+    )
 }
 
 pub fn json_of(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
