@@ -386,6 +386,10 @@ pub struct ServeArgs {
     /// Video jobs that may wait before uploads get 503.
     #[arg(long, env = "MVSERVE_VIDEO_QUEUE", default_value_t = 32)]
     pub video_queue: usize,
+    /// Query embeddings cached per task generation (a repeated query skips the text tower);
+    /// 0 turns the cache off.
+    #[arg(long, env = "MVSERVE_QUERY_CACHE", default_value_t = 1024)]
+    pub query_cache: usize,
     /// Videos decoded at once.
     #[arg(long, env = "MVSERVE_DECODE_WORKERS", default_value_t = 2)]
     pub decode_workers: usize,
@@ -427,6 +431,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_wait: std::time::Duration::from_millis(args.max_wait_ms),
             text_queue: args.text_queue,
             video_queue: args.video_queue,
+            query_cache_per_task: args.query_cache,
+            ..Default::default()
         },
         request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
         adapter_cache: mvserve::registry::adapters::CacheConfig {
