@@ -286,6 +286,24 @@ fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
+impl FusedAttention {
+    /// Both ops' forward: the storages of qkv, bias and (for the masked op) the mask.
+    fn forward(
+        &self,
+        name: &str,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        mask: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(name, s1, l1)?;
+        let bias = f32_slice(name, s2, l2)?;
+        let mask = mask.map(|(s, l)| f32_slice(name, s, l)).transpose()?;
+        let (n, t, d3) = l1.shape().dims3()?;
+        let out = self.run(qkv, l1, bias, mask)?;
+        Ok((CpuStorage::F32(out), Shape::from((n, t, d3 / 3))))
+    }
+}
+
 impl CustomOp2 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -298,12 +316,7 @@ impl CustomOp2 for FusedAttention {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = CustomOp2::name(self);
-        let qkv = f32_slice(name, s1, l1)?;
-        let bias = f32_slice(name, s2, l2)?;
-        let (n, t, d3) = l1.shape().dims3()?;
-        let out = self.run(qkv, l1, bias, None)?;
-        Ok((CpuStorage::F32(out), Shape::from((n, t, d3 / 3))))
+        self.forward(CustomOp2::name(self), (s1, l1), (s2, l2), None)
     }
 }
 
@@ -321,13 +334,7 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = CustomOp3::name(self);
-        let qkv = f32_slice(name, s1, l1)?;
-        let bias = f32_slice(name, s2, l2)?;
-        let mask = f32_slice(name, s3, l3)?;
-        let (n, t, d3) = l1.shape().dims3()?;
-        let out = self.run(qkv, l1, bias, Some(mask))?;
-        Ok((CpuStorage::F32(out), Shape::from((n, t, d3 / 3))))
+        self.forward(CustomOp3::name(self), (s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -352,19 +359,9 @@ pub fn sgemm_gflops(n: usize, iters: usize) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ops::tests::max_diff;
     use super::*;
     use candle_core::{Device, Tensor};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn linear_no_bias_matches_candle_in_both_layouts() {

@@ -386,12 +386,12 @@ impl CustomOp2 for SplitHeads {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// max |a - b| over all elements.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// max |a - b| over all elements (also used by `kernels`' tests).
+    pub(in crate::backbone) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
