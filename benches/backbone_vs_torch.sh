@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# Runs mvserve's backbone benchmark and the PyTorch eager baseline back to back on this machine and
-# prints the ratio. Usage: benches/backbone_vs_torch.sh [PYTHON] [BATCH]
+# Runs mvserve's backbone benchmark, the machine's sgemm reference (numpy's OpenBLAS), the PyTorch
+# eager baseline and ONNX Runtime on the same random ViT-B/32, back to back on this machine, and
+# prints the ratios. mvserve's own JSON also carries an in-process 2048^3 sgemm through the kernel
+# the backbone uses, timed before and after the backbone.
+# Usage: benches/backbone_vs_torch.sh [PYTHON] [BATCH] [EXTRA mvserve bench FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:-/tmp/torchenv/bin/python}
 batch=${2:-12}
+shift $(( $# > 2 ? 2 : $# ))
 cargo build --release -q
-ours=$(./target/release/mvserve bench backbone --batch "$batch" --iters 5 --json)
+ours=$(./target/release/mvserve bench backbone --batch "$batch" --iters 5 --json "$@")
+sgemm=$(OPENBLAS_NUM_THREADS=2 "$py" benches/sgemm_numpy.py --threads 2)
 torch=$("$py" benches/torch_clip.py --batch "$batch" --iters 5)
+onnx=$("$py" benches/ort_clip.py --batch "$batch" --iters 5 2>/dev/null)
 echo "mvserve: $ours"
+echo "numpy sgemm: $sgemm"
 echo "pytorch: $torch"
-python3 - "$ours" "$torch" <<'PY'
+echo "onnxruntime: $onnx"
+python3 - "$ours" "$torch" "$onnx" "$sgemm" <<'PY'
 import json, sys
-o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+o, t, x, s = (json.loads(a) for a in sys.argv[1:5])
 print(f"images/s ratio mvserve/pytorch: {o['images_per_s'] / t['images_per_s']:.2f}x")
+print(f"images/s ratio mvserve/onnxruntime: {o['images_per_s'] / x['images_per_s']:.2f}x")
 print(f"text latency ratio pytorch/mvserve: {t['text_ms_32'] / o['text_ms_32']:.2f}x")
+peak = max(s["gflops_per_s"], o.get("sgemm_gflops_per_s", 0.0))
+print(f"machine sgemm reference: {peak:.1f} GFLOP/s (numpy/OpenBLAS {s['gflops_per_s']:.1f}, "
+      f"in-process gemm {o.get('gemm_kernel')} {o.get('sgemm_gflops_per_s', 0.0):.1f})")
+print(f"backbone GFLOP/s / sgemm reference: mvserve {o['gflops_per_s'] / peak:.2f}, "
+      f"onnxruntime {x['gflops_per_s'] / peak:.2f}, pytorch {t['gflops_per_s'] / peak:.2f}")
 PY

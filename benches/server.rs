@@ -142,6 +142,40 @@ fn run(
     }
 }
 
+/// One client, one query at a time through the first task: p50 of `n` distinct 32-token queries
+/// (each a text-tower pass with the task's adapter), then p50 of the same queries again (answered
+/// by the encoder's query cache).
+fn query_latency(model: &Arc<dyn TaskModel>, n: usize) -> (f64, f64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let enc = Encoder::start(backbone(), EncoderConfig::default(), None);
+    rt.block_on(enc.encode_text(model.clone(), "warm up"))
+        .unwrap();
+    // About 30 words: the tokenizer pads or cuts every query to the task's 32 tokens either way.
+    let texts: Vec<String> = (0..n)
+        .map(|q| format!("query {q}: a person in a red coat walks a small dog along a wet street at night while cars pass slowly and rain falls on the shop windows behind them"))
+        .collect();
+    let p50 = || {
+        let mut l: Vec<f64> = texts
+            .iter()
+            .map(|t| {
+                let t0 = Instant::now();
+                rt.block_on(enc.encode_text(model.clone(), t)).unwrap();
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        l.sort_by(|a, b| a.total_cmp(b));
+        percentile(&l, 0.5)
+    };
+    let miss = p50();
+    let hit = p50();
+    enc.shutdown();
+    (miss, hit)
+}
+
 fn main() {
     let clients = arg("--clients", 32);
     let tasks = arg("--tasks", 8);
@@ -185,5 +219,11 @@ fn main() {
         batched.qps / single.qps,
         batched.p50_ms / single.p50_ms,
         batched.p99_ms / single.p99_ms
+    );
+    let (miss, hit) = query_latency(&models[0], arg("--latency-queries", 30));
+    println!(
+        "one query at a time, task0: p50 {miss:.2} ms through the backbone, p50 {:.1} us from the query cache (x{:.0})",
+        hit * 1e3,
+        miss / hit
     );
 }

@@ -226,6 +226,9 @@ fn parse_dtype(dtype: &str) -> Result<DType> {
     })
 }
 
+/// Side of the square sgemm that `bench backbone` times as the machine's reference rate.
+const SGEMM_N: usize = 2048;
+
 pub fn bench(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Backbone {
@@ -241,7 +244,14 @@ pub fn bench(cmd: BenchCommand) -> Result<()> {
                 let clip = mvserve::bench::random_vit_b_32(dtype, &spec.open()?)?;
                 Ok(mvserve::bench::backbone(&clip, batch, iters)?)
             };
+            // The machine's own sgemm rate through the same kernel, measured before and after the
+            // backbone so a burst of load from elsewhere shows as a gap between the two.
+            let sgemm = || mvserve::backbone::kernels::sgemm_gflops(SGEMM_N, 3);
+            let on_cpu = matches!(device, DeviceSpec::Cpu);
+            let sgemm_before = on_cpu.then(sgemm);
             let r = run(device, dtype)?;
+            let sgemm_after = on_cpu.then(sgemm);
+            let peak = sgemm_before.zip(sgemm_after).map(|(a, b)| a.max(b));
             // The baseline is the CPU as it serves: f32 with the fused kernels.
             let cpu = match compare_cpu {
                 true => Some(run(DeviceSpec::Cpu, DType::F32)?),
@@ -250,6 +260,13 @@ pub fn bench(cmd: BenchCommand) -> Result<()> {
             let ratio = cpu.as_ref().map(|c| r.images_per_s / c.images_per_s);
             if json {
                 let mut j = serde_json::json!({"device": device.to_string(), "batch": batch, "dtype": r.dtype, "images_per_s": r.images_per_s, "gflops_per_s": r.gflops_per_s, "text_ms_32": r.text_ms_32});
+                if let (Some(p), Some(a), Some(b)) = (peak, sgemm_before, sgemm_after) {
+                    j["gemm_kernel"] = mvserve::backbone::kernels::gemm_kernel().into();
+                    j["sgemm_n"] = SGEMM_N.into();
+                    j["sgemm_gflops_per_s"] = p.into();
+                    j["sgemm_before_after"] = serde_json::json!([a, b]);
+                    j["of_sgemm"] = (r.gflops_per_s / p).into();
+                }
                 if let (Some(c), Some(x)) = (&cpu, ratio) {
                     j["cpu_dtype"] = c.dtype.clone().into();
                     j["cpu_images_per_s"] = c.images_per_s.into();
@@ -265,6 +282,13 @@ pub fn bench(cmd: BenchCommand) -> Result<()> {
                     )
                 };
                 line(&device.to_string(), &r);
+                if let Some(p) = peak {
+                    println!(
+                        "sgemm {SGEMM_N}^3 through gemm ({}): {p:.1} GFLOP/s; backbone at {:.2} of it",
+                        mvserve::backbone::kernels::gemm_kernel(),
+                        r.gflops_per_s / p
+                    );
+                }
                 if let (Some(c), Some(x)) = (&cpu, ratio) {
                     line("cpu", c);
                     println!("{device} / cpu: {x:.2}x images/s");
@@ -384,6 +408,10 @@ pub struct ServeArgs {
     /// Video jobs that may wait before uploads get 503.
     #[arg(long, env = "MVSERVE_VIDEO_QUEUE", default_value_t = 32)]
     pub video_queue: usize,
+    /// Query embeddings cached per task generation (a repeated query skips the text tower);
+    /// 0 turns the cache off.
+    #[arg(long, env = "MVSERVE_QUERY_CACHE", default_value_t = 1024)]
+    pub query_cache: usize,
     /// Videos decoded at once.
     #[arg(long, env = "MVSERVE_DECODE_WORKERS", default_value_t = 2)]
     pub decode_workers: usize,
@@ -426,6 +454,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             max_wait: std::time::Duration::from_millis(args.max_wait_ms),
             text_queue: args.text_queue,
             video_queue: args.video_queue,
+            query_cache_per_task: args.query_cache,
+            ..Default::default()
         },
         request_timeout: std::time::Duration::from_secs(args.request_timeout_s),
         adapter_cache: mvserve::registry::adapters::CacheConfig {

@@ -223,8 +223,19 @@ fn lru_evicts_unpinned_adapters_and_reloads_them_on_demand() {
         new_adapter(&f, task, 4);
         install(&adapters, &f, task);
     }
-    // Two slots for three adapters; `a` is pinned.
-    let s = Server::start(&data, &["--max-loaded-adapters", "2", "--pin", "a"]);
+    // Two slots for three adapters; `a` is pinned. The query cache is off: repeated searches
+    // must reach the adapters for this test to see them evicted and reloaded.
+    let s = Server::start(
+        &data,
+        &[
+            "--max-loaded-adapters",
+            "2",
+            "--pin",
+            "a",
+            "--query-cache",
+            "0",
+        ],
+    );
     for task in ["a", "b", "c"] {
         let (st, v) = s.post_form(
             &format!("/index?task={task}"),

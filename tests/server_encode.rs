@@ -224,3 +224,52 @@ fn full_queue_is_refused_not_queued() {
     ));
     enc.shutdown();
 }
+
+#[test]
+fn repeated_queries_come_from_the_cache_of_their_generation() {
+    let rt = runtime();
+    let enc = Encoder::start(backbone(), EncoderConfig::default(), None);
+    let gen1: Arc<dyn TaskModel> = Arc::new(ScaledModel {
+        digest: "task-gen-1".into(),
+        scale: 0.5,
+        text_len: 32,
+    });
+    let gen2: Arc<dyn TaskModel> = Arc::new(ScaledModel {
+        digest: "task-gen-2".into(),
+        scale: 0.25,
+        text_len: 32,
+    });
+    let first = rt
+        .block_on(enc.encode_text(gen1.clone(), "a dog runs"))
+        .unwrap();
+    let fresh = rt
+        .block_on(enc.encode_text(gen2.clone(), "a dog runs"))
+        .unwrap();
+    // A new generation (digest) is another embedding space: computed, not the old answer.
+    assert!(max_diff(&first, &fresh) > 1e-3);
+    assert_eq!(enc.query_cache_stats().hits, 0);
+    // With the worker gone, only the cache can answer: a repeat needs no backbone pass.
+    enc.shutdown();
+    let again = rt
+        .block_on(enc.encode_text(gen1.clone(), "a dog runs"))
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(enc.query_cache_stats().hits, 1);
+    let unseen = rt.block_on(enc.encode_text(gen1, "a cat"));
+    assert!(matches!(unseen, Err(mvserve::encode::EncodeError::Stopped)));
+
+    // Turned off, a repeat goes to the worker again.
+    let off = Encoder::start(
+        backbone(),
+        EncoderConfig {
+            query_cache_per_task: 0,
+            ..Default::default()
+        },
+        None,
+    );
+    rt.block_on(off.encode_text(gen2.clone(), "a dog runs"))
+        .unwrap();
+    off.shutdown();
+    assert!(rt.block_on(off.encode_text(gen2, "a dog runs")).is_err());
+    assert_eq!(off.query_cache_stats().hits, 0);
+}

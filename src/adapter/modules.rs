@@ -64,7 +64,7 @@ fn up_linear(vb: &VarBuilder, w: usize, d: usize, init: AdapterInit) -> Result<L
 /// `s * (z W_up^T + b_up)` computed as `z (s W_up)^T + s b_up`: the scale touches the small
 /// weight instead of the (N, T, d) output.
 fn scaled_up(up: &Linear, scale: f64, z: &Tensor) -> Result<Tensor> {
-    let w = (&up.weight * scale)?;
+    let w = (up.weight()? * scale)?;
     let b = match &up.bias {
         Some(b) => Some((b * scale)?),
         None => None,

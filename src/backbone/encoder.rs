@@ -4,10 +4,13 @@
 //! where MV-Adapter sits (spec section 2): it reads the MLP branch output `f`, not the residual
 //! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
 
-use super::ops::{add3, bias_quick_gelu, softmax_last_dim, split_qkv_heads, LayerNorm, Linear};
+use super::kernels::FusedAttention;
+use super::ops::{
+    add3, bias_quick_gelu, cpu_kernels_for, softmax_last_dim, split_qkv_heads, LayerNorm, Linear,
+};
 use super::weights::Weights;
 use super::{BackboneError, LoadResult};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 
 /// What the backbone asks of an adapter. Implemented by the `adapter` module (one task or a batch
 /// that mixes tasks); the backbone knows nothing else about adapters.
@@ -57,14 +60,14 @@ impl Attention {
         let kb = w.take(&p("k_proj.bias"), &[dim])?;
         let vw = w.take(&p("v_proj.weight"), &[dim, dim])?;
         let vb = w.take(&p("v_proj.bias"), &[dim])?;
-        let qkv = Linear::new(
+        let qkv = Linear::frozen(
             Tensor::cat(&[qw, kw, vw], 0)?,
             Some(Tensor::cat(&[qb, kb, vb], 0)?),
-        );
-        let out = Linear::new(
+        )?;
+        let out = Linear::frozen(
             w.take(&p("out_proj.weight"), &[dim, dim])?,
             Some(w.take(&p("out_proj.bias"), &[dim])?),
-        );
+        )?;
         Ok(Self { qkv, out, heads })
     }
 
@@ -72,8 +75,21 @@ impl Attention {
     /// which the caller adds together with the residual.
     fn forward_no_out_bias(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
+        let raw = self.qkv.forward_no_bias(x)?;
+        let fused = cpu_kernels_for(&raw)
+            && raw.dtype() == DType::F32
+            && !raw.track_op()
+            && mask.is_none_or(|m| m.dtype() == DType::F32 && m.is_contiguous());
+        if fused {
+            let op = FusedAttention { heads: self.heads };
+            let ctx = match mask {
+                None => raw.apply_op2_no_bwd(bias(&self.qkv), &op)?,
+                Some(m) => raw.apply_op3_no_bwd(bias(&self.qkv), m, &op)?,
+            };
+            return self.out.forward_no_bias(&ctx);
+        }
         // (N, T, 3D) -> (3, N, H, T, hd), one copy so q, k and v are each contiguous.
-        let qkv = split_qkv_heads(&self.qkv.forward_no_bias(x)?, bias(&self.qkv), self.heads)?;
+        let qkv = split_qkv_heads(&raw, bias(&self.qkv), self.heads)?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let scores = q.matmul(&k.t()?)?; // (N, H, T, T)
         let scores = match mask {
@@ -105,14 +121,14 @@ impl Mlp {
     ) -> LoadResult<Self> {
         let p = |n: &str| format!("{prefix}.mlp.{n}");
         Ok(Self {
-            fc1: Linear::new(
+            fc1: Linear::frozen(
                 w.take(&p("fc1.weight"), &[inner, dim])?,
                 Some(w.take(&p("fc1.bias"), &[inner])?),
-            ),
-            fc2: Linear::new(
+            )?,
+            fc2: Linear::frozen(
                 w.take(&p("fc2.weight"), &[dim, inner])?,
                 Some(w.take(&p("fc2.bias"), &[dim])?),
-            ),
+            )?,
             act,
         })
     }

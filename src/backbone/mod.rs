@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod encoder;
+pub mod kernels;
 pub mod ops;
 pub mod preprocess;
 pub mod text;

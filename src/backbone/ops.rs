@@ -37,33 +37,75 @@ pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
 
 /// Whether `x` may go through a hand-written CPU kernel: it lives on the CPU and the kernels are
 /// not turned off on this thread. Each caller also checks dtype, contiguity and tracking.
-fn cpu_kernels_for(x: &Tensor) -> bool {
+pub(super) fn cpu_kernels_for(x: &Tensor) -> bool {
     x.device().is_cpu() && FUSED_CPU_KERNELS.with(|c| c.get())
 }
 
 /// A linear layer `y = x W^T + b` whose leading dimensions are folded into the GEMM rows, so a
 /// batch of 12 images x 50 tokens is one 600-row matrix product rather than 12 small ones.
+///
+/// A frozen layer (the backbone's, [`Linear::frozen`]) keeps its weight transposed, `(in, out)`
+/// and contiguous, from load on: the layout the GEMM reads its right-hand side in, so no call
+/// gathers it through a strided view again. Trainable layers (adapters) keep PyTorch's layout, so
+/// a weight updated in place is read as it is.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// (out, in), as stored by PyTorch.
-    pub weight: Tensor,
+    /// (out, in) as stored by PyTorch, or W^T (in, out) contiguous when `transposed`.
+    w: Tensor,
+    transposed: bool,
     /// (out,)
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// `weight` is (out, in), as stored by PyTorch; used as it is.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            w: weight,
+            transposed: false,
+            bias,
+        }
+    }
+
+    /// A layer whose weight never changes: stored transposed once, here.
+    pub fn frozen(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            w: weight.t()?.contiguous()?,
+            transposed: true,
+            bias,
+        })
+    }
+
+    /// The weight as (out, in) (a transposed view for a frozen layer).
+    pub fn weight(&self) -> Result<Tensor> {
+        match self.transposed {
+            true => self.w.t(),
+            false => Ok(self.w.clone()),
+        }
     }
 
     /// x W^T without the bias: (.., in) -> (.., out).
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let fast = cpu_kernels_for(x)
+            && [x, &self.w]
+                .iter()
+                .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op());
+        if fast {
+            let op = super::kernels::LinearNoBias {
+                transposed: self.transposed,
+            };
+            return x.apply_op2_no_bwd(&self.w, &op);
+        }
         let dims = x.dims();
         let inner = dims[dims.len() - 1];
         let rows = x.elem_count() / inner;
-        let y = x.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
+        let (rhs, out) = match self.transposed {
+            true => (self.w.clone(), self.w.dim(1)?),
+            false => (self.w.t()?, self.w.dim(0)?),
+        };
+        let y = x.reshape((rows, inner))?.matmul(&rhs)?;
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("rank >= 1") = out;
         y.reshape(out_dims)
     }
 }
@@ -344,12 +386,12 @@ impl CustomOp2 for SplitHeads {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// max |a - b| over all elements.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// max |a - b| over all elements (also used by `kernels`' tests).
+    pub(in crate::backbone) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()

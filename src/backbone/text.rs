@@ -40,10 +40,10 @@ impl TextTower {
             )?,
             encoder: Encoder::load(w, "text_model.encoder", &dims)?,
             final_ln: load_layer_norm(w, "text_model.final_layer_norm", d, c.layer_norm_eps)?,
-            projection: Linear::new(
+            projection: Linear::frozen(
                 w.take("text_projection.weight", &[projection_dim, d])?,
                 None,
-            ),
+            )?,
             config: c.clone(),
         })
     }

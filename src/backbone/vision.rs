@@ -49,7 +49,7 @@ impl VisionTower {
             act: super::encoder::Activation::parse(&c.hidden_act)?,
         };
         Ok(Self {
-            patch: Linear::new(patch_w.reshape((d, 3 * p * p))?, None),
+            patch: Linear::frozen(patch_w.reshape((d, 3 * p * p))?, None)?,
             class_embedding: w.take("vision_model.embeddings.class_embedding", &[d])?,
             position_embedding: w.take(
                 "vision_model.embeddings.position_embedding.weight",
@@ -58,10 +58,10 @@ impl VisionTower {
             pre_ln: load_layer_norm(w, "vision_model.pre_layrnorm", d, c.layer_norm_eps)?,
             encoder: Encoder::load(w, "vision_model.encoder", &dims)?,
             post_ln: load_layer_norm(w, "vision_model.post_layernorm", d, c.layer_norm_eps)?,
-            projection: Linear::new(
+            projection: Linear::frozen(
                 w.take("visual_projection.weight", &[projection_dim, d])?,
                 None,
-            ),
+            )?,
             config: c.clone(),
         })
     }

@@ -7,6 +7,10 @@
 //! tokenization of queries, meanP pooling of frame embeddings. Does not own: which adapter a task
 //! uses (a [`TaskModel`] comes with each job, from the registry), video decoding (`media`), storage.
 
+mod query_cache;
+
+pub use query_cache::{QueryCache, QueryCacheStats};
+
 use crate::adapter::MixedHook;
 use crate::backbone::{l2_normalize, Backbone, BlockHook};
 use candle_core::{DType, Tensor};
@@ -122,6 +126,10 @@ pub struct EncoderConfig {
     pub text_queue: usize,
     /// Waiting video jobs beyond which `encode_video` answers `Overloaded`.
     pub video_queue: usize,
+    /// Query embeddings cached per embedding space (task generation); 0 turns the cache off.
+    pub query_cache_per_task: usize,
+    /// Embedding spaces the query cache keeps (least recently used dropped first).
+    pub query_cache_tasks: usize,
 }
 
 impl Default for EncoderConfig {
@@ -132,6 +140,8 @@ impl Default for EncoderConfig {
             max_wait: Duration::from_millis(2),
             text_queue: 256,
             video_queue: 32,
+            query_cache_per_task: 1024,
+            query_cache_tasks: 256,
         }
     }
 }
@@ -168,6 +178,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Encoder {
     shared: Arc<Shared>,
+    queries: Arc<QueryCache>,
     info: Arc<BackboneInfo>,
     thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -194,6 +205,10 @@ impl Encoder {
             image_size: backbone.clip.config.vision_config.image_size,
             projection_dim: backbone.clip.config.projection_dim,
         });
+        let queries = Arc::new(QueryCache::new(
+            config.query_cache_per_task,
+            config.query_cache_tasks,
+        ));
         let shared = Arc::new(Shared {
             queues: Mutex::new(Queues::default()),
             wake: Condvar::new(),
@@ -208,6 +223,7 @@ impl Encoder {
             .expect("spawning the encoder thread");
         Encoder {
             shared,
+            queries,
             info,
             thread: Arc::new(Mutex::new(Some(thread))),
         }
@@ -223,8 +239,28 @@ impl Encoder {
         (q.text.len(), q.video.len())
     }
 
-    /// The L2-normalised embedding of a query through `model`.
+    /// Hits and misses of the query-embedding cache.
+    pub fn query_cache_stats(&self) -> QueryCacheStats {
+        self.queries.stats()
+    }
+
+    /// The L2-normalised embedding of a query through `model`; a query seen before in the same
+    /// embedding space (digest, text length) comes from the cache without a backbone pass.
     pub async fn encode_text(
+        &self,
+        model: Arc<dyn TaskModel>,
+        text: &str,
+    ) -> Result<Vec<f32>, EncodeError> {
+        let (digest, text_len) = (model.digest().to_string(), model.text_len());
+        if let Some(v) = self.queries.get(&digest, text_len, text) {
+            return Ok(v.to_vec());
+        }
+        let v = self.encode_text_uncached(model, text).await?;
+        self.queries.put(&digest, text_len, text, &v);
+        Ok(v)
+    }
+
+    async fn encode_text_uncached(
         &self,
         model: Arc<dyn TaskModel>,
         text: &str,

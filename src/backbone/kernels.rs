@@ -1,0 +1,446 @@
+//! The encoder's f32 matrix kernels on the CPU for inference: `x W^T` straight into the `gemm`
+//! crate against weights kept transposed since load, and self-attention fused per (sample, head).
+//!
+//! candle's matmul would also reach `gemm`, but attention through it is two batched products of
+//! N x H tiny matrices (50 x 64 for ViT-B/32), each one a separate rayon-parallel `gemm` call,
+//! plus copies for the head split and the head merge. Here one rayon task per (sample, head)
+//! gathers its q, k and v (adding the QKV bias on the way), runs both products single-threaded
+//! while they are in L1/L2, and writes its context straight into the (N, T, D) layout the output
+//! projection reads. Only the order of the arithmetic inside `gemm` differs from candle's path.
+//!
+//! The `gemm` crate chooses its micro-kernel at run time from the CPU's features (AVX-512 when
+//! present, since the build compiles those kernels in through its `x86-v4` feature; AVX2+FMA
+//! otherwise); [`gemm_kernel`] names the one it takes here.
+//!
+//! These kernels have no backward pass: `ops` routes tracked tensors (adapter training) and other
+//! devices to candle's differentiable operations.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The f32 micro-kernel family `gemm` runs on this CPU, detected the way `gemm` (through `pulp`)
+/// detects it: `"avx512f"` (x86-64-v4), `"avx2+fma"` (x86-64-v3) or `"generic"`.
+pub fn gemm_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let v3 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("bmi1")
+            && is_x86_feature_detected!("bmi2")
+            && is_x86_feature_detected!("lzcnt");
+        let v4 = v3
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl");
+        if v4 {
+            return "avx512f";
+        }
+        if v3 {
+            return "avx2+fma";
+        }
+    }
+    "generic"
+}
+
+/// Spread a product over rayon's threads only when it is big enough to pay for the split.
+fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst (m x n) = a (m x k) · B`, all row-major and contiguous, where `b` holds B (k x n) or,
+/// when `b_transposed`, B^T (n x k) (a PyTorch weight: read with swapped strides, not copied).
+pub fn matmul(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b_transposed: bool,
+) {
+    assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
+    let (b_cs, b_rs) = match b_transposed {
+        false => (1, n as isize),
+        true => (k as isize, 1),
+    };
+    // SAFETY: the three slices hold exactly the (m, n), (m, k) and (k, n) matrices the strides
+    // below describe, and `dst` does not alias the inputs (it is a `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        )
+    }
+}
+
+fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: inputs must be contiguous");
+    };
+    Ok(&v[start..end])
+}
+
+/// `x (.., k) -> x W^T (.., n)`: a linear layer without its bias. The weight is W^T `(k, n)` when
+/// `transposed` (a frozen layer), else PyTorch's `(n, k)`.
+pub struct LinearNoBias {
+    pub transposed: bool,
+}
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+        );
+        let (k, n) = match (self.transposed, l2.shape().dims2()?) {
+            (true, (k, n)) => (k, n),
+            (false, (n, k)) => (k, n),
+        };
+        let dims = l1.dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!(
+                "linear-no-bias: {dims:?} against a weight of {:?}",
+                l2.dims()
+            );
+        }
+        let m = x.len() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        matmul(&mut out, x, w, m, k, n, !self.transposed);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// Multi-head self-attention from the raw QKV projection: `(N, T, 3D)` without its bias, the
+/// `(3D,)` bias, an optional additive `(T, T)` mask, to the merged context `(N, T, D)`. q must
+/// already carry the softmax scale (it is folded into q's weights at load).
+pub struct FusedAttention {
+    pub heads: usize,
+}
+
+/// A raw pointer that rayon tasks may share because each writes a disjoint part of the buffer.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// Taking `self` whole makes closures capture the `Sync` wrapper, not the bare pointer.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+// SAFETY: see `FusedAttention::run`: every task writes only its own (sample, head) columns.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl FusedAttention {
+    fn run(&self, qkv: &[f32], l: &Layout, bias: &[f32], mask: Option<&[f32]>) -> Result<Vec<f32>> {
+        let (n, t, d3) = l.shape().dims3()?;
+        let h = self.heads;
+        let d = d3 / 3;
+        let hd = d / h.max(1);
+        if h == 0 || hd * h * 3 != d3 || bias.len() != d3 {
+            candle_core::bail!(
+                "fused-attention: {h} heads do not split {d3} (bias {})",
+                bias.len()
+            );
+        }
+        if mask.is_some_and(|m| m.len() != t * t) {
+            candle_core::bail!("fused-attention: the mask must be ({t}, {t})");
+        }
+        let mut out = vec![0f32; n * t * d];
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..n * h).into_par_iter().for_each_init(
+            || vec![0f32; 3 * t * hd + t * t],
+            |buf, task| {
+                let (sample, head) = (task / h, task % h);
+                let (q, rest) = buf.split_at_mut(t * hd);
+                let (k, rest) = rest.split_at_mut(t * hd);
+                let (v, s) = rest.split_at_mut(t * hd);
+                for tok in 0..t {
+                    let row = &qkv[(sample * t + tok) * d3..][..d3];
+                    for (which, buf) in [&mut *q, &mut *k, &mut *v].into_iter().enumerate() {
+                        let col = which * d + head * hd;
+                        for ((o, &x), &b) in buf[tok * hd..(tok + 1) * hd]
+                            .iter_mut()
+                            .zip(&row[col..col + hd])
+                            .zip(&bias[col..col + hd])
+                        {
+                            *o = x + b;
+                        }
+                    }
+                }
+                // SAFETY for both products: q, k, v and s are this task's own (t, hd) and (t, t)
+                // row-major buffers; reading k with swapped strides is k^T. The context goes to
+                // rows `sample * t ..` and columns `head * hd .. + hd` of `out` (row stride d),
+                // which no other task writes, and `out` outlives the parallel loop.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        t,
+                        hd,
+                        s.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        hd as isize,
+                        k.as_ptr(),
+                        hd as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for (i, row) in s.chunks_exact_mut(t).enumerate() {
+                    if let Some(m) = mask {
+                        for (x, &m) in row.iter_mut().zip(&m[i * t..(i + 1) * t]) {
+                            *x += m;
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        hd,
+                        t,
+                        dst.at(sample * t * d + head * hd),
+                        1,
+                        d as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        t as isize,
+                        v.as_ptr(),
+                        1,
+                        hd as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok(out)
+    }
+}
+
+/// Softmax of one row the way candle's `softmax_last_dim` computes it (max, exp, sum, divide).
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+impl FusedAttention {
+    /// Both ops' forward: the storages of qkv, bias and (for the masked op) the mask.
+    fn forward(
+        &self,
+        name: &str,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        mask: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(name, s1, l1)?;
+        let bias = f32_slice(name, s2, l2)?;
+        let mask = mask.map(|(s, l)| f32_slice(name, s, l)).transpose()?;
+        let (n, t, d3) = l1.shape().dims3()?;
+        let out = self.run(qkv, l1, bias, mask)?;
+        Ok((CpuStorage::F32(out), Shape::from((n, t, d3 / 3))))
+    }
+}
+
+impl CustomOp2 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(CustomOp2::name(self), (s1, l1), (s2, l2), None)
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(CustomOp3::name(self), (s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// A large square sgemm through the same `gemm` entry point as the encoder, for the benchmark's
+/// machine reference: the best GFLOP/s of `iters` runs of an `n x n x n` product on all of
+/// rayon's threads.
+pub fn sgemm_gflops(n: usize, iters: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::MAX;
+    for i in 0..=iters {
+        let t0 = std::time::Instant::now();
+        matmul(&mut c, &a, &b, n, n, n, false);
+        if i > 0 {
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&c);
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ops::tests::max_diff;
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn linear_no_bias_matches_candle_in_both_layouts() {
+        let x = Tensor::randn(0f32, 1.0, (3, 7, 40), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (24, 40), &Device::Cpu).unwrap();
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let want = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        for (weight, transposed) in [(&wt, true), (&w, false)] {
+            let got = x
+                .apply_op2_no_bwd(weight, &LinearNoBias { transposed })
+                .unwrap();
+            assert_eq!(got.dims(), &[3, 7, 24]);
+            assert!(max_diff(&got, &want) < 1e-4);
+        }
+    }
+
+    /// The composite reference: bias, head split, q k^T, mask, softmax, p v, head merge.
+    fn attention_reference(
+        qkv: &Tensor,
+        bias: &Tensor,
+        heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let (n, t, d3) = qkv.dims3().unwrap();
+        let hd = d3 / 3 / heads;
+        let x = qkv
+            .broadcast_add(bias)
+            .unwrap()
+            .reshape((n, t, 3, heads, hd))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let (q, k, v) = (x.get(0).unwrap(), x.get(1).unwrap(), x.get(2).unwrap());
+        let mut s = q.matmul(&k.t().unwrap()).unwrap();
+        if let Some(m) = mask {
+            s = s.broadcast_add(m).unwrap();
+        }
+        let p = candle_nn::ops::softmax_last_dim(&s).unwrap();
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((n, t, d3 / 3))
+            .unwrap()
+    }
+
+    #[test]
+    fn fused_attention_matches_the_composite_with_and_without_a_mask() {
+        let (n, t, heads, hd) = (3, 9, 4, 8);
+        let qkv = Tensor::randn(0f32, 1.0, (n, t, 3 * heads * hd), &Device::Cpu).unwrap();
+        let bias = Tensor::randn(0f32, 0.5, 3 * heads * hd, &Device::Cpu).unwrap();
+        let op = FusedAttention { heads };
+        let plain = qkv.apply_op2_no_bwd(&bias, &op).unwrap();
+        let d = max_diff(&plain, &attention_reference(&qkv, &bias, heads, None));
+        assert!(d < 1e-5, "unmasked {d}");
+        let mask =
+            crate::backbone::text::causal_mask(t, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let masked = qkv.apply_op3_no_bwd(&bias, &mask, &op).unwrap();
+        let d = max_diff(
+            &masked,
+            &attention_reference(&qkv, &bias, heads, Some(&mask)),
+        );
+        assert!(d < 1e-5, "causal {d}");
+        // The mask matters: the first token sees only itself, so its context is its own v.
+        assert!(max_diff(&masked, &plain) > 1e-3);
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors() {
+        let qkv = Tensor::zeros((1, 4, 30), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let bias = Tensor::zeros(30, candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(qkv
+            .apply_op2_no_bwd(&bias, &FusedAttention { heads: 4 })
+            .is_err());
+        let w = Tensor::zeros((7, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(qkv
+            .apply_op2_no_bwd(&w, &LinearNoBias { transposed: true })
+            .is_err());
+    }
+}
