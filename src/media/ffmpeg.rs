@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use super::detect::Container;
-use super::{sample, Budget, Decoded, MediaError, MediaInfo, Result, SampleSpec};
+use super::{sample, Budget, DecodeStrategy, Decoded, MediaError, MediaInfo, Result, SampleSpec};
 
 /// Where to find `ffmpeg`: the `MVSERVE_FFMPEG` variable (path to the binary; `ffprobe` is looked
 /// up beside it), else `PATH`.
@@ -271,6 +271,59 @@ fn read_probe(out: impl Read, max_packets: u64) -> Result<Probe> {
     }
 }
 
+/// Below this many packets one pass over the whole video (one process) is cheaper than a process
+/// per chosen frame: starting ffmpeg costs about as much as decoding a few dozen small frames, and
+/// each seek decodes half a GOP (128-250 frames for common encoders) on average.
+const SEEK_MIN_PACKETS: usize = 2000;
+
+/// How far before a chosen frame's presentation time a seek aims. Demuxers seek by decode time
+/// (MP4) or cue times, which run ahead of presentation times by the reorder delay; aiming a little
+/// early keeps the key frame of the chosen frame's own GOP.
+const SEEK_MARGIN_S: f64 = 1.0;
+
+/// Containers whose demuxer seeks through an index (so a seek lands on a key frame at or before
+/// the target). The others (MPEG-TS/PS, FLV, Ogg, raw H.264) bisect or scan and are read in one
+/// pass.
+fn seeks_well(c: Container) -> bool {
+    matches!(c, Container::Mp4 | Container::Matroska | Container::Avi)
+}
+
+/// Runs ffmpeg and reads up to `k` raw RGB frames of `dims` from its stdout, each counted against
+/// the frame limit; then stops it. Returns the frames, its exit status and its stderr tail.
+fn run_frames(
+    ffmpeg: &Path,
+    args: &[String],
+    k: usize,
+    (w, h): (u32, u32),
+    budget: &mut Budget,
+) -> Result<(Vec<RgbImage>, Option<std::process::ExitStatus>, String)> {
+    let frame_bytes = w as usize * h as usize * 3;
+    let mut child = Child::spawn(ffmpeg, args, budget.deadline)?;
+    let mut images = Vec::with_capacity(k);
+    let mut read_err = None;
+    while images.len() < k {
+        let mut buf = vec![0u8; frame_bytes];
+        match child.stdout.read_exact(&mut buf) {
+            Ok(()) => {
+                if let Err(e) = budget.count_frame() {
+                    read_err = Some(e);
+                    break;
+                }
+                images.push(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes"));
+            }
+            Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
+        }
+    }
+    let (status, timed_out, err) = child.finish();
+    if timed_out {
+        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
+    }
+    if let Some(e) = read_err {
+        return Err(e);
+    }
+    Ok((images, status, err))
+}
+
 /// Decodes through ffprobe + ffmpeg, or explains how to enable them.
 pub fn decode(
     bytes: &[u8],
@@ -279,6 +332,7 @@ pub fn decode(
     codec_hint: &str,
     spec: &SampleSpec,
     budget: &mut Budget,
+    strategy: DecodeStrategy,
 ) -> Result<Decoded> {
     let cname = container_name(bytes, container);
     let codec_hint = if codec_hint.is_empty() {
@@ -403,59 +457,89 @@ pub fn decode(
     } else {
         1.0
     };
-    let expr = chosen
-        .iter()
-        .map(|&i| format!("lt(abs(t-{:.6})\\,{tol:.6})", pts[i]))
-        .collect::<Vec<_>>()
-        .join("+");
-    let k = chosen.len();
-    let args = common(&[
-        "-nostdin",
-        "-copyts",
-        "-noautorotate",
-        "-i",
-        &input,
-        "-map",
-        "0:v:0",
-        "-an",
-        "-sn",
-        "-vf",
-        &format!("select='{expr}'"),
-        "-fps_mode",
-        "passthrough",
-        "-frames:v",
-        &k.to_string(),
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "pipe:1",
-    ]);
-    // `-f demux` must precede `-i`; `common` put it first, which is where input options go.
-    let frame_bytes = (w * h * 3) as usize;
-    let mut child = Child::spawn(&ffmpeg, &args, budget.deadline)?;
-    let mut images = Vec::with_capacity(k);
-    let mut read_err = None;
-    while images.len() < k {
-        let mut buf = vec![0u8; frame_bytes];
-        match child.stdout.read_exact(&mut buf) {
-            Ok(()) => {
-                if let Err(e) = budget.count_frame() {
-                    read_err = Some(e);
+    let select = |idx: &[usize]| {
+        let expr = idx
+            .iter()
+            .map(|&i| format!("lt(abs(t-{:.6})\\,{tol:.6})", pts[i]))
+            .collect::<Vec<_>>()
+            .join("+");
+        format!("select='{expr}'")
+    };
+    // Input options (`-f demux` from `common`, then any seek) must precede `-i`.
+    let frames_args = |seek: Option<f64>, filter: String, k: usize| {
+        let seek = seek.map(|t| format!("{t:.6}"));
+        let mut v = vec!["-nostdin", "-copyts", "-noautorotate"];
+        if let Some(t) = &seek {
+            // Seek by the stream's own timestamps (as ffprobe printed them) to the last key frame
+            // before `t`, and keep every decoded frame: `select` below picks by timestamp.
+            v.extend([
+                "-seek_timestamp",
+                "1",
+                "-noaccurate_seek",
+                "-ss",
+                t.as_str(),
+            ]);
+        }
+        let k = k.to_string();
+        v.extend([
+            "-i",
+            input.as_str(),
+            "-map",
+            "0:v:0",
+            "-an",
+            "-sn",
+            "-vf",
+            filter.as_str(),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            k.as_str(),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+        ]);
+        common(&v)
+    };
+    let dims = (w as u32, h as u32);
+    let mut images = Vec::new();
+    if strategy == DecodeStrategy::Seek && seeks_well(container) && n > SEEK_MIN_PACKETS {
+        // One short run per chosen frame, each decoding from the key frame before it. Any frame
+        // missed this way (a seek that landed past it) sends the whole video through the single
+        // pass below, so the frames are the same either way.
+        for &i in &chosen {
+            let from = (pts[i] - SEEK_MARGIN_S).max(t0);
+            let (mut got, _, _) = run_frames(
+                &ffmpeg,
+                &frames_args(Some(from), select(&[i]), 1),
+                1,
+                dims,
+                budget,
+            )?;
+            match got.pop() {
+                Some(img) => images.push(img),
+                None => {
+                    images.clear();
                     break;
                 }
-                images.push(RgbImage::from_raw(w as u32, h as u32, buf).expect("w*h*3 bytes"));
             }
-            Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
         }
     }
-    let (status, timed_out, err) = child.finish();
-    if timed_out {
-        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
-    }
-    if let Some(e) = read_err {
-        return Err(e);
-    }
+    let k = chosen.len();
+    let (status, err) = if images.len() == k {
+        (None, String::new())
+    } else {
+        let (got, status, err) = run_frames(
+            &ffmpeg,
+            &frames_args(None, select(&chosen), k),
+            k,
+            dims,
+            budget,
+        )?;
+        images = got;
+        (status, err)
+    };
     if images.is_empty() {
         let why = if status.is_some_and(|s| !s.success()) {
             err
