@@ -7,13 +7,17 @@
 //! BASELINE: `encode_12_frames` runs the real backbone (full-size ViT-B/32 with random weights,
 //! f32, candle on CPU) on one video's 12 preprocessed frames, in the same process.
 //!
+//! Each clip is loaded twice per run, with the seeking decoder (the default) and with the
+//! sequential one (every frame up to the last sampled one, the decoder before issue 13), and the
+//! table gives their ratio: the same frames (tested in `tests/media_seek.rs`), different work.
+//!
 //! Run: `cargo bench --bench media` (set `MEDIA_BENCH_RUNS` to change the number of runs).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use mvserve::media::{load_video, MediaLimits, SampleSpec};
+use mvserve::media::{load_video_bytes_with, DecodeStrategy, MediaLimits, SampleSpec};
 
 const FILES: &[&str] = &[
     "video7020.mp4",
@@ -27,6 +31,9 @@ const FILES: &[&str] = &[
     "bikes.mp4",
     "newtonscradle.gif",
     "big_buck_bunny_432_433.webm",
+    "gop2s_bframes.mp4",
+    "gop2s_bframes.avi",
+    "gop2s.webm",
 ];
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -63,31 +70,41 @@ fn main() {
         rayon::current_num_threads(),
         encode.as_secs_f64() * 1e3
     );
-    println!("| file | decoder | frames | ingest ms (median of {runs}) | ingest / encode |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| file | decoder | frames | seek ms (median of {runs}) | ingest / encode | sequential ms | sequential / seek |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for name in FILES {
-        let path = dir.join(name);
-        let mut times = Vec::new();
+        let bytes = std::fs::read(dir.join(name)).expect("fixture");
+        let mut times = [Vec::new(), Vec::new()];
         let mut last = None;
-        for _ in 0..runs {
-            let t = Instant::now();
-            match load_video(&path, &spec, &limits) {
-                Ok(f) => last = Some(f),
-                Err(e) => {
-                    println!("| {name} | error: {e} | | | |");
-                    break;
+        'runs: for _ in 0..runs {
+            // Alternate the two so that load on the machine hits both alike.
+            for (k, strategy) in [DecodeStrategy::Seek, DecodeStrategy::Sequential]
+                .into_iter()
+                .enumerate()
+            {
+                let t = Instant::now();
+                match load_video_bytes_with(&bytes, &spec, &limits, strategy) {
+                    Ok(f) => last = Some(f),
+                    Err(e) => {
+                        println!("| {name} | error: {e} | | | | | |");
+                        break 'runs;
+                    }
                 }
+                times[k].push(t.elapsed());
             }
-            times.push(t.elapsed());
         }
         let Some(f) = last else { continue };
-        let m = median(times);
+        let [seek, seq] = times.map(median);
         println!(
-            "| {name} | {} | {} | {:.1} | {:.2} |",
+            "| {name} | {} | {} | {:.1} | {:.2} | {:.1} | {:.2}x |",
             f.info.decoder,
             f.timestamps.len(),
-            m.as_secs_f64() * 1e3,
-            m.as_secs_f64() / encode.as_secs_f64()
+            seek.as_secs_f64() * 1e3,
+            seek.as_secs_f64() / encode.as_secs_f64(),
+            seq.as_secs_f64() * 1e3,
+            seq.as_secs_f64() / seek.as_secs_f64()
         );
     }
 }

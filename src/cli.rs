@@ -483,14 +483,24 @@ pub struct ProbeArgs {
     /// Frames to sample (F).
     #[arg(long, default_value_t = 12)]
     pub frames: usize,
+    /// Decode every frame from the start instead of seeking to the chosen ones (the baseline the
+    /// seeking decoder is compared with; same frames, more work).
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 pub fn probe(args: ProbeArgs) -> Result<()> {
+    use mvserve::media::DecodeStrategy;
     let spec = mvserve::media::SampleSpec {
         frames: args.frames,
         ..Default::default()
     };
-    let report = mvserve::media::probe(&args.file, &spec, &Default::default());
+    let strategy = if args.sequential {
+        DecodeStrategy::Sequential
+    } else {
+        DecodeStrategy::Seek
+    };
+    let report = mvserve::media::probe(&args.file, &spec, &Default::default(), strategy);
     println!("{}", serde_json::to_string_pretty(&report)?);
     if !report.ok {
         std::process::exit(1);

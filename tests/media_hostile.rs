@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mvserve::media::{load_video_bytes, MediaError, MediaLimits, SampleSpec};
+use mvserve::media::{
+    load_video_bytes, load_video_bytes_with, DecodeStrategy, MediaError, MediaLimits, SampleSpec,
+};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -31,6 +33,8 @@ const NATIVE: &[&str] = &[
     "realshort.mp4",
     "jPBxl9gFqNY_110_117.avi",
     "newtonscradle.gif",
+    "gop2s_bframes.mp4",
+    "gop2s_bframes.avi",
 ];
 
 /// A small deterministic generator (xorshift) so failures reproduce.
@@ -228,4 +232,125 @@ fn fuzz_findings_return_errors() {
         let e = err(load_video_bytes(&bytes, &spec(), &limits()));
         assert_eq!(e.code(), "corrupt_media", "{}: {e}", path.display());
     }
+}
+
+/// Where the entries of the last `kind` box start (its full-box header and entry count skipped),
+/// and how many it has. The sample table sits in `moov`, after `mdat` in these files.
+fn mp4_table(b: &[u8], kind: &[u8; 4]) -> (usize, usize) {
+    let p = b.windows(4).rposition(|w| w == kind).expect("box present");
+    let count = u32::from_be_bytes(b[p + 8..p + 12].try_into().unwrap()) as usize;
+    (p + 12, count)
+}
+
+fn put_be32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+fn frames_equal(a: &mvserve::media::Frames, b: &mvserve::media::Frames) -> bool {
+    a.timestamps == b.timestamps && a.mask == b.mask && a.pixels == b.pixels
+}
+
+/// An index that lies about key frames (non-IDR samples marked sync, IDRs left out, numbers out of
+/// range, out of order) costs the seeking decoder work, never other frames: each key frame is
+/// confirmed in the bytes, so the result is the sequential decode's.
+#[test]
+fn lying_key_frame_index_gives_the_sequential_frames() {
+    let spec = SampleSpec::default();
+    let lim = limits();
+    let good = fixture("gop2s_bframes.mp4");
+    let reference = load_video_bytes_with(&good, &spec, &lim, DecodeStrategy::Sequential).unwrap();
+    let (at, count) = mp4_table(&good, b"stss");
+    assert!(count > 10);
+    // (what the lie is, the sample number it writes into stss entry i)
+    type Lie = (&'static str, fn(usize) -> u32);
+    let lies: [Lie; 5] = [
+        ("every entry a P/B frame", |i| 2 + 50 * i as u32 + 7),
+        ("only the first sample", |_| 1),
+        ("out of range", |i| {
+            if i % 2 == 0 {
+                0
+            } else {
+                u32::MAX - i as u32
+            }
+        }),
+        ("descending", |i| 2250 - 50 * i as u32),
+        ("one off each IDR", |i| 2 + 50 * i as u32),
+    ];
+    for (what, entry) in lies {
+        let mut b = good.clone();
+        for i in 0..count {
+            put_be32(&mut b, at + 4 * i, entry(i));
+        }
+        let f = load_video_bytes(&b, &spec, &lim).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            frames_equal(&f, &reference),
+            "mp4 stss {what}: other frames"
+        );
+    }
+
+    // AVI: idx1 key-frame flags all set, all cleared, or inverted.
+    let good = fixture("gop2s_bframes.avi");
+    let reference = load_video_bytes_with(&good, &spec, &lim, DecodeStrategy::Sequential).unwrap();
+    let p = good.windows(4).rposition(|w| w == b"idx1").unwrap();
+    let len = u32::from_le_bytes(good[p + 4..p + 8].try_into().unwrap()) as usize;
+    for (what, flip) in [("all key", 0), ("none key", 1), ("inverted", 2)] {
+        let mut b = good.clone();
+        for e in b[p + 8..p + 8 + len].chunks_exact_mut(16) {
+            let flags = u32::from_le_bytes(e[4..8].try_into().unwrap());
+            let flags = match flip {
+                0 => flags | 0x10,
+                1 => flags & !0x10,
+                _ => flags ^ 0x10,
+            };
+            e[4..8].copy_from_slice(&flags.to_le_bytes());
+        }
+        let f = load_video_bytes(&b, &spec, &lim).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            frames_equal(&f, &reference),
+            "avi idx1 {what}: other frames"
+        );
+    }
+}
+
+/// Offsets that point elsewhere in the file (or past it) and timestamps that jump, repeat or run
+/// backwards: the seeking path returns frames or a typed error, like the sequential one.
+#[test]
+fn lying_offsets_and_timestamps_never_crash() {
+    let spec = SampleSpec::default();
+    let good = fixture("gop2s_bframes.mp4");
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for (kind, stride) in [(b"stco", 4), (b"stts", 8), (b"ctts", 8), (b"stsz", 4)] {
+        let (at, count) = mp4_table(&good, kind);
+        // stsz has a sample_size field before the count: its entries start 4 bytes later.
+        let (at, count) = if kind == b"stsz" {
+            let count = u32::from_be_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+            (at + 4, count)
+        } else {
+            (at, count)
+        };
+        for round in 0..6 {
+            let mut b = good.clone();
+            for _ in 0..1 + rng.next() as usize % 16 {
+                let i = rng.next() as usize % count.max(1);
+                let field = at + stride * i + stride - 4;
+                let v = match round % 3 {
+                    0 => rng.next() as u32,
+                    1 => u32::from_be_bytes(b[field..field + 4].try_into().unwrap()) ^ 0x10,
+                    _ => 0,
+                };
+                put_be32(&mut b, field, v);
+            }
+            for strategy in [DecodeStrategy::Seek, DecodeStrategy::Sequential] {
+                let code = match load_video_bytes_with(&b, &spec, &limits(), strategy) {
+                    Ok(_) => "ok",
+                    Err(e) => e.code(),
+                };
+                *outcomes
+                    .entry((std::str::from_utf8(kind).unwrap(), code))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    println!("lying table outcomes: {outcomes:?}");
 }

@@ -4,30 +4,15 @@
 //! Tests that need the `ffmpeg` program skip with a notice when it is missing, except under CI
 //! (`CI` set), where they fail: CI installs ffmpeg.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+
+use common::media::{fixture, have_ffmpeg};
 
 use mvserve::backbone::preprocess::{preprocess, CLIP_MEAN, CLIP_STD};
 use mvserve::media::{load_video, Frames, MediaLimits, SampleSpec};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/videos")
-        .join(name)
-}
-
-/// `true` if ffmpeg can be used; `false` (with a notice) to skip; panics under CI.
-fn have_ffmpeg(test: &str) -> bool {
-    let ok = Command::new("ffmpeg").arg("-version").output().is_ok()
-        && Command::new("ffprobe").arg("-version").output().is_ok();
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: ffmpeg/ffprobe not found, and CI must run this test");
-        }
-        eprintln!("NOTICE: {test} skipped: ffmpeg/ffprobe not installed");
-    }
-    ok
-}
 
 /// What we expect of each real file (from ffprobe and the 1 fps / F = 12 rule).
 struct Expect {

@@ -1,4 +1,5 @@
-//! Fuzzes the decode entry point, `media::load_video_bytes`, with in-process decoders only.
+//! Fuzzes the decode entry point, `media::load_video_bytes_with`, with in-process decoders only,
+//! through both strategies: seeking (index-driven, the default) and sequential.
 //!
 //! Any panic is reported as a crash even though `load_video_bytes` catches panics (libFuzzer's panic
 //! hook aborts first): a panic inside a decoder crate is a finding to fix or to guard against.
@@ -33,5 +34,7 @@ fuzz_target!(|data: &[u8]| {
         fps: 1.0,
         size: 32,
     };
-    let _ = media::load_video_bytes(data, &spec, &limits);
+    for strategy in [media::DecodeStrategy::Seek, media::DecodeStrategy::Sequential] {
+        let _ = media::load_video_bytes_with(data, &spec, &limits, strategy);
+    }
 });

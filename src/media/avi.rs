@@ -3,8 +3,10 @@
 //! Owns: walking the RIFF chunk tree (`hdrl` headers, the `movi` list) with every size checked
 //! against the bytes that are actually there (a chunk that runs past the end is treated as the end
 //! of a truncated file), finding the first video stream, its codec, frame size and rate, and
-//! listing its frame chunks with their times. The `idx1` index is not needed: `movi` is scanned in
-//! order. OpenDML extensions (`AVIX` beyond 1 GiB) are not read. Does not decode.
+//! listing its frame chunks with their times. `movi` is scanned in order for the frames (chunk
+//! headers only); the `idx1` index is read for its key-frame flags alone, which seeking takes as
+//! hints (its offsets are never trusted). OpenDML extensions (`AVIX` beyond 1 GiB) are not read.
+//! Does not decode.
 
 use super::detect::Container;
 use super::h264::{parse_avcc, Packet, Stream};
@@ -60,6 +62,7 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
     let mut video: Option<(usize, String, u32, u32, u32, u32)> = None; // (stream, codec, w, h, scale, rate)
     let mut extradata: &[u8] = &[];
     let mut movi: Option<(&[u8], usize)> = None;
+    let mut idx1: Option<&[u8]> = None;
     let mut us_per_frame = 0u32;
     for (id, body, off) in chunks(riff) {
         match list_of(id, body) {
@@ -117,6 +120,7 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
                 }
             }
             Some((b"movi", list)) if movi.is_none() => movi = Some((list, off + 4)),
+            None if id == b"idx1" && idx1.is_none() => idx1 = Some(body),
             _ => {}
         }
     }
@@ -138,8 +142,9 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
     let base = 12 + movi_off;
     let mut packets = Vec::new();
     let mut frames = 0u64;
+    let tag = format!("{stream:02}");
     let mut movi_scan = MoviScan {
-        tag: format!("{stream:02}"),
+        tag: tag.clone(),
         frame_s,
         max_frames: budget.limits.max_frames_decoded,
         packets: &mut packets,
@@ -154,6 +159,7 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
         Some((n, sets)) => (Some(n), sets),
         None => (None, Vec::new()),
     };
+    let keyframes = idx1.and_then(|idx| index_keyframes(idx, tag.as_bytes(), packets.len()));
     Ok(Demux::H264(Stream {
         container: Container::Avi,
         packets,
@@ -163,7 +169,36 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
         width,
         height,
         duration_s: frames as f64 * frame_s,
+        keyframes,
     }))
+}
+
+/// `AVIIF_KEYFRAME` in an `idx1` entry's flags.
+const AVIIF_KEYFRAME: u32 = 0x10;
+
+/// The packets (indices among the stream's non-empty frame chunks) that `idx1` flags as key
+/// frames. Entries are 16 bytes: chunk id, flags, offset, size. `None` when the index does not
+/// list exactly as many non-empty frame chunks as `movi` holds (it describes another file, or
+/// lies): then nothing from it is used.
+fn index_keyframes(idx1: &[u8], tag: &[u8], packets: usize) -> Option<Vec<usize>> {
+    let mut keys = Vec::new();
+    let mut packet = 0usize;
+    for e in idx1.chunks_exact(16) {
+        if e.get(0..2) != Some(tag) || !matches!(e.get(2..4), Some(b"dc") | Some(b"db")) {
+            continue;
+        }
+        if u32_at(e, 12)? == 0 {
+            continue; // a dropped frame: no packet
+        }
+        if u32_at(e, 4)? & AVIIF_KEYFRAME != 0 {
+            keys.push(packet);
+        }
+        packet += 1;
+        if packet > packets {
+            return None;
+        }
+    }
+    (packet == packets).then_some(keys)
 }
 
 /// The walk over `movi`: frame chunks of one stream, in file order, one level of `rec ` lists.

@@ -8,7 +8,7 @@
 //! chosen frames as raw RGB from `ffmpeg`'s stdout, stopping it after the last one.
 //! Without the programs, such a file is `MediaError::Unsupported` with a hint on enabling them.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 
 use super::detect::Container;
-use super::{sample, Budget, Decoded, MediaError, MediaInfo, Result, SampleSpec};
+use super::{sample, Budget, DecodeStrategy, Decoded, MediaError, MediaInfo, Result, SampleSpec};
 
 /// Where to find `ffmpeg`: the `MVSERVE_FFMPEG` variable (path to the binary; `ffprobe` is looked
 /// up beside it), else `PATH`.
@@ -202,24 +202,126 @@ impl Child {
     }
 }
 
-/// Reads up to `max` bytes; `Err(TooLarge)` if there is more.
-fn read_capped(r: &mut impl Read, max: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    r.take(max as u64 + 1).read_to_end(&mut out)?;
-    if out.len() > max {
-        return Err(MediaError::TooLarge(format!(
-            "ffprobe output over {max} bytes"
-        )));
-    }
-    Ok(out)
+/// Longest line of `ffprobe` output we accept: a packet line is about 50 bytes, a stream line a
+/// few hundred. A longer one means the output is not what we asked for.
+const MAX_PROBE_LINE: u64 = 4096;
+
+/// What `ffprobe` said about the first video stream: codec, coded size, container duration and
+/// every packet's presentation (or decode) time, in file order.
+#[derive(Debug, Default)]
+struct Probe {
+    codec: Option<String>,
+    width: u64,
+    height: u64,
+    duration: Option<f64>,
+    pts: Vec<f64>,
 }
 
-fn num(v: &serde_json::Value) -> Option<f64> {
-    match v {
-        serde_json::Value::String(s) => s.parse().ok(),
-        serde_json::Value::Number(n) => n.as_f64(),
-        _ => None,
+/// Reads `ffprobe -of compact` output line by line as it arrives, counting packets against
+/// `max_packets`: a file that lists millions of packets is refused after `max_packets + 1` lines,
+/// never buffered whole (the caller then stops the child). Lines are `section|key=value|...`;
+/// ffprobe prints the packets first, then the stream, then the format.
+fn read_probe(out: impl Read, max_packets: u64) -> Result<Probe> {
+    let mut reader = std::io::BufReader::new(out);
+    let mut probe = Probe::default();
+    let mut line = Vec::new();
+    let mut packets = 0u64;
+    loop {
+        line.clear();
+        let k = (&mut reader)
+            .take(MAX_PROBE_LINE + 1)
+            .read_until(b'\n', &mut line)?;
+        if k == 0 {
+            return Ok(probe);
+        }
+        if k as u64 > MAX_PROBE_LINE {
+            return Err(MediaError::Corrupt(format!(
+                "ffprobe printed a line over {MAX_PROBE_LINE} bytes"
+            )));
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        let (section, rest) = text.split_once('|').unwrap_or((text, ""));
+        let value = |key: &str| -> Option<&str> {
+            rest.split('|')
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+        };
+        match section {
+            "packet" => {
+                packets += 1;
+                if packets > max_packets {
+                    return Err(MediaError::TooLarge(format!(
+                        "more than {max_packets} frames"
+                    )));
+                }
+                let t = value("pts_time").and_then(|v| v.parse::<f64>().ok());
+                let t = t.or_else(|| value("dts_time").and_then(|v| v.parse::<f64>().ok()));
+                if let Some(t) = t.filter(|t| t.is_finite()) {
+                    probe.pts.push(t);
+                }
+            }
+            "stream" if probe.codec.is_none() => {
+                probe.codec = Some(value("codec_name").unwrap_or("unknown").to_string());
+                probe.width = value("width").and_then(|v| v.parse().ok()).unwrap_or(0);
+                probe.height = value("height").and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+            "format" => probe.duration = value("duration").and_then(|v| v.parse().ok()),
+            _ => {}
+        }
     }
+}
+
+/// Below this many packets one pass over the whole video (one process) is cheaper than a process
+/// per chosen frame: starting ffmpeg costs about as much as decoding a few dozen small frames, and
+/// each seek decodes half a GOP (128-250 frames for common encoders) on average.
+const SEEK_MIN_PACKETS: usize = 2000;
+
+/// How far before a chosen frame's presentation time a seek aims. Demuxers seek by decode time
+/// (MP4) or cue times, which run ahead of presentation times by the reorder delay; aiming a little
+/// early keeps the key frame of the chosen frame's own GOP.
+const SEEK_MARGIN_S: f64 = 1.0;
+
+/// Containers whose demuxer seeks through an index (so a seek lands on a key frame at or before
+/// the target). The others (MPEG-TS/PS, FLV, Ogg, raw H.264) bisect or scan and are read in one
+/// pass.
+fn seeks_well(c: Container) -> bool {
+    matches!(c, Container::Mp4 | Container::Matroska | Container::Avi)
+}
+
+/// Runs ffmpeg and reads up to `k` raw RGB frames of `dims` from its stdout, each counted against
+/// the frame limit; then stops it. Returns the frames, its exit status and its stderr tail.
+fn run_frames(
+    ffmpeg: &Path,
+    args: &[String],
+    k: usize,
+    (w, h): (u32, u32),
+    budget: &mut Budget,
+) -> Result<(Vec<RgbImage>, Option<std::process::ExitStatus>, String)> {
+    let frame_bytes = w as usize * h as usize * 3;
+    let mut child = Child::spawn(ffmpeg, args, budget.deadline)?;
+    let mut images = Vec::with_capacity(k);
+    let mut read_err = None;
+    while images.len() < k {
+        let mut buf = vec![0u8; frame_bytes];
+        match child.stdout.read_exact(&mut buf) {
+            Ok(()) => {
+                if let Err(e) = budget.count_frame() {
+                    read_err = Some(e);
+                    break;
+                }
+                images.push(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes"));
+            }
+            Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
+        }
+    }
+    let (status, timed_out, err) = child.finish();
+    if timed_out {
+        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
+    }
+    if let Some(e) = read_err {
+        return Err(e);
+    }
+    Ok((images, status, err))
 }
 
 /// Decodes through ffprobe + ffmpeg, or explains how to enable them.
@@ -230,6 +332,7 @@ pub fn decode(
     codec_hint: &str,
     spec: &SampleSpec,
     budget: &mut Budget,
+    strategy: DecodeStrategy,
 ) -> Result<Decoded> {
     let cname = container_name(bytes, container);
     let codec_hint = if codec_hint.is_empty() {
@@ -280,7 +383,7 @@ pub fn decode(
         a
     };
 
-    // 1. Stream facts and packet times (no decoding).
+    // 1. Stream facts and packet times (no decoding), read as they are printed.
     let args = {
         let mut a = common(&[]);
         a.extend(
@@ -288,9 +391,9 @@ pub fn decode(
                 "-select_streams",
                 "v:0",
                 "-show_entries",
-                "stream=codec_name,width,height,start_time:format=format_name,duration:packet=pts_time,dts_time",
+                "stream=codec_name,width,height:format=duration:packet=pts_time,dts_time",
                 "-of",
-                "json",
+                "compact=p=1:nk=0",
                 &input,
             ]
             .iter()
@@ -299,37 +402,26 @@ pub fn decode(
         a
     };
     let mut child = Child::spawn(&ffprobe, &args, budget.deadline)?;
-    let out = read_capped(&mut child.stdout, 256 << 20);
+    let probe = read_probe(&mut child.stdout, budget.limits.max_frames_decoded);
     let (status, timed_out, err) = child.finish();
-    if timed_out {
-        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
-    }
-    let out = out?;
+    // Over the frame limit, the child was stopped before it finished: that, not its exit, is the
+    // answer.
+    let probe = match probe {
+        Err(e @ MediaError::TooLarge(_)) => return Err(e),
+        _ if timed_out => return Err(MediaError::TimedOut(budget.limits.max_wall_time)),
+        p => p?,
+    };
     if !status.is_some_and(|s| s.success()) {
         return Err(MediaError::Corrupt(format!(
             "ffprobe could not read the {format}: {err}"
         )));
     }
-    let json: serde_json::Value = serde_json::from_slice(&out)
-        .map_err(|e| MediaError::Corrupt(format!("ffprobe output: {e}")))?;
-    let stream = json["streams"]
-        .get(0)
+    let codec = probe
+        .codec
         .ok_or_else(|| MediaError::Corrupt(format!("no video stream in the {format}")))?;
-    let codec = stream["codec_name"]
-        .as_str()
-        .unwrap_or("unknown")
-        .to_string();
-    let w = stream["width"].as_u64().unwrap_or(0);
-    let h = stream["height"].as_u64().unwrap_or(0);
+    let (w, h) = (probe.width, probe.height);
     budget.check_dims(w, h)?;
-    let mut pts: Vec<f64> = json["packets"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| num(&p["pts_time"]).or_else(|| num(&p["dts_time"])))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut pts = probe.pts;
     pts.sort_by(f64::total_cmp);
     pts.dedup();
     if pts.is_empty() {
@@ -345,7 +437,8 @@ pub fn decode(
     } else {
         0.0
     };
-    let duration_s = num(&json["format"]["duration"])
+    let duration_s = probe
+        .duration
         .filter(|d| d.is_finite() && *d > 0.0)
         .unwrap_or(rel[n - 1] + step);
     budget.check_stream(duration_s, n as u64)?;
@@ -364,59 +457,89 @@ pub fn decode(
     } else {
         1.0
     };
-    let expr = chosen
-        .iter()
-        .map(|&i| format!("lt(abs(t-{:.6})\\,{tol:.6})", pts[i]))
-        .collect::<Vec<_>>()
-        .join("+");
-    let k = chosen.len();
-    let args = common(&[
-        "-nostdin",
-        "-copyts",
-        "-noautorotate",
-        "-i",
-        &input,
-        "-map",
-        "0:v:0",
-        "-an",
-        "-sn",
-        "-vf",
-        &format!("select='{expr}'"),
-        "-fps_mode",
-        "passthrough",
-        "-frames:v",
-        &k.to_string(),
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "pipe:1",
-    ]);
-    // `-f demux` must precede `-i`; `common` put it first, which is where input options go.
-    let frame_bytes = (w * h * 3) as usize;
-    let mut child = Child::spawn(&ffmpeg, &args, budget.deadline)?;
-    let mut images = Vec::with_capacity(k);
-    let mut read_err = None;
-    while images.len() < k {
-        let mut buf = vec![0u8; frame_bytes];
-        match child.stdout.read_exact(&mut buf) {
-            Ok(()) => {
-                if let Err(e) = budget.count_frame() {
-                    read_err = Some(e);
+    let select = |idx: &[usize]| {
+        let expr = idx
+            .iter()
+            .map(|&i| format!("lt(abs(t-{:.6})\\,{tol:.6})", pts[i]))
+            .collect::<Vec<_>>()
+            .join("+");
+        format!("select='{expr}'")
+    };
+    // Input options (`-f demux` from `common`, then any seek) must precede `-i`.
+    let frames_args = |seek: Option<f64>, filter: String, k: usize| {
+        let seek = seek.map(|t| format!("{t:.6}"));
+        let mut v = vec!["-nostdin", "-copyts", "-noautorotate"];
+        if let Some(t) = &seek {
+            // Seek by the stream's own timestamps (as ffprobe printed them) to the last key frame
+            // before `t`, and keep every decoded frame: `select` below picks by timestamp.
+            v.extend([
+                "-seek_timestamp",
+                "1",
+                "-noaccurate_seek",
+                "-ss",
+                t.as_str(),
+            ]);
+        }
+        let k = k.to_string();
+        v.extend([
+            "-i",
+            input.as_str(),
+            "-map",
+            "0:v:0",
+            "-an",
+            "-sn",
+            "-vf",
+            filter.as_str(),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            k.as_str(),
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+        ]);
+        common(&v)
+    };
+    let dims = (w as u32, h as u32);
+    let mut images = Vec::new();
+    if strategy == DecodeStrategy::Seek && seeks_well(container) && n > SEEK_MIN_PACKETS {
+        // One short run per chosen frame, each decoding from the key frame before it. Any frame
+        // missed this way (a seek that landed past it) sends the whole video through the single
+        // pass below, so the frames are the same either way.
+        for &i in &chosen {
+            let from = (pts[i] - SEEK_MARGIN_S).max(t0);
+            let (mut got, _, _) = run_frames(
+                &ffmpeg,
+                &frames_args(Some(from), select(&[i]), 1),
+                1,
+                dims,
+                budget,
+            )?;
+            match got.pop() {
+                Some(img) => images.push(img),
+                None => {
+                    images.clear();
                     break;
                 }
-                images.push(RgbImage::from_raw(w as u32, h as u32, buf).expect("w*h*3 bytes"));
             }
-            Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
         }
     }
-    let (status, timed_out, err) = child.finish();
-    if timed_out {
-        return Err(MediaError::TimedOut(budget.limits.max_wall_time));
-    }
-    if let Some(e) = read_err {
-        return Err(e);
-    }
+    let k = chosen.len();
+    let (status, err) = if images.len() == k {
+        (None, String::new())
+    } else {
+        let (got, status, err) = run_frames(
+            &ffmpeg,
+            &frames_args(None, select(&chosen), k),
+            k,
+            dims,
+            budget,
+        )?;
+        images = got;
+        (status, err)
+    };
     if images.is_empty() {
         let why = if status.is_some_and(|s| !s.success()) {
             err
@@ -446,4 +569,56 @@ pub fn decode(
         timestamps,
         images,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endless stream of packet lines, counting what was read from it.
+    struct Endless {
+        served: u64,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let line = b"packet|pts_time=0.040000|dts_time=0.040000\n";
+            let k = buf.len().min(line.len());
+            buf[..k].copy_from_slice(&line[..k]);
+            self.served += k as u64;
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn endless_packets_stop_at_the_limit() {
+        let mut out = Endless { served: 0 };
+        let e = read_probe(&mut out, 100).unwrap_err();
+        assert_eq!(e.code(), "too_large");
+        // 101 lines of 43 bytes and at most one read-ahead buffer, not the whole stream.
+        assert!(
+            out.served < 101 * 43 + (16 << 10),
+            "read {} bytes",
+            out.served
+        );
+    }
+
+    #[test]
+    fn compact_output_is_parsed() {
+        let text = "packet|pts_time=0.000000|dts_time=-0.066667\n\
+                    packet|pts_time=N/A|dts_time=0.033333\n\
+                    packet|pts_time=N/A|dts_time=N/A\n\
+                    stream|codec_name=vp8|width=1280|height=720\n\
+                    format|duration=1.000000\n";
+        let p = read_probe(text.as_bytes(), 10).unwrap();
+        assert_eq!(p.pts, vec![0.0, 0.033333]);
+        assert_eq!(p.codec.as_deref(), Some("vp8"));
+        assert_eq!((p.width, p.height), (1280, 720));
+        assert_eq!(p.duration, Some(1.0));
+        let e = read_probe(
+            format!("format|duration={}\n", "9".repeat(5000)).as_bytes(),
+            10,
+        );
+        assert_eq!(e.unwrap_err().code(), "corrupt_media");
+    }
 }

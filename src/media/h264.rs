@@ -18,7 +18,7 @@ use openh264_sys2::{
 };
 
 use super::detect::Container;
-use super::{sample, Budget, Decoded, MediaError, MediaInfo, Result, SampleSpec};
+use super::{sample, Budget, DecodeStrategy, Decoded, MediaError, MediaInfo, Result, SampleSpec};
 
 /// One coded picture (access unit) inside the file's bytes.
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ pub struct Stream {
     pub width: u32,
     pub height: u32,
     pub duration_s: f64,
+    /// Packets (decode order, ascending) the container's index marks as sync samples (MP4 `stss`,
+    /// AVI `idx1` key-frame flags); `None` when it has no index. Only a hint: seeking confirms
+    /// each one is an IDR picture before starting there.
+    pub keyframes: Option<Vec<usize>>,
 }
 
 /// A stream that OpenH264 cannot decode but ffmpeg might (High 10, 4:2:2, interlaced, ...).
@@ -279,12 +283,67 @@ pub fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Decodes `stream` up to the last frame that sampling needs.
+/// Whether an access unit holds an IDR slice (NAL type 5): a point where decoding can start with
+/// no earlier picture, whatever the container's index claims. A malformed packet is not one.
+fn is_idr(data: &[u8], nal_length_size: Option<usize>) -> bool {
+    let idr = |nal: &[u8]| nal.first().is_some_and(|b| b & 0x1F == 5);
+    match nal_length_size {
+        Some(n) => {
+            let mut rest = data;
+            while rest.len() >= n {
+                let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+                rest = &rest[n..];
+                if len > rest.len() {
+                    return false;
+                }
+                if idr(&rest[..len]) {
+                    return true;
+                }
+                rest = &rest[len..];
+            }
+            false
+        }
+        None => split_annexb(data).into_iter().any(idr),
+    }
+}
+
+/// The SPS and PPS NAL units carried inside a packet (in-band parameter sets, as in Annex-B AVI).
+fn inband_parameter_sets(data: &[u8], nal_length_size: Option<usize>) -> Vec<Vec<u8>> {
+    let is_ps = |nal: &&[u8]| nal.first().is_some_and(|b| matches!(b & 0x1F, 7 | 8));
+    match nal_length_size {
+        Some(n) => {
+            let mut out = Vec::new();
+            let mut rest = data;
+            while rest.len() >= n {
+                let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+                rest = &rest[n..];
+                let Some(nal) = rest.get(..len) else { break };
+                if is_ps(&nal) {
+                    out.push(nal.to_vec());
+                }
+                rest = &rest[len..];
+            }
+            out
+        }
+        None => split_annexb(data)
+            .into_iter()
+            .filter(is_ps)
+            .map(<[u8]>::to_vec)
+            .collect(),
+    }
+}
+
+/// Packets a decoder may be fed past a chosen frame's own packet before we stop waiting for the
+/// picture to come out of the reorder buffer and flush it (H.264 reorders at most 16 frames).
+const REORDER_SLACK: usize = 32;
+
+/// Decodes the chosen frames of `stream`.
 pub fn decode(
     bytes: &[u8],
     stream: Stream,
     spec: &SampleSpec,
     budget: &mut Budget,
+    strategy: DecodeStrategy,
 ) -> Result<Decoded> {
     budget.check_dims(stream.width as u64, stream.height as u64)?;
     let n = stream.packets.len();
@@ -301,10 +360,6 @@ pub fn decode(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| stream.packets[a].pts.total_cmp(&stream.packets[b].pts));
     let pts_sorted: Vec<f64> = order.iter().map(|&i| stream.packets[i].pts).collect();
-    let mut rank = vec![0usize; n];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r;
-    }
     let chosen = sample::choose(&pts_sorted, spec.fps, spec.frames);
     let mut sink = Sink {
         slot_of_rank: chosen
@@ -317,66 +372,79 @@ pub fn decode(
         outputs: 0,
         pts_known: stream.pts_known,
     };
+    let mut rank = vec![0usize; n];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    // The packet (decode order) each chosen frame comes from, and its rank, in decode order. For
+    // AVI (no presentation times) the rank is the output count, and a closed GOP that starts at
+    // packet k holds exactly the pictures of rank k.. up to the next IDR.
+    let mut targets: Vec<(usize, usize)> = chosen.iter().map(|&r| (order[r], r)).collect();
+    targets.sort_unstable();
 
-    let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
-    let mut decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| MediaError::Corrupt(format!("cannot start the H.264 decoder: {e}")))?;
-    let mut annexb = Vec::new();
-    let mut errors = 0usize;
-
-    let mut fed_headers = false;
-    for (i, p) in stream.packets.iter().enumerate() {
-        if sink.remaining == 0 {
-            break;
-        }
-        budget.check_time()?;
-        annexb.clear();
-        let mut au = Vec::new();
-        if !fed_headers {
-            for ps in &stream.parameter_sets {
-                push_nal(ps, &mut au, budget)?;
-            }
-            fed_headers = true;
-        }
-        to_annexb(
-            &bytes[p.offset..p.offset + p.len],
-            stream.nal_length_size,
-            &mut annexb,
-            budget,
-        )?;
-        au.extend_from_slice(&annexb);
-        if au.is_empty() {
+    let mut feeder = Feeder {
+        bytes,
+        stream: &stream,
+        rank: &rank,
+        annexb: Vec::new(),
+        errors: 0,
+    };
+    // Parameter sets for a decoder that starts past the first packet: Annex-B streams carry their
+    // SPS/PPS in-band, usually in the first access unit only.
+    let mut seek_sets: Option<Vec<Vec<u8>>> = None;
+    let mut keys = KeyScan {
+        index: stream.keyframes.as_deref(),
+        next: 0,
+        scanned_to: 0,
+        last_idr: 0,
+    };
+    let mut segment: Option<Segment> = None;
+    for &(target, r) in &targets {
+        if sink.has(r) {
             continue;
         }
-        let ts = if stream.pts_known { rank[i] } else { i } as u64;
-        for data in [Some(&au[..]), None] {
-            let (state, info, dst) = decode_call(&mut decoder, data, ts);
-            if state != 0 {
-                errors += 1;
-            }
-            if info.iBufferStatus == 1 {
-                sink.take(&info, &dst, budget)?;
+        let key = match strategy {
+            DecodeStrategy::Seek => keys.last_idr_at_or_before(target, bytes, &stream),
+            DecodeStrategy::Sequential => 0,
+        };
+        // A decoder already at or past the key frame goes on; otherwise start over at the key.
+        if segment.as_ref().is_none_or(|s| s.next < key) {
+            let headers = if key == 0 {
+                stream.parameter_sets.clone()
+            } else {
+                seek_sets
+                    .get_or_insert_with(|| {
+                        let p = &stream.packets[0];
+                        let first = &bytes[p.offset..p.offset + p.len];
+                        let mut sets = stream.parameter_sets.clone();
+                        sets.extend(inband_parameter_sets(first, stream.nal_length_size));
+                        sets
+                    })
+                    .clone()
+            };
+            segment = Some(Segment::start(key, headers, &mut sink)?);
+        }
+        let seg = segment.as_mut().expect("started above");
+        let stop_at = match strategy {
+            DecodeStrategy::Seek => (target + 1 + REORDER_SLACK).min(n),
+            DecodeStrategy::Sequential => n,
+        };
+        while !sink.has(r) && seg.next < stop_at {
+            budget.check_time()?;
+            feeder.feed(seg, &mut sink, budget)?;
+        }
+        if !sink.has(r) {
+            // The picture is still buffered (end of stream, or a decoder that holds more than
+            // the slack): a flush lets it out, and this decoder is done.
+            let seg = segment.take().expect("present");
+            seg.drain(&mut sink, budget)?;
+            if strategy == DecodeStrategy::Sequential {
+                break; // the whole stream has been fed: nothing more will come out
             }
         }
     }
-    // End of stream: reordered (B-frame) pictures still in the buffer come out only on a flush.
-    if sink.remaining > 0 {
-        let (_, info, dst) = decode_call(&mut decoder, None, 0);
-        if info.iBufferStatus == 1 {
-            sink.take(&info, &dst, budget)?;
-        }
-        for _ in 0..64 {
-            if sink.remaining == 0 || frames_in_buffer(&mut decoder) == 0 {
-                break;
-            }
-            let (info, dst) = flush_call(&mut decoder);
-            if info.iBufferStatus != 1 {
-                break;
-            }
-            sink.take(&info, &dst, budget)?;
-        }
-    }
-    drop(decoder);
+    drop(segment);
+    let errors = feeder.errors;
 
     let mut timestamps = Vec::new();
     let mut out = Vec::new();
@@ -412,17 +480,160 @@ pub fn decode(
     })
 }
 
+/// Finds, for ascending target packets, the last IDR packet at or before each, scanning forward
+/// once: only the packets the container's index lists as sync samples (all packets when it has
+/// none), each confirmed by its NAL types, so an index that lies costs work, never wrong frames.
+struct KeyScan<'a> {
+    /// Sync samples from the container, ascending; `None`: every packet is a candidate.
+    index: Option<&'a [usize]>,
+    /// Position in `index` of the next candidate to check.
+    next: usize,
+    /// Packets below this have been considered (no-index case).
+    scanned_to: usize,
+    last_idr: usize,
+}
+
+impl KeyScan<'_> {
+    fn last_idr_at_or_before(&mut self, target: usize, bytes: &[u8], stream: &Stream) -> usize {
+        let check = |i: usize| {
+            let p = &stream.packets[i];
+            is_idr(&bytes[p.offset..p.offset + p.len], stream.nal_length_size)
+        };
+        match self.index {
+            Some(index) => {
+                while let Some(&k) = index.get(self.next) {
+                    if k > target {
+                        break;
+                    }
+                    self.next += 1;
+                    if k < stream.packets.len() && check(k) {
+                        self.last_idr = self.last_idr.max(k);
+                    }
+                }
+            }
+            None => {
+                while self.scanned_to <= target {
+                    if check(self.scanned_to) {
+                        self.last_idr = self.scanned_to;
+                    }
+                    self.scanned_to += 1;
+                }
+            }
+        }
+        self.last_idr
+    }
+}
+
+/// One decoder run over consecutive packets, from a key frame on.
+struct Segment {
+    decoder: Decoder,
+    /// The next packet (decode order) to feed.
+    next: usize,
+    /// Parameter sets to feed before the first packet (emptied once fed).
+    headers: Vec<Vec<u8>>,
+}
+
+impl Segment {
+    fn start(key: usize, headers: Vec<Vec<u8>>, sink: &mut Sink) -> Result<Self> {
+        let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
+        let decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| MediaError::Corrupt(format!("cannot start the H.264 decoder: {e}")))?;
+        // Without presentation times, pictures are ranked by output count from the key frame.
+        sink.outputs = key;
+        Ok(Self {
+            decoder,
+            next: key,
+            headers,
+        })
+    }
+
+    /// End of stream: reordered (B-frame) pictures still in the buffer come out only on a flush.
+    fn drain(mut self, sink: &mut Sink, budget: &mut Budget) -> Result<()> {
+        if sink.remaining == 0 {
+            return Ok(());
+        }
+        let (_, info, dst) = decode_call(&mut self.decoder, None, 0);
+        if info.iBufferStatus == 1 {
+            sink.take(&info, &dst, budget)?;
+        }
+        for _ in 0..64 {
+            if sink.remaining == 0 || frames_in_buffer(&mut self.decoder) == 0 {
+                break;
+            }
+            let (info, dst) = flush_call(&mut self.decoder);
+            if info.iBufferStatus != 1 {
+                break;
+            }
+            sink.take(&info, &dst, budget)?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns packets into decoder input.
+struct Feeder<'a> {
+    bytes: &'a [u8],
+    stream: &'a Stream,
+    rank: &'a [usize],
+    annexb: Vec<u8>,
+    errors: usize,
+}
+
+impl Feeder<'_> {
+    /// Feeds the segment's next packet and hands any picture that comes out to the sink.
+    fn feed(&mut self, seg: &mut Segment, sink: &mut Sink, budget: &mut Budget) -> Result<()> {
+        let i = seg.next;
+        seg.next += 1;
+        let p = &self.stream.packets[i];
+        let mut au = Vec::new();
+        for ps in std::mem::take(&mut seg.headers) {
+            push_nal(&ps, &mut au, budget)?;
+        }
+        to_annexb(
+            &self.bytes[p.offset..p.offset + p.len],
+            self.stream.nal_length_size,
+            &mut self.annexb,
+            budget,
+        )?;
+        au.extend_from_slice(&self.annexb);
+        if au.is_empty() {
+            return Ok(());
+        }
+        let ts = if self.stream.pts_known {
+            self.rank[i]
+        } else {
+            i
+        } as u64;
+        for data in [Some(&au[..]), None] {
+            let (state, info, dst) = decode_call(&mut seg.decoder, data, ts);
+            if state != 0 {
+                self.errors += 1;
+            }
+            if info.iBufferStatus == 1 {
+                sink.take(&info, &dst, budget)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where decoded pictures go: the chosen ones are converted and kept, the rest only counted.
 struct Sink {
     slot_of_rank: std::collections::HashMap<usize, usize>,
     images: Vec<Option<RgbImage>>,
     remaining: usize,
-    /// Pictures out so far: the presentation rank for streams without presentation times.
+    /// Presentation rank of the next picture out, for streams without presentation times.
     outputs: usize,
     pts_known: bool,
 }
 
 impl Sink {
+    fn has(&self, rank: usize) -> bool {
+        self.slot_of_rank
+            .get(&rank)
+            .is_some_and(|&slot| self.images[slot].is_some())
+    }
+
     fn take(&mut self, info: &SBufferInfo, dst: &[*mut u8; 3], budget: &mut Budget) -> Result<()> {
         budget.count_frame()?;
         let rank = if self.pts_known {

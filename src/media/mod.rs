@@ -86,6 +86,21 @@ impl Default for SampleSpec {
     }
 }
 
+/// How the decoders reach the chosen frames. Both give the same frames (tested on every fixture);
+/// they differ in how much of the video is decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DecodeStrategy {
+    /// Decode only around what is sampled. In-process H.264: for each chosen frame, start at the
+    /// last IDR picture at or before it (from the container's index: MP4 `stss`, AVI `idx1`,
+    /// each confirmed in the bytes) and decode up to it, going on with the same decoder when the
+    /// next chosen frame is in the same GOP. ffmpeg: one seek per chosen frame for long videos.
+    /// The work grows with the number of samples and the GOP length, not the video's length.
+    #[default]
+    Seek,
+    /// Decode every frame from the start up to the last chosen one (GIF always does).
+    Sequential,
+}
+
 /// What the container and decoder said about a video.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MediaInfo {
@@ -169,12 +184,22 @@ pub type Result<T, E = MediaError> = std::result::Result<T, E>;
 /// Decodes, samples and preprocesses the video at `path`. The format is detected from the bytes.
 pub fn load_video(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Frames> {
     let bytes = read_limited(path, limits)?;
-    run(&bytes, Some(path), spec, limits).map(|(frames, _)| frames)
+    run(&bytes, Some(path), spec, limits, DecodeStrategy::Seek).map(|(frames, _)| frames)
 }
 
 /// Like [`load_video`] for a video already in memory (uploads, fuzzing).
 pub fn load_video_bytes(bytes: &[u8], spec: &SampleSpec, limits: &MediaLimits) -> Result<Frames> {
-    run(bytes, None, spec, limits).map(|(frames, _)| frames)
+    load_video_bytes_with(bytes, spec, limits, DecodeStrategy::Seek)
+}
+
+/// Like [`load_video_bytes`] with a chosen [`DecodeStrategy`] (tests and benchmarks compare them).
+pub fn load_video_bytes_with(
+    bytes: &[u8],
+    spec: &SampleSpec,
+    limits: &MediaLimits,
+    strategy: DecodeStrategy,
+) -> Result<Frames> {
+    run(bytes, None, spec, limits, strategy).map(|(frames, _)| frames)
 }
 
 /// What `mvserve probe FILE` prints: the metadata and sampled timestamps, or the error.
@@ -201,9 +226,15 @@ pub struct ProbeError {
 }
 
 /// Runs the whole ingest on `path` and reports what happened (for `mvserve probe`).
-pub fn probe(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> ProbeReport {
+pub fn probe(
+    path: &Path,
+    spec: &SampleSpec,
+    limits: &MediaLimits,
+    strategy: DecodeStrategy,
+) -> ProbeReport {
     let start = Instant::now();
-    let result = read_limited(path, limits).and_then(|b| run(&b, Some(path), spec, limits));
+    let result =
+        read_limited(path, limits).and_then(|b| run(&b, Some(path), spec, limits, strategy));
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let file = path.display().to_string();
     match result {
@@ -362,6 +393,7 @@ fn run(
     path: Option<&Path>,
     spec: &SampleSpec,
     limits: &MediaLimits,
+    strategy: DecodeStrategy,
 ) -> Result<(Frames, Stats)> {
     validate_spec(spec)?;
     if bytes.len() as u64 > limits.max_bytes {
@@ -373,7 +405,7 @@ fn run(
         stats: Stats::default(),
     };
     let decoded = catch_unwind(AssertUnwindSafe(|| {
-        decode_any(bytes, path, spec, &mut budget)
+        decode_any(bytes, path, spec, &mut budget, strategy)
     }))
     .unwrap_or_else(|panic| {
         let what = panic
@@ -394,29 +426,27 @@ fn decode_any(
     path: Option<&Path>,
     spec: &SampleSpec,
     budget: &mut Budget,
+    strategy: DecodeStrategy,
 ) -> Result<Decoded> {
     let container = detect::detect(bytes);
+    let ffmpeg = |container, codec: &str, budget: &mut Budget| {
+        ffmpeg::decode(bytes, path, container, codec, spec, budget, strategy)
+    };
     match container {
         Container::Mp4 | Container::Avi => {
             let stream = match container {
                 Container::Mp4 => match mp4::demux(bytes, budget)? {
                     mp4::Demux::H264(s) => s,
-                    mp4::Demux::Other { codec } => {
-                        return ffmpeg::decode(bytes, path, container, &codec, spec, budget)
-                    }
+                    mp4::Demux::Other { codec } => return ffmpeg(container, &codec, budget),
                 },
                 _ => match avi::demux(bytes, budget)? {
                     avi::Demux::H264(s) => s,
-                    avi::Demux::Other { codec } => {
-                        return ffmpeg::decode(bytes, path, container, &codec, spec, budget)
-                    }
+                    avi::Demux::Other { codec } => return ffmpeg(container, &codec, budget),
                 },
             };
-            match h264::decode(bytes, stream, spec, budget) {
+            match h264::decode(bytes, stream, spec, budget, strategy) {
                 // An H.264 flavour OpenH264 lacks (High 10, 4:2:2, interlaced): ffmpeg may have it.
-                Err(MediaError::Unsupported { format, .. }) => {
-                    ffmpeg::decode(bytes, path, container, &format, spec, budget)
-                }
+                Err(MediaError::Unsupported { format, .. }) => ffmpeg(container, &format, budget),
                 other => other,
             }
         }
@@ -425,7 +455,7 @@ fn decode_any(
             format: "unrecognised bytes (not a known video container)".into(),
             hint: "upload MP4/MOV, AVI, WebM/MKV or GIF video".into(),
         }),
-        other => ffmpeg::decode(bytes, path, other, "", spec, budget),
+        other => ffmpeg(other, "", budget),
     }
 }
 

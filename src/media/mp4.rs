@@ -174,6 +174,18 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
         })
         .collect();
     let duration_s = (end_time - dts[0]) as f64 / scale;
+    // Sync samples (1-based); no `stss` means every sample is one.
+    let keyframes = stbl.stss.as_ref().map(|stss| {
+        let mut k: Vec<usize> = stss
+            .entries
+            .iter()
+            .filter_map(|&s| (s as usize).checked_sub(1))
+            .filter(|&s| s < n)
+            .collect();
+        k.sort_unstable();
+        k.dedup();
+        k
+    });
 
     let avcc = &avc1.avcc;
     let parameter_sets = avcc
@@ -191,6 +203,7 @@ pub fn demux(bytes: &[u8], budget: &Budget) -> Result<Demux> {
         width: avc1.width as u32,
         height: avc1.height as u32,
         duration_s,
+        keyframes,
     }))
 }
 

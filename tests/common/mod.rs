@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: tensor comparison, and a real server process.
+//! Helpers shared by the integration tests: tensor comparison, a real server process, media
+//! fixtures.
 #![allow(dead_code)]
 
+pub mod media;
 pub mod server;
 
 use candle_core::{DType, Tensor};

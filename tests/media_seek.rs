@@ -1,0 +1,103 @@
+//! The seeking decoder (`DecodeStrategy::Seek`, the default) against the sequential one it
+//! replaced: on every fixture video the same frames (timestamps, pixels, thumbnail, metadata) for
+//! several frame counts, and on the long-GOP fixtures a fraction of the decoding work.
+//!
+//! `gop2s_bframes.{mp4,avi}` and `gop2s.webm` are 90 s, 64x48, 25 fps, a key frame every 2 s
+//! (ffmpeg's `testsrc2` through libx264 with 2 B-frames / libvpx; commands in README "Video
+//! ingest"). The WebM needs the ffmpeg program: skipped with a notice without it, except under CI.
+
+mod common;
+
+use common::media::{fixture, have_ffmpeg};
+use mvserve::media::{
+    load_video_bytes_with, probe, DecodeStrategy, Frames, MediaError, MediaLimits, SampleSpec,
+};
+
+const IN_PROCESS: &[&str] = &[
+    "video7020.mp4",
+    "video7021.mp4",
+    "video7024.mp4",
+    "video7025.mp4",
+    "video740.mp4",
+    "bikes.mp4",
+    "carphone_distorted.mp4",
+    "realshort.mp4",
+    "jPBxl9gFqNY_110_117.avi",
+    "newtonscradle.gif",
+    "gop2s_bframes.mp4",
+    "gop2s_bframes.avi",
+];
+const THROUGH_FFMPEG: &[&str] = &["big_buck_bunny_432_433.webm", "gop2s.webm"];
+
+fn load(bytes: &[u8], frames: usize, strategy: DecodeStrategy) -> Result<Frames, MediaError> {
+    let spec = SampleSpec {
+        frames,
+        ..Default::default()
+    };
+    load_video_bytes_with(bytes, &spec, &MediaLimits::default(), strategy)
+}
+
+fn assert_same(name: &str, frames: usize) {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let seq = load(&bytes, frames, DecodeStrategy::Sequential)
+        .unwrap_or_else(|e| panic!("{name}: sequential decode failed: {e}"));
+    let seek = load(&bytes, frames, DecodeStrategy::Seek)
+        .unwrap_or_else(|e| panic!("{name}: seeking decode failed: {e}"));
+    let what = format!("{name}, {frames} frames");
+    assert_eq!(seek.timestamps, seq.timestamps, "{what}: timestamps");
+    assert_eq!(seek.mask, seq.mask, "{what}: mask");
+    assert_eq!(seek.info, seq.info, "{what}: metadata");
+    assert!(seek.pixels == seq.pixels, "{what}: pixels differ");
+    assert!(
+        seek.thumbnail_jpeg == seq.thumbnail_jpeg,
+        "{what}: thumbnail"
+    );
+    assert!(seek.mask.iter().any(|&m| m), "{what}: no frames");
+}
+
+#[test]
+fn seeking_gives_the_sequential_frames_on_every_in_process_fixture() {
+    for name in IN_PROCESS {
+        for frames in [12, 4, 1, 40] {
+            assert_same(name, frames);
+        }
+    }
+}
+
+#[test]
+fn seeking_gives_the_sequential_frames_through_ffmpeg() {
+    if !have_ffmpeg("seeking_gives_the_sequential_frames_through_ffmpeg") {
+        return;
+    }
+    for name in THROUGH_FFMPEG {
+        for frames in [12, 5] {
+            assert_same(name, frames);
+        }
+    }
+}
+
+/// Frames decoded by the in-process decoder (`probe` reports the count).
+fn decoded(name: &str, strategy: DecodeStrategy) -> (u64, Vec<f64>) {
+    let r = probe(
+        &fixture(name),
+        &SampleSpec::default(),
+        &MediaLimits::default(),
+        strategy,
+    );
+    assert!(r.ok, "{name}: {:?}", r.error);
+    (r.frames_decoded.unwrap(), r.sampled_timestamps.unwrap())
+}
+
+#[test]
+fn seeking_decodes_a_fraction_of_a_long_video() {
+    for name in ["gop2s_bframes.mp4", "gop2s_bframes.avi"] {
+        let (seq, t_seq) = decoded(name, DecodeStrategy::Sequential);
+        let (seek, t_seek) = decoded(name, DecodeStrategy::Seek);
+        assert_eq!(t_seq, t_seek, "{name}");
+        // The last sample is at 89 s: sequential decoding goes through ~2,225 frames. Seeking
+        // decodes within the 12 GOPs of 50 frames that hold a sample, plus the reorder delay.
+        println!("{name}: sequential {seq} frames, seeking {seek} frames");
+        assert!(seq >= 2200, "{name}: sequential decoded {seq}");
+        assert!(seek <= 12 * 52, "{name}: seeking decoded {seek}");
+    }
+}
