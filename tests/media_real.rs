@@ -1,4 +1,4 @@
-//! Video ingest on real third-party files (`tests/fixtures/videos`, see `/work/shared/data/SOURCES.md`):
+//! Video ingest on real third-party files (`tests/fixtures/videos`, provenance in its `SOURCES.md`):
 //! metadata, sampled timestamps, and pixels against ffmpeg's decode of the same frames (PSNR).
 //!
 //! Tests that need the `ffmpeg` program skip with a notice when it is missing, except under CI
@@ -16,18 +16,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `true` if ffmpeg can be used; `false` (with a notice) to skip; panics under CI.
-fn have_ffmpeg(test: &str) -> bool {
-    let ok = Command::new("ffmpeg").arg("-version").output().is_ok()
-        && Command::new("ffprobe").arg("-version").output().is_ok();
-    if !ok {
-        if std::env::var_os("CI").is_some() {
-            panic!("{test}: ffmpeg/ffprobe not found, and CI must run this test");
-        }
-        eprintln!("NOTICE: {test} skipped: ffmpeg/ffprobe not installed");
-    }
-    ok
-}
+mod common;
+use common::have_ffmpeg;
 
 /// What we expect of each real file (from ffprobe and the 1 fps / F = 12 rule).
 struct Expect {

@@ -13,6 +13,8 @@ pub mod error;
 pub mod grpc;
 pub mod ingest;
 pub mod metrics;
+pub mod openapi;
+pub mod routes;
 pub mod service;
 pub mod upload;
 
@@ -29,7 +31,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
 use ingest::VideoDecoder;
@@ -148,20 +149,12 @@ impl MakeRequestId for Counter {
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
     let header = axum::http::HeaderName::from_static("x-request-id");
-    Router::new()
-        .route("/", get(api::page))
-        .route("/index", post(api::index))
-        .route("/search", get(api::search))
-        .route(
-            "/videos/{task}/{id}",
-            get(api::get_video).delete(api::delete_video),
-        )
-        .route("/videos/{task}/{id}/thumbnail.jpg", get(api::thumbnail))
-        .route("/tasks", get(api::tasks))
-        .route("/tasks/{task}", get(api::task))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+    let mut router = Router::new();
+    for route in routes::table() {
+        let (path, handler) = route.into_parts();
+        router = router.route(path, handler);
+    }
+    router
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_mw))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_mw))
@@ -232,7 +225,10 @@ async fn auth_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     }
     let path = req.uri().path();
     // Probes stay open for orchestrators; the page holds no data (its API calls carry the key).
-    if matches!(path, "/" | "/healthz" | "/readyz" | "/metrics") {
+    if matches!(
+        path,
+        "/" | "/openapi.json" | "/healthz" | "/readyz" | "/metrics"
+    ) {
         return next.run(req).await;
     }
     let key = {
