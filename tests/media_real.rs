@@ -1,4 +1,4 @@
-//! Video ingest on real third-party files (`tests/fixtures/videos`, see `/work/shared/data/SOURCES.md`):
+//! Video ingest on real third-party files (`tests/fixtures/videos`, provenance in its `SOURCES.md`):
 //! metadata, sampled timestamps, and pixels against ffmpeg's decode of the same frames (PSNR).
 //!
 //! Tests that need the `ffmpeg` program skip with a notice when it is missing, except under CI
@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::media::{fixture, have_ffmpeg};
+use common::have_ffmpeg;
+use common::media::fixture;
 
 use mvserve::backbone::preprocess::{preprocess, CLIP_MEAN, CLIP_STD};
 use mvserve::media::{load_video, Frames, MediaLimits, SampleSpec};

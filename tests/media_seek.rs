@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::media::{fixture, have_ffmpeg};
+use common::have_ffmpeg;
+use common::media::fixture;
 use mvserve::media::{
     load_video_bytes_with, probe, DecodeStrategy, Frames, MediaError, MediaLimits, SampleSpec,
 };

@@ -105,6 +105,8 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
     assert_eq!(t["model"]["frames"], 4);
 
     // Uploads and searches go through the adapter: other vectors than plain CLIP's.
+    let (bunny_name, bunny) =
+        ffmpeg_clip("adapter_files_are_served_swapped_rejected_and_survive_restart");
     for task in ["news", "clip"] {
         let (st, v) = s.post_form(
             &format!("/index?task={task}"),
@@ -112,7 +114,7 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
                 Part::Text("id", "drive"),
                 Part::File("video7020.mp4", video("video7020.mp4")),
                 Part::Text("id", "bunny"),
-                Part::File("bunny.webm", video("big_buck_bunny_432_433.webm")),
+                Part::File(bunny_name, bunny.clone()),
             ],
             None,
         );

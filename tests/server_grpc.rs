@@ -91,13 +91,8 @@ fn index_search_get_delete_over_grpc_match_http() {
         "realshort.mp4",
         &video("realshort.mp4"),
     );
-    msgs.extend(video_messages(
-        "",
-        "",
-        "",
-        "bunny.webm",
-        &video("big_buck_bunny_432_433.webm"),
-    ));
+    let (bunny_name, bunny) = ffmpeg_clip("index_search_get_delete_over_grpc_match_http");
+    msgs.extend(video_messages("", "", "", bunny_name, &bunny));
     let resp = rt
         .block_on(c.index(stream::iter(msgs)))
         .expect("Index")

@@ -1,6 +1,8 @@
 //! The synthetic data generator end to end: files decode through `media` with the rendered
 //! pixels, ffprobe agrees on codec, size and duration, the output is a function of the seed.
 
+mod common;
+
 use mvserve::backbone::preprocess::{preprocess, CLIP_STD};
 use mvserve::media::{load_video, SampleSpec};
 use mvserve::synth::{generate, SynthSpec};
@@ -85,6 +87,9 @@ fn clips_decode_to_the_rendered_frames() {
 
 #[test]
 fn ffprobe_agrees() {
+    if !common::have_ffmpeg("ffprobe_agrees") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let clips = generate(&SynthSpec { n: 2, ..spec(2, 4) }, dir.path()).unwrap();
     let out = Command::new("ffprobe")

@@ -50,7 +50,7 @@ pub enum RegistryError {
 }
 
 /// What `/tasks` shows about a task's model.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     /// "builtin" for `clip`, else "adapter".
     pub kind: String,
@@ -93,9 +93,10 @@ impl Task {
 }
 
 /// `GET /tasks` entry.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskStatus {
     pub task: String,
+    #[schema(value_type = String)]
     pub state: &'static str,
     pub generation: u64,
     pub pending_generation: Option<u64>,

@@ -17,6 +17,8 @@ pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod multipart;
+pub mod openapi;
+pub mod routes;
 pub mod service;
 pub mod upload;
 
@@ -33,7 +35,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
 use ingest::VideoDecoder;
@@ -174,25 +175,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         state.config.max_videos_per_request,
         state.config.max_upload_bytes,
     );
-    Router::new()
-        .route("/", get(api::page))
-        .route(
-            "/index",
-            post(api::index).layer(axum::extract::DefaultBodyLimit::max(
-                usize::try_from(body_limit).unwrap_or(usize::MAX),
-            )),
-        )
-        .route("/search", get(api::search))
-        .route(
-            "/videos/{task}/{id}",
-            get(api::get_video).delete(api::delete_video),
-        )
-        .route("/videos/{task}/{id}/thumbnail.jpg", get(api::thumbnail))
-        .route("/tasks", get(api::tasks))
-        .route("/tasks/{task}", get(api::task))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+    let mut router = Router::new();
+    for route in routes::table() {
+        let (path, handler) = route.into_parts();
+        router = router.route(path, handler);
+    }
+    router
+        // Only `POST /index` reads a body; its limit follows from --max-upload-mb (and
+        // `multipart` checks a declared Content-Length against it before reading).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            usize::try_from(body_limit).unwrap_or(usize::MAX),
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth_mw))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics_mw))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -270,8 +263,8 @@ async fn auth_mw(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
     let path = req.uri().path();
     // Probes stay open for orchestrators; the page holds no data (its API calls carry the key).
     // `/metrics` is not among them: its labels name every task (serve it to Prometheus on
-    // `--metrics-port`).
-    if matches!(path, "/" | "/healthz" | "/readyz") {
+    // `--metrics-port`). The OpenAPI document holds no data.
+    if matches!(path, "/" | "/openapi.json" | "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let key = {
@@ -304,7 +297,7 @@ async fn auth_mw(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
 /// network the operator controls); with auth off the same localhost rules as the API apply.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/metrics", get(api::metrics))
+        .route("/metrics", axum::routing::get(api::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             local_mw,

@@ -11,15 +11,25 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use utoipa::ToSchema;
 
 /// Largest `k` a search may ask for.
 pub const MAX_K: usize = 1000;
 /// `k` when the request gives none.
 pub const DEFAULT_K: usize = 10;
-/// Longest query in bytes.
-pub const MAX_QUERY_BYTES: usize = 4096;
+/// Longest query in characters (the OpenAPI document's `maxLength`, which counts characters).
+pub const MAX_QUERY_CHARS: usize = 4096;
+
+/// A query with nothing but white space: Rust's White_Space plus U+001C..U+001F, which is
+/// Python's `str.isspace()` (and so `\s` for schemathesis), so the OpenAPI document's
+/// `pattern: \S` and the server agree on what "blank" is.
+fn blank(q: &str) -> bool {
+    q.chars()
+        .all(|c| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
 
 /// The key a request carries: `Authorization: Bearer KEY`, else `x-api-key: KEY`.
 pub fn api_key<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Option<&'a str> {
@@ -79,6 +89,33 @@ pub fn thumb_url(task: &str, id: &str) -> String {
     )
 }
 
+/// The HTTP path of a video's stored upload.
+pub fn video_url(task: &str, id: &str) -> String {
+    format!("/videos/{}/{}/video", url_segment(task), url_segment(id))
+}
+
+/// The content type of a stored upload, from the container (and codec) detected at upload.
+/// Matroska holding only WebM's codecs is `video/webm`, which browsers play.
+pub fn content_type(stored: &Value) -> &'static str {
+    let media = stored.get("media");
+    let field = |k: &str| {
+        media
+            .and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    match (field("container"), field("codec")) {
+        ("mp4", _) => "video/mp4",
+        ("matroska", "vp8" | "vp9" | "av1") => "video/webm",
+        ("matroska", _) => "video/x-matroska",
+        ("avi", _) => "video/x-msvideo",
+        ("gif", _) => "image/gif",
+        ("ogg", _) => "video/ogg",
+        ("mpegts", _) => "video/mp2t",
+        _ => "application/octet-stream",
+    }
+}
+
 fn url_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -96,18 +133,27 @@ fn user_meta(stored: &Value) -> Value {
     stored.get("meta").cloned().unwrap_or(Value::Null)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchHit {
     pub id: String,
+    /// Cosine similarity of the query and the video, in [-1, 1].
     pub score: f32,
+    /// The `meta` JSON given at upload (`null` without one).
     pub meta: Value,
+    /// URL path of the thumbnail JPEG.
     pub thumbnail: String,
+    /// URL path of the stored upload (Range requests supported).
+    pub video: String,
+    /// The upload's content type, from the container detected at upload.
+    pub content_type: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResult {
     pub task: String,
+    /// The generation (model + its vectors) that answered.
     pub generation: u64,
+    /// Digest of the model that embedded the query and the videos.
     pub adapter_digest: String,
     pub hits: Vec<SearchHit>,
 }
@@ -122,16 +168,16 @@ pub async fn search(
 ) -> Result<SearchResult, ApiError> {
     let t0 = Instant::now();
     let (task, gen) = task_of(state, task)?;
-    if q.trim().is_empty() {
+    if blank(q) {
         return Err(ApiError::bad_request(
             "empty_query",
             "give a non-empty query",
         ));
     }
-    if q.len() > MAX_QUERY_BYTES {
+    if q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::bad_request(
             "query_too_long",
-            format!("queries are limited to {MAX_QUERY_BYTES} bytes"),
+            format!("queries are limited to {MAX_QUERY_CHARS} characters"),
         ));
     }
     let k = k.unwrap_or(DEFAULT_K);
@@ -149,6 +195,8 @@ pub async fn search(
         .into_iter()
         .map(|h| SearchHit {
             thumbnail: thumb_url(&task.name, &h.id),
+            video: video_url(&task.name, &h.id),
+            content_type: content_type(&h.meta).to_string(),
             meta: user_meta(&h.meta),
             score: h.score,
             id: h.id,
@@ -165,19 +213,28 @@ pub async fn search(
 
 /// A stored video as `GET /videos/{task}/{id}` shows it; the fields kept at upload are `null`
 /// when absent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct VideoInfo {
     pub id: String,
     pub task: String,
     pub generation: u64,
     pub adapter_digest: String,
+    /// Milliseconds since the Unix epoch when it was indexed.
     pub added_ms: u64,
+    /// The `meta` JSON given at upload.
     pub meta: Value,
+    /// The uploaded file's name (string or null).
     pub file_name: Value,
+    /// The upload's size in bytes (integer or null).
     pub bytes: Value,
+    /// Frames embedded (integer or null).
     pub frames: Value,
+    /// Container, codec, duration, size, fps, decoder, frame count.
     pub media: Value,
     pub thumbnail: String,
+    /// URL path of the stored upload (Range requests supported).
+    pub video: String,
+    pub content_type: String,
 }
 
 fn unknown_video(task: &str, id: &str) -> ApiError {
@@ -201,11 +258,13 @@ pub fn get_video(state: &AppState, task: &str, id: &str) -> Result<VideoInfo, Ap
         frames: field("frames"),
         media: field("media"),
         thumbnail: thumb_url(&t.name, &r.id),
+        video: video_url(&t.name, &r.id),
+        content_type: content_type(&r.meta).to_string(),
         id: r.id,
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Deleted {
     pub deleted: String,
     pub task: String,
@@ -255,7 +314,29 @@ pub async fn thumbnail(state: &AppState, task: &str, id: &str) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-#[derive(Debug, Serialize)]
+/// A stored upload on disk and the content type to serve it with.
+pub struct VideoFile {
+    pub path: PathBuf,
+    pub content_type: &'static str,
+}
+
+/// Where a stored video's upload is; the transport streams it (with Range support).
+pub fn video_file(state: &AppState, task: &str, id: &str) -> Result<VideoFile, ApiError> {
+    let t0 = Instant::now();
+    let (t, gen) = task_of(state, Some(task))?;
+    let r = gen.store.get(id).ok_or_else(|| unknown_video(task, id))?;
+    let path = gen
+        .store
+        .blob_path(id, BlobKind::Original)
+        .ok_or_else(|| unknown_video(task, id))?;
+    record(state, &t.name, "video", t0);
+    Ok(VideoFile {
+        path,
+        content_type: content_type(&r.meta),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskStatus>,
     /// Adapter files refused for tasks that are not served: task -> why.

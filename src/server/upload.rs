@@ -72,16 +72,18 @@ struct Upload {
     bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IndexedVideo {
     pub id: String,
     pub bytes: u64,
+    /// Frames embedded.
     pub frames: usize,
+    /// Container, codec, duration, size, fps, decoder, frame count.
     pub media: Value,
     pub thumbnail: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IndexResult {
     pub task: String,
     pub generation: u64,

@@ -236,3 +236,14 @@ pub fn hit_ids(v: &Value) -> Vec<String> {
         .map(|h| h["id"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// A clip that only the ffmpeg fallback decodes (VP9 WebM), for tests that exercise it next to
+/// the in-process decoders; without ffmpeg (outside CI, with a notice) an in-process AVI instead,
+/// so the rest of the test still runs.
+pub fn ffmpeg_clip(test: &str) -> (&'static str, Vec<u8>) {
+    if super::have_ffmpeg(test) {
+        ("bunny.webm", video("big_buck_bunny_432_433.webm"))
+    } else {
+        ("bunny.avi", video("jPBxl9gFqNY_110_117.avi"))
+    }
+}
