@@ -43,6 +43,19 @@ impl AdapterLoader for FakeLoader {
     }
 }
 
+/// A data folder, and an adapters folder holding `news.safetensors` with digest `ok:news-1`.
+fn news_dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let adapters = tempfile::tempdir().unwrap();
+    put(adapters.path(), "news.safetensors", "ok:news-1");
+    (data, adapters)
+}
+
+/// A registry of 32-d vectors over `data`.
+fn registry(data: &tempfile::TempDir) -> Arc<Registry> {
+    Arc::new(Registry::new(data.path(), 32, StoreConfig::default()))
+}
+
 /// Writes beside and renames into place, as a deployment would.
 fn put(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
@@ -67,15 +80,13 @@ fn digest(r: &Registry, task: &str) -> Option<String> {
 
 #[test]
 fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
     put(dir, "broken.safetensors", "garbage");
     put(dir, "clip.safetensors", "ok:shadow");
     std::fs::write(dir.join("README.md"), "not an adapter").unwrap();
 
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let found = reg.scan(&FakeLoader, dir);
     assert_eq!(found.len(), 3, "{found:?}");
     assert!(found.contains(&("news".into(), Outcome::Added { generation: 0 })));
@@ -160,11 +171,9 @@ impl mvserve::registry::reembed::Reembedder for FoldEmbedder {
 
 #[test]
 fn replaced_adapter_re_embeds_then_cuts_over() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
     reg.scan(&FakeLoader, dir);
@@ -252,11 +261,9 @@ fn store_videos(reg: &Registry, task: &str, n: usize) {
 #[test]
 fn re_embedding_retries_and_never_drops_a_video() {
     // A transient failure is retried: the cutover carries every video.
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
         flaky: "video 1".into(),
         broken: None,
@@ -275,7 +282,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
     // A video that fails every time stops the cutover: the old generation keeps all three.
     let data = tempfile::tempdir().unwrap();
     put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
         flaky: String::new(),
         broken: Some("video 2".into()),
@@ -310,18 +317,16 @@ fn ids_of(reg: &Registry, task: &str) -> Vec<String> {
 /// and the new generation carries every video; the replaced one is removed from disk.
 #[test]
 fn restart_after_the_adapter_changed_while_down_keeps_every_video() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
     {
-        let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+        let reg = registry(&data);
         reg.scan(&FakeLoader, dir);
         store_videos(&reg, "news", 3);
     }
     // The server is down; the operator replaces the file; the server starts again.
     put(dir, "news.safetensors", "ok:news-2");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
     let out = reg.scan(&FakeLoader, dir);
@@ -352,12 +357,10 @@ fn restart_after_the_adapter_changed_while_down_keeps_every_video() {
 /// It is discarded and rebuilt from the generation that was served.
 #[test]
 fn a_half_built_generation_left_by_a_crash_is_discarded_and_rebuilt() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
     {
-        let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+        let reg = registry(&data);
         reg.scan(&FakeLoader, dir);
         store_videos(&reg, "news", 3);
         // What a crash mid re-embedding leaves: generation 1 holding part of the videos (and
@@ -374,7 +377,7 @@ fn a_half_built_generation_left_by_a_crash_is_discarded_and_rebuilt() {
             .add("v0", &[3.0; 32], "ok:news-2", serde_json::json!({}))
             .unwrap();
     }
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
     reg.scan(&FakeLoader, dir);
@@ -390,11 +393,9 @@ fn a_half_built_generation_left_by_a_crash_is_discarded_and_rebuilt() {
 /// re-embedded with it.
 #[test]
 fn an_empty_swap_waits_for_an_upload_in_flight() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
     reg.scan(&FakeLoader, dir);
@@ -450,11 +451,9 @@ impl mvserve::registry::reembed::Reembedder for DeletingEmbedder {
 /// back at the cutover. Now it is retried, and one that keeps failing stops the cutover.
 #[test]
 fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     reg.scan(&FakeLoader, dir);
     store_videos(&reg, "news", 3);
     let task = reg.get("news").unwrap();
@@ -483,11 +482,9 @@ fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
 /// task back in service. The finished generation is discarded instead.
 #[test]
 fn a_re_embedding_that_ends_after_the_file_was_removed_does_not_bring_the_task_back() {
-    let data = tempfile::tempdir().unwrap();
-    let adapters = tempfile::tempdir().unwrap();
+    let (data, adapters) = news_dirs();
     let dir = adapters.path();
-    put(dir, "news.safetensors", "ok:news-1");
-    let reg = Arc::new(Registry::new(data.path(), 32, StoreConfig::default()));
+    let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
     *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
     reg.scan(&FakeLoader, dir);
