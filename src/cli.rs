@@ -387,6 +387,20 @@ pub struct ServeArgs {
     #[arg(long, env = "MVSERVE_IDLE_TIMEOUT_S", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout_s: u64,
+    /// What this process does: `all` (everything, the default), `query` (stateless search
+    /// replicas) or `indexer` (uploads, deletes, re-embedding; one per deployment). `query` and
+    /// `indexer` need a milvus:// store.
+    #[arg(long, env = "MVSERVE_ROLE", value_enum, default_value_t = mvserve::server::role::Role::All)]
+    pub role: mvserve::server::role::Role,
+    /// Where vectors live: `embedded` (this process's data dir) or
+    /// `milvus://HOST:PORT[/DATABASE][?prefix=NAME_&consistency=eventual|strong&timeout_ms=N]`;
+    /// the Milvus token comes from MVSERVE_MILVUS_TOKEN.
+    #[arg(long, env = "MVSERVE_STORE", default_value = "embedded")]
+    pub store: String,
+    /// With a milvus:// store: the directory shared by every replica for uploads, thumbnails and
+    /// adapter copies (a ReadWriteMany volume). Default: the data dir.
+    #[arg(long, env = "MVSERVE_BLOB_DIR")]
+    pub blob_dir: Option<PathBuf>,
     /// Frames sampled per video (built-in task).
     #[arg(long, env = "MVSERVE_FRAMES", default_value_t = 12)]
     pub frames: usize,
@@ -434,7 +448,17 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    let token = std::env::var("MVSERVE_MILVUS_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let store =
+        mvserve::server::role::StoreSpec::parse(&args.store, token).map_err(anyhow::Error::msg)?;
+    mvserve::server::role::files_root(args.role, &store, &args.data_dir, args.blob_dir.as_deref())
+        .map_err(anyhow::Error::msg)?;
     let config = mvserve::server::ServeConfig {
+        role: args.role,
+        store,
+        blob_dir: args.blob_dir,
         model: args.model.source(),
         device: args.model.device,
         data_dir: args.data_dir,

@@ -141,7 +141,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
         reg.get("news").unwrap().last_error.read().is_some()
     });
     assert_eq!(digest(&reg, "news").as_deref(), Some("ok:news-1"));
-    assert_eq!(reg.status("news").unwrap().videos, 1);
+    assert_eq!(reg.status("news").unwrap().videos, Some(1));
 
     // A fixed broken file becomes a task; a removed file takes its task out of service.
     put(dir, "broken.safetensors", "ok:fixed");
@@ -201,15 +201,19 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     wait_for("the cutover", || task.current().number == 1);
     let g1 = task.current();
     assert_eq!(g1.model.digest(), "ok:news-2");
-    let mut ids = g1.store.ids();
+    let mut ids = g1.store.ids().unwrap();
     ids.sort();
     assert_eq!(ids, vec!["v0", "v1", "v2", "v3"]);
-    let r = g1.store.get("v2").unwrap();
+    let r = g1.store.get("v2").unwrap().unwrap();
     assert_eq!(r.adapter_digest, "ok:news-2");
     assert_eq!(r.meta["n"], 2);
-    assert!(g1.store.blob_path("v2", BlobKind::Original).is_some());
+    assert!(g1
+        .store
+        .blob_path("v2", BlobKind::Original)
+        .unwrap()
+        .is_some());
     assert_eq!(reg.status("news").unwrap().pending_generation, None);
-    assert_eq!(reg.recorded_generation("news"), Some(1));
+    assert_eq!(reg.recorded_generation("news").unwrap(), Some(1));
 }
 
 /// Fails once for `flaky` (a transient error) and always for `broken`, if set.
@@ -276,7 +280,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
     assert_eq!(o, Outcome::Reembedding { generation: 1 });
     wait_for("the cutover", || task.current().number == 1);
-    assert_eq!(task.current().store.len(), 3);
+    assert_eq!(task.current().store.count().unwrap(), 3);
     assert!(task.last_error.read().is_none());
 
     // A video that fails every time stops the cutover: the old generation keeps all three.
@@ -299,14 +303,14 @@ fn re_embedding_retries_and_never_drops_a_video() {
     assert!(err.contains("v2") && err.contains("not installed"), "{err}");
     assert_eq!(task.current().number, 0);
     assert_eq!(task.current().model.digest(), "ok:news-1");
-    assert_eq!(task.current().store.len(), 3);
+    assert_eq!(task.current().store.count().unwrap(), 3);
     assert!(!data.path().join("tasks/news/gen-1").exists());
-    assert_eq!(reg.recorded_generation("news"), Some(0));
+    assert_eq!(reg.recorded_generation("news").unwrap(), Some(0));
 }
 
 /// The ids of a task's current generation, sorted.
 fn ids_of(reg: &Registry, task: &str) -> Vec<String> {
-    let mut ids = reg.get(task).unwrap().current().store.ids();
+    let mut ids = reg.get(task).unwrap().current().store.ids().unwrap();
     ids.sort();
     ids
 }
@@ -342,7 +346,7 @@ fn restart_after_the_adapter_changed_while_down_keeps_every_video() {
     wait_for("the cutover", || task.current().number == 1);
     assert_eq!(task.current().model.digest(), "ok:news-2");
     assert_eq!(ids_of(&reg, "news"), vec!["v0", "v1", "v2"]);
-    assert_eq!(reg.recorded_generation("news"), Some(1));
+    assert_eq!(reg.recorded_generation("news").unwrap(), Some(1));
     // Nothing holds generation 0 any more: its directory goes.
     wait_for("generation 0 removed", || {
         !data.path().join("tasks/news/gen-0").exists()
@@ -428,7 +432,7 @@ fn an_empty_swap_waits_for_an_upload_in_flight() {
 struct DeletingEmbedder {
     calls: std::sync::atomic::AtomicUsize,
     at: usize,
-    old: Arc<mvserve::store::TaskStore>,
+    old: Arc<dyn mvserve::store::VectorStore>,
     new_dir: std::path::PathBuf,
     deleted: std::sync::Mutex<Option<String>>,
 }
@@ -438,7 +442,13 @@ impl mvserve::registry::reembed::Reembedder for DeletingEmbedder {
         let bytes = std::fs::read_to_string(original).map_err(|e| e.to_string())?;
         if n == self.at {
             let this = format!("v{}", bytes.trim_start_matches("video "));
-            let victim = self.old.ids().into_iter().find(|id| *id != this).unwrap();
+            let victim = self
+                .old
+                .ids()
+                .unwrap()
+                .into_iter()
+                .find(|id| *id != this)
+                .unwrap();
             mvserve::store::fail_next_deletes(&self.new_dir, 100);
             assert!(self.old.delete(&victim).unwrap());
             *self.deleted.lock().unwrap() = Some(victim);
@@ -473,7 +483,10 @@ fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
     });
     let victim = embedder.deleted.lock().unwrap().clone().unwrap();
     assert_eq!(task.current().number, 0, "no cutover");
-    assert!(task.current().store.get(&victim).is_none(), "still deleted");
+    assert!(
+        task.current().store.get(&victim).unwrap().is_none(),
+        "still deleted"
+    );
     let err = task.last_error.read().clone().unwrap();
     assert!(err.contains(&victim), "{err}");
 }
@@ -505,7 +518,7 @@ fn a_re_embedding_that_ends_after_the_file_was_removed_does_not_bring_the_task_b
         reg.get("news").is_none(),
         "the task must stay out of service"
     );
-    assert_eq!(reg.recorded_generation("news"), Some(0));
+    assert_eq!(reg.recorded_generation("news").unwrap(), Some(0));
     assert!(!data.path().join("tasks/news/gen-1").exists());
     // Its data stays: the file coming back serves the same videos.
     drop(task);

@@ -14,11 +14,12 @@
 //! generation but the recorded one (replaced ones, and half-built ones a crash left) is removed.
 
 pub mod adapters;
+pub mod follow;
 pub mod reembed;
 pub mod watch;
 
 use crate::encode::TaskModel;
-use crate::store::{StoreConfig, StoreError, TaskStore};
+use crate::store::{EmbeddedBackend, StoreBackend, StoreConfig, StoreError, VectorStore};
 use parking_lot::RwLock;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ pub enum RegistryError {
         #[source]
         source: StoreError,
     },
+    /// A query replica could not load the adapter a generation was made with.
+    #[error("adapter of task {task}: {why}")]
+    Adapter { task: String, why: String },
     #[error("i/o on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -69,7 +73,7 @@ pub struct ModelInfo {
 pub struct Generation {
     pub number: u64,
     pub model: Arc<dyn TaskModel>,
-    pub store: Arc<TaskStore>,
+    pub store: Arc<dyn VectorStore>,
     pub info: ModelInfo,
 }
 
@@ -100,15 +104,15 @@ pub struct TaskStatus {
     pub state: &'static str,
     pub generation: u64,
     pub pending_generation: Option<u64>,
-    pub videos: usize,
+    /// `null` when the store cannot be asked right now.
+    pub videos: Option<usize>,
     pub model: ModelInfo,
     pub last_error: Option<String>,
 }
 
 pub struct Registry {
     data_dir: PathBuf,
-    dim: usize,
-    store_config: StoreConfig,
+    backend: Arc<dyn StoreBackend>,
     tasks: RwLock<BTreeMap<String, Arc<Task>>>,
     /// Adapter files that failed to load for a task that is not being served: task -> why.
     pub rejected: RwLock<BTreeMap<String, String>>,
@@ -133,11 +137,18 @@ pub fn now_s() -> f64 {
 }
 
 impl Registry {
+    /// A registry on the embedded store under `data_dir`.
     pub fn new(data_dir: &Path, dim: usize, store_config: StoreConfig) -> Registry {
+        let backend = Arc::new(EmbeddedBackend::new(data_dir, dim, store_config));
+        Registry::with_backend(data_dir, backend)
+    }
+
+    /// A registry whose generation directories (blobs, adapter copies) live under `data_dir` and
+    /// whose vectors live in `backend`.
+    pub fn with_backend(data_dir: &Path, backend: Arc<dyn StoreBackend>) -> Registry {
         Registry {
             data_dir: data_dir.to_path_buf(),
-            dim,
-            store_config,
+            backend,
             tasks: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(BTreeMap::new()),
             reembedder: RwLock::new(None),
@@ -159,6 +170,18 @@ impl Registry {
     /// Removes every generation directory of `task` but `keep`: replaced generations a crash kept
     /// from being removed, and half-built ones a crash left mid re-embedding (never served).
     pub fn prune_generations(&self, task: &str, keep: u64) {
+        match self.backend.generations(task) {
+            Ok(held) => {
+                for n in held.into_iter().filter(|n| *n != keep) {
+                    if let Err(e) = self.backend.discard(task, n) {
+                        tracing::warn!(task, generation = n, error = %e, "could not discard an unused generation");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(task, error = %e, "could not list the generations of a task")
+            }
+        }
         let Ok(entries) = std::fs::read_dir(self.task_dir(task)) else {
             return;
         };
@@ -186,28 +209,43 @@ impl Registry {
         }
     }
 
-    /// The generation number recorded in `<task>/CURRENT`, if any.
-    pub fn recorded_generation(&self, task: &str) -> Option<u64> {
-        std::fs::read_to_string(self.task_dir(task).join("CURRENT"))
-            .ok()
-            .and_then(|s| s.trim().strip_prefix("gen-")?.parse().ok())
+    /// The generation of `task` the backend serves, if any.
+    pub fn recorded_generation(&self, task: &str) -> Result<Option<u64>, RegistryError> {
+        self.backend
+            .served(task)
+            .map_err(|source| RegistryError::Store {
+                task: task.to_string(),
+                source,
+            })
     }
 
     fn write_current(&self, task: &str, number: u64) -> Result<(), RegistryError> {
-        let dir = self.task_dir(task);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| RegistryError::Io { path, source }
-        };
-        let tmp = dir.join("CURRENT.tmp");
-        std::fs::write(&tmp, format!("gen-{number}\n")).map_err(io(&tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, dir.join("CURRENT")).map_err(io(&dir))?;
-        std::fs::File::open(&dir)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&dir))
+        self.backend
+            .serve(task, number)
+            .map_err(|source| RegistryError::Store {
+                task: task.to_string(),
+                source,
+            })
+    }
+
+    /// The backend holding the vectors (`embedded` or `milvus`).
+    pub fn backend(&self) -> &Arc<dyn StoreBackend> {
+        &self.backend
+    }
+
+    /// Opens generation `number` of `task` as it is, to read it (its adapter may differ from
+    /// every loaded one).
+    pub fn open_existing(
+        &self,
+        task: &str,
+        number: u64,
+    ) -> Result<Arc<dyn VectorStore>, RegistryError> {
+        self.backend
+            .open(task, number, &self.generation_dir(task, number), None)
+            .map_err(|source| RegistryError::Store {
+                task: task.to_string(),
+                source,
+            })
     }
 
     /// Opens (creating it if needed) generation `number` of `task`.
@@ -226,17 +264,17 @@ impl Registry {
             path: dir.clone(),
             source,
         })?;
-        let store =
-            TaskStore::open(&dir, self.dim, self.store_config.clone()).map_err(|source| {
-                RegistryError::Store {
-                    task: task.to_string(),
-                    source,
-                }
+        let store = self
+            .backend
+            .open(task, number, &dir, Some(model.digest()))
+            .map_err(|source| RegistryError::Store {
+                task: task.to_string(),
+                source,
             })?;
         Ok(Generation {
             number,
             model,
-            store: Arc::new(store),
+            store,
             info,
         })
     }
@@ -291,7 +329,35 @@ impl Registry {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(RegistryError::Io { path: dir, source }),
         }
+        self.backend
+            .discard(task, number)
+            .map_err(|source| RegistryError::Store {
+                task: task.to_string(),
+                source,
+            })?;
         self.open_generation(task, number, model, info)
+    }
+
+    /// Answers `task` from `generation` in this process only (a query replica following the
+    /// backend): the served generation is not recorded and the replaced one is not retired,
+    /// both being the indexer's to do.
+    pub fn adopt(&self, task: &str, generation: Arc<Generation>) {
+        let mut tasks = self.tasks.write();
+        match tasks.get(task) {
+            Some(t) => *t.current.write() = generation,
+            None => {
+                tasks.insert(
+                    task.to_string(),
+                    Arc::new(Task {
+                        name: task.to_string(),
+                        current: RwLock::new(generation),
+                        last_error: RwLock::new(None),
+                        write_gate: RwLock::new(()),
+                        pending: parking_lot::Mutex::new(None),
+                    }),
+                );
+            }
+        }
     }
 
     /// Replaces `task`'s generation with `generation` if `task` is still the one in service (a
@@ -301,12 +367,12 @@ impl Registry {
         // Held (shared) across the swap so that a removal cannot slip in between check and swap.
         let tasks = self.tasks.read();
         if !tasks.get(&task.name).is_some_and(|t| Arc::ptr_eq(t, task)) {
-            generation.store.remove_when_closed();
+            generation.store.retire();
             return Ok(false);
         }
         self.write_current(&task.name, generation.number)?;
         let old = std::mem::replace(&mut *task.current.write(), Arc::new(generation));
-        old.store.remove_when_closed();
+        old.store.retire();
         *task.last_error.write() = None;
         drop(tasks);
         Ok(true)
@@ -349,7 +415,13 @@ impl Registry {
             },
             pending_generation: pending,
             generation: g.number,
-            videos: g.store.len(),
+            videos: match g.store.count() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(task = %t.name, error = %e, "could not count a task's videos");
+                    None
+                }
+            },
             model: g.info.clone(),
             last_error,
         })

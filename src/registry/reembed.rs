@@ -13,7 +13,7 @@
 
 use super::{Generation, Registry, Task};
 use crate::encode::TaskModel;
-use crate::store::{BlobKind, BlobVersion, NewRecord, TaskStore};
+use crate::store::{BlobKind, BlobVersion, NewRecord, VectorStore};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
 /// The state of one carry-over from an old store into a new generation.
 struct CarryOver<'a> {
     registry: &'a Registry,
-    old: &'a TaskStore,
+    old: &'a dyn VectorStore,
     new: &'a Generation,
     embedder: &'a dyn Reembedder,
     /// id -> the `added_ms` of the old record it was made from.
@@ -60,12 +60,13 @@ impl CarryOver<'_> {
         let orig = self
             .old
             .blob_path(id, BlobKind::Original)
+            .map_err(|e| e.to_string())?
             .ok_or("the original upload is missing")?;
         let vector = self.embedder.embed(&self.new.model, &orig)?;
         let blobs = BlobVersion::fresh();
         let tmp = self.registry.tmp_dir();
         for kind in BlobKind::ALL {
-            if let Some(src) = self.old.blob_path(id, kind) {
+            if let Some(src) = self.old.blob_path(id, kind).map_err(|e| e.to_string())? {
                 let copy = copy_for_put(&tmp, &src).map_err(|e| e.to_string())?;
                 self.new
                     .store
@@ -104,10 +105,24 @@ impl CarryOver<'_> {
     /// changed.
     fn pass(&mut self) -> usize {
         let mut changed = 0;
-        let ids = self.old.ids();
+        let ids = match self.old.ids() {
+            Ok(ids) => ids,
+            // The old store cannot be listed (a remote one unreachable): count it as one failed
+            // try of the whole pass, so that it stops the cutover rather than skipping videos.
+            Err(e) => {
+                self.failed("<listing the old generation>", e.to_string());
+                return 1;
+            }
+        };
         for id in &ids {
-            let Some(rec) = self.old.get(id) else {
-                continue;
+            let rec = match self.old.get(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => continue,
+                Err(e) => {
+                    changed += 1;
+                    self.failed(id, e.to_string());
+                    continue;
+                }
             };
             if self.done.get(id) == Some(&rec.added_ms) {
                 continue;
@@ -165,7 +180,7 @@ impl CarryOver<'_> {
 /// (a task that is not in service yet). Returns the videos that could not be carried over.
 pub fn carry_over(
     registry: &Registry,
-    old: &TaskStore,
+    old: &dyn VectorStore,
     new: &Generation,
     embedder: &dyn Reembedder,
 ) -> Result<(), Vec<String>> {
@@ -200,7 +215,7 @@ pub fn start(
             let number = new.number;
             let mut c = CarryOver {
                 registry: &registry,
-                old: &old.store,
+                old: old.store.as_ref(),
                 new: &new,
                 embedder: embedder.as_ref(),
                 done: HashMap::new(),
@@ -221,7 +236,7 @@ pub fn start(
                 // Cutting over would drop these videos from search (or bring deleted ones back):
                 // keep the complete old generation instead, and say which videos stopped it.
                 drop(gate);
-                new.store.remove_when_closed();
+                new.store.retire();
                 drop(new);
                 *task.pending.lock() = None;
                 let m = format!(
@@ -234,7 +249,7 @@ pub fn start(
                 *task.last_error.write() = Some(m);
                 return;
             }
-            let videos = new.store.len();
+            let videos = new.store.count().unwrap_or_default();
             let result = registry.cutover(&task, new);
             drop(gate);
             *task.pending.lock() = None;

@@ -14,7 +14,6 @@
 
 use super::{valid_task_name, Generation, ModelInfo, Registry, Task, ADAPTER_COPY, CLIP_TASK};
 use crate::encode::TaskModel;
-use crate::store::TaskStore;
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::BTreeMap;
@@ -163,7 +162,7 @@ impl Registry {
             let gate = t.write_gate.write();
             let cur = t.current();
             let next = cur.number + 1;
-            if cur.store.is_empty() {
+            if cur.store.count().map_err(|e| e.to_string())? == 0 {
                 let gen = self.adapter_generation(loader, task, next, true, model, info)?;
                 let installed = self.cutover(t, gen).map_err(|e| e.to_string())?;
                 drop(gate);
@@ -178,7 +177,7 @@ impl Registry {
             *t.pending.lock() = None;
             return Err(format!(
                 "task holds {} videos and no re-embedder is configured; generation {} keeps serving",
-                cur.store.len(),
+                cur.store.count().map_err(|e| e.to_string())?,
                 cur.number
             ));
         };
@@ -206,19 +205,22 @@ impl Registry {
         model: Arc<dyn TaskModel>,
         info: ModelInfo,
     ) -> Result<Outcome, String> {
-        let Some(n) = self.recorded_generation(task) else {
+        let Some(n) = self.recorded_generation(task).map_err(|e| e.to_string())? else {
             let gen = self.adapter_generation(loader, task, 0, true, model, info)?;
             self.install(task, gen).map_err(|e| e.to_string())?;
             tracing::info!(task, generation = 0, "task added");
             return Ok(Outcome::Added { generation: 0 });
         };
         self.prune_generations(task, n);
-        let held = {
-            let dir = self.generation_dir(task, n);
-            let store = TaskStore::open(&dir, self.dim, self.store_config.clone())
-                .map_err(|e| format!("generation {n}: {e}"))?;
-            store.digest()
-        };
+        let held = self
+            .open_existing(task, n)
+            .and_then(|s| {
+                s.digest().map_err(|source| super::RegistryError::Store {
+                    task: task.to_string(),
+                    source,
+                })
+            })
+            .map_err(|e| format!("generation {n}: {e}"))?;
         let Some(old_digest) = held.filter(|d| d != model.digest()) else {
             let gen = self.adapter_generation(loader, task, n, false, model, info)?;
             self.install(task, gen).map_err(|e| e.to_string())?;
@@ -248,17 +250,14 @@ impl Registry {
                 let embedder = self.reembedder.read().clone().ok_or(
                     "the task holds videos of another adapter and no re-embedder is configured",
                 )?;
-                let old = TaskStore::open(
-                    &self.generation_dir(task, n),
-                    self.dim,
-                    self.store_config.clone(),
-                )
-                .map_err(|e| format!("generation {n}: {e}"))?;
+                let old = self
+                    .open_existing(task, n)
+                    .map_err(|e| format!("generation {n}: {e}"))?;
                 let gen = self.adapter_generation(loader, task, n + 1, true, model, info)?;
                 if let Err(failures) =
-                    super::reembed::carry_over(self, &old, &gen, embedder.as_ref())
+                    super::reembed::carry_over(self, old.as_ref(), &gen, embedder.as_ref())
                 {
-                    gen.store.remove_when_closed();
+                    gen.store.retire();
                     return Err(format!(
                         "{} videos of generation {n} could not be re-embedded ({}); the task stays out of service",
                         failures.len(),
@@ -266,7 +265,7 @@ impl Registry {
                     ));
                 }
                 self.install(task, gen).map_err(|e| e.to_string())?;
-                old.remove_when_closed();
+                old.retire();
                 tracing::info!(task, generation = n + 1, "videos carried over; task added");
                 Ok(Outcome::Added { generation: n + 1 })
             }

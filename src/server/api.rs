@@ -182,7 +182,7 @@ pub async fn get_video(
     p: Result<Path<VideoPath>, PathRejection>,
 ) -> Result<Json<service::VideoInfo>, ApiError> {
     let Path(p) = p.map_err(bad_path)?;
-    Ok(Json(service::get_video(&state, &p.task, &p.id)?))
+    Ok(Json(service::get_video(&state, &p.task, &p.id).await?))
 }
 
 #[utoipa::path(
@@ -264,7 +264,7 @@ pub async fn video(
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let Path(p) = p.map_err(bad_path)?;
-    let file = service::video_file(&state, &p.task, &p.id)?;
+    let file = service::video_file(&state, &p.task, &p.id).await?;
     // RFC 9110 section 14.2 lets a server ignore Range; one that is not a byte-range set at all
     // is ignored (the whole file, 200) rather than ServeFile's 416, which then means only
     // "outside the file" (found by schemathesis: `Range: null` got 416).
@@ -397,12 +397,15 @@ pub async fn healthz() -> Json<Health> {
     get, path = "/readyz", tag = "ops",
     responses(
         (status = 200, description = "The backbone is loaded", body = Ready),
-        (status = 503, description = "`not_ready`: still loading", body = ErrorBody,
+        (status = 503, description = "`not_ready`: still loading (or waiting for the store); `store_unavailable`: the vector store does not answer", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Ready>, ApiError> {
     let core = state.core()?;
+    // A replica that cannot reach its store cannot answer: take it out of the load balancer.
+    let registry = core.registry.clone();
+    tokio::task::spawn_blocking(move || registry.backend().check_available()).await??;
     Ok(Json(Ready {
         status: "ready",
         tasks: core.registry.len(),
@@ -437,7 +440,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
                 .metrics
                 .videos
                 .with_label_values(&[s.task.as_str()])
-                .set(s.videos as i64);
+                .set(s.videos.unwrap_or_default() as i64);
         }
     }
     (

@@ -112,11 +112,42 @@ impl From<DecodeError> for ApiError {
     }
 }
 
+/// Seconds a client is told to wait when the vector store is unreachable.
+const STORE_RETRY_AFTER_S: u64 = 2;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EmptyId => ApiError::bad_request("bad_id", e.to_string()),
             StoreError::Unstorable(_) => ApiError::bad_request("unstorable", e.to_string()),
+            // Nothing acknowledged was changed: the client retries.
+            StoreError::Unavailable(_) | StoreError::MissingGeneration(_) => {
+                tracing::warn!(error = %e, "vector store unavailable");
+                ApiError {
+                    retry_after_s: Some(STORE_RETRY_AFTER_S),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the vector store is unavailable; retry shortly",
+                    )
+                }
+            }
+            StoreError::DigestMismatch { .. } => {
+                tracing::error!(error = %e, "generation and model disagree");
+                ApiError {
+                    retry_after_s: Some(STORE_RETRY_AFTER_S),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "adapter_mismatch",
+                        "this replica's adapter does not match the vectors being served; it is catching up",
+                    )
+                }
+            }
+            StoreError::Backend(m) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "store_error",
+                format!("the vector store refused the request: {m}"),
+            ),
             _ => ApiError::internal(e.to_string()),
         }
     }
@@ -124,7 +155,21 @@ impl From<StoreError> for ApiError {
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
-        ApiError::internal(e.to_string())
+        match e {
+            RegistryError::Store { source, .. } => source.into(),
+            RegistryError::Adapter { .. } => {
+                tracing::error!(error = %e, "cannot answer from the served generation");
+                ApiError {
+                    retry_after_s: Some(STORE_RETRY_AFTER_S),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "adapter_mismatch",
+                        "this replica cannot load the adapter of the generation being served",
+                    )
+                }
+            }
+            e => ApiError::internal(e.to_string()),
+        }
     }
 }
 

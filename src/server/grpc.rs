@@ -265,7 +265,7 @@ impl MvServe for GrpcApi {
             let key = key_of(&req);
             let m = req.get_ref();
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
-            let v = service::get_video(&self.state, &m.task, &m.id)?;
+            let v = service::get_video(&self.state, &m.task, &m.id).await?;
             Ok(proto::Video {
                 id: v.id,
                 task: v.task,
@@ -336,7 +336,7 @@ fn task_status(s: crate::registry::TaskStatus) -> proto::TaskStatus {
         state: s.state.to_string(),
         generation: s.generation,
         pending_generation: s.pending_generation,
-        videos: s.videos as u64,
+        videos: s.videos.unwrap_or_default() as u64,
         model: Some(proto::ModelInfo {
             kind: m.kind,
             digest: m.digest,

@@ -18,6 +18,7 @@ pub mod local;
 pub mod metrics;
 pub mod multipart;
 pub mod openapi;
+pub mod role;
 pub mod routes;
 pub mod service;
 pub mod upload;
@@ -26,9 +27,11 @@ use crate::adapter::BackboneDims;
 use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
 use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
+use crate::registry::follow::Follower;
 use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
-use crate::store::StoreConfig;
+use crate::store::milvus::MilvusBackend;
+use crate::store::{EmbeddedBackend, StoreBackend, StoreConfig};
 use anyhow::{bail, Context, Result};
 use auth::{AuthConfig, Caller, Need, Scope};
 use axum::extract::{MatchedPath, Request, State};
@@ -92,6 +95,13 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// How long an upload may send nothing before it is refused (408).
     pub idle_timeout: Duration,
+    /// What this process does in a deployment.
+    pub role: role::Role,
+    /// Where the vectors live.
+    pub store: role::StoreSpec,
+    /// Generation files (uploads, thumbnails, adapter copies) shared by every replica of a
+    /// distributed deployment; `None`: under `data_dir`.
+    pub blob_dir: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -121,6 +131,9 @@ impl Default for ServeConfig {
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            role: role::Role::All,
+            store: role::StoreSpec::Embedded,
+            blob_dir: None,
         }
     }
 }
@@ -130,8 +143,12 @@ pub struct Core {
     pub registry: Arc<Registry>,
     pub encoder: Encoder,
     pub adapters: Arc<AdapterCache>,
-    /// Watches `adapters/` for as long as the core lives.
-    _watcher: AdapterWatcher,
+    /// Watches `adapters/` for as long as the core lives (not on query replicas).
+    _watcher: Option<AdapterWatcher>,
+    /// On a query replica: follows the generations the indexer serves.
+    pub follower: Option<Arc<Follower>>,
+    /// Held by the one process that writes to a shared store.
+    _writer_lock: Option<std::fs::File>,
 }
 
 pub struct AppState {
@@ -378,12 +395,40 @@ fn load_core(
         dims: BackboneDims::of(&backbone.clip.config),
     });
     let encoder = Encoder::start(backbone, config.encoder.clone(), Some(metrics.clone()));
-    let registry = Arc::new(Registry::new(&config.data_dir, dim, StoreConfig::default()));
-    *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
-        decoder,
-        encoder: encoder.clone(),
-        runtime,
-    }));
+    let files_root = role::files_root(
+        config.role,
+        &config.store,
+        &config.data_dir,
+        config.blob_dir.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let backend: Arc<dyn StoreBackend> = match &config.store {
+        role::StoreSpec::Embedded => Arc::new(EmbeddedBackend::new(
+            &files_root,
+            dim,
+            StoreConfig::default(),
+        )),
+        role::StoreSpec::Milvus(url) => Arc::new(
+            MilvusBackend::new(url.clone(), dim, StoreConfig::default())
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    wait_for_store(backend.as_ref());
+    std::fs::create_dir_all(&files_root)
+        .with_context(|| format!("creating {}", files_root.display()))?;
+    // The embedded store locks each store directory itself; a shared store needs one writer for
+    // the whole deployment.
+    let writer_lock = match (&config.store, config.role.writes()) {
+        (role::StoreSpec::Milvus(_), true) => {
+            Some(crate::store::lock_dir(&files_root).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}: another indexer uses this blob directory; a deployment runs exactly one"
+                )
+            })?)
+        }
+        _ => None,
+    };
+    let registry = Arc::new(Registry::with_backend(&files_root, backend));
     let model = Arc::new(ClipModel {
         digest: digest.clone(),
         text_len: DEFAULT_TEXT_LEN,
@@ -400,8 +445,36 @@ fn load_core(
         frames: config.frames,
         text_len: DEFAULT_TEXT_LEN,
     };
+    if config.role == role::Role::Query {
+        let follower = Arc::new(Follower::new(
+            registry.clone(),
+            loader.clone(),
+            (model, info),
+        ));
+        if let Err(e) = follower.sync_all() {
+            tracing::warn!(error = %e, "could not follow the served tasks yet");
+        }
+        follower.clone().spawn(FOLLOW_EVERY);
+        tracing::info!(
+            tasks = registry.len(),
+            "query replica following the indexer"
+        );
+        return Ok(Core {
+            registry,
+            encoder,
+            adapters,
+            _watcher: None,
+            follower: Some(follower),
+            _writer_lock: None,
+        });
+    }
+    *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
+        decoder,
+        encoder: encoder.clone(),
+        runtime,
+    }));
     let gen = registry.open_generation(CLIP_TASK, 0, model, info)?;
-    tracing::info!(task = CLIP_TASK, videos = gen.store.len(), "task ready");
+    tracing::info!(task = CLIP_TASK, videos = ?gen.store.count().ok(), "task ready");
     registry.install(CLIP_TASK, gen)?;
 
     // Watch before scanning so a file dropped in meanwhile is not missed (applying one twice is
@@ -426,8 +499,27 @@ fn load_core(
         registry,
         encoder,
         adapters,
-        _watcher: watcher,
+        _watcher: Some(watcher),
+        follower: None,
+        _writer_lock: writer_lock,
     })
+}
+
+/// How often a query replica looks for tasks added or removed (searches resolve their task's
+/// generation themselves, every time).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// Blocks until the store answers: the server is up (`/healthz`) but not ready (`/readyz` 503)
+/// meanwhile, and becomes ready by itself when a remote store comes back.
+fn wait_for_store(backend: &dyn StoreBackend) {
+    let mut tries = 0u64;
+    while let Err(e) = backend.check_available() {
+        if tries.is_multiple_of(10) {
+            tracing::warn!(store = backend.kind(), error = %e, "waiting for the vector store");
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Runs `mvserve serve` until SIGINT/SIGTERM, then drains requests and stops.

@@ -71,6 +71,18 @@ pub fn task_of(
     Ok((t, g))
 }
 
+/// A query replica takes no writes: they go to the deployment's one indexer.
+pub fn refuse_writes_on_replica(state: &AppState) -> Result<(), ApiError> {
+    match state.config.role.writes() {
+        true => Ok(()),
+        false => Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "read_only_replica",
+            "this replica only searches (--role query); send uploads and deletes to the indexer",
+        )),
+    }
+}
+
 /// Counts a successful operation on a task and its latency.
 pub fn record(state: &AppState, task: &str, op: &str, t0: Instant) {
     let m = &state.metrics;
@@ -167,6 +179,13 @@ pub async fn search(
     k: Option<usize>,
 ) -> Result<SearchResult, ApiError> {
     let t0 = Instant::now();
+    // A query replica answers from the generation served right now (see `registry::follow`).
+    if let (Some(f), Some(name)) = (state.core()?.follower.clone(), task) {
+        if crate::registry::valid_task_name(name) {
+            let name = name.to_string();
+            tokio::task::spawn_blocking(move || f.sync(&name)).await??;
+        }
+    }
     let (task, gen) = task_of(state, task)?;
     if blank(q) {
         return Err(ApiError::bad_request(
@@ -241,10 +260,14 @@ fn unknown_video(task: &str, id: &str) -> ApiError {
     ApiError::not_found("unknown_video", format!("no video {id:?} in task {task:?}"))
 }
 
-pub fn get_video(state: &AppState, task: &str, id: &str) -> Result<VideoInfo, ApiError> {
+pub async fn get_video(state: &AppState, task: &str, id: &str) -> Result<VideoInfo, ApiError> {
     let t0 = Instant::now();
     let (t, gen) = task_of(state, Some(task))?;
-    let r = gen.store.get(id).ok_or_else(|| unknown_video(task, id))?;
+    let i = id.to_string();
+    let store = gen.store.clone();
+    let r = tokio::task::spawn_blocking(move || store.get(&i))
+        .await??
+        .ok_or_else(|| unknown_video(task, id))?;
     record(state, &t.name, "get", t0);
     let field = |name: &str| r.meta.get(name).cloned().unwrap_or(Value::Null);
     Ok(VideoInfo {
@@ -273,6 +296,7 @@ pub struct Deleted {
 /// Removes a video (logged before it returns); unknown ids are `unknown_video`.
 pub async fn delete_video(state: &AppState, task: &str, id: &str) -> Result<Deleted, ApiError> {
     let t0 = Instant::now();
+    refuse_writes_on_replica(state)?;
     let (t, _) = task_of(state, Some(task))?;
     let i = id.to_string();
     let tt = t.clone();
@@ -302,12 +326,10 @@ pub async fn thumbnail(state: &AppState, task: &str, id: &str) -> Result<Vec<u8>
             format!("no thumbnail for {id:?} in task {task:?}"),
         )
     };
-    if gen.store.get(id).is_none() {
-        return Err(missing());
-    }
-    let path = gen
-        .store
-        .blob_path(id, BlobKind::Thumbnail)
+    let i = id.to_string();
+    let store = gen.store.clone();
+    let path = tokio::task::spawn_blocking(move || store.blob_path(&i, BlobKind::Thumbnail))
+        .await??
         .ok_or_else(missing)?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
     record(state, &t.name, "thumbnail", t0);
@@ -321,14 +343,19 @@ pub struct VideoFile {
 }
 
 /// Where a stored video's upload is; the transport streams it (with Range support).
-pub fn video_file(state: &AppState, task: &str, id: &str) -> Result<VideoFile, ApiError> {
+pub async fn video_file(state: &AppState, task: &str, id: &str) -> Result<VideoFile, ApiError> {
     let t0 = Instant::now();
     let (t, gen) = task_of(state, Some(task))?;
-    let r = gen.store.get(id).ok_or_else(|| unknown_video(task, id))?;
-    let path = gen
-        .store
-        .blob_path(id, BlobKind::Original)
-        .ok_or_else(|| unknown_video(task, id))?;
+    let i = id.to_string();
+    let store = gen.store.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        let Some(r) = store.get(&i)? else {
+            return Ok(None);
+        };
+        Ok(store.blob_path(&i, BlobKind::Original)?.map(|p| (r, p)))
+    })
+    .await??;
+    let (r, path) = found.ok_or_else(|| unknown_video(task, id))?;
     record(state, &t.name, "video", t0);
     Ok(VideoFile {
         path,

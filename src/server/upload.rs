@@ -107,6 +107,7 @@ impl IndexBatch {
     /// and a server whose slots are all taken are refused before any byte is read.
     pub fn begin(state: &Arc<AppState>, task: Option<&str>) -> Result<IndexBatch, ApiError> {
         let t0 = Instant::now();
+        super::service::refuse_writes_on_replica(state)?;
         let (task, gen) = task_of(state, task)?;
         let slot = state
             .upload_slots

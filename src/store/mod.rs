@@ -11,11 +11,14 @@
 //! HNSW graph, compaction, snapshots) runs on background threads and never blocks searches;
 //! until a graph is ready, search falls back to the exact scan.
 
+mod backend;
 mod blob;
 mod check;
 mod codec;
 mod config;
+pub mod durable;
 mod index;
+pub mod milvus;
 mod snapshot;
 mod wal;
 
@@ -31,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 
+pub use backend::{EmbeddedBackend, StoreBackend, VectorStore};
 pub use blob::BlobKind;
 pub use check::{check, repair, CheckReport, RepairReport};
 pub use config::{ConfigError, StoreConfig, MAX_HNSW_M};
@@ -73,6 +77,16 @@ pub enum StoreError {
     Poisoned,
     #[error("store directory {0} is open in another process or handle")]
     Locked(PathBuf),
+    /// A remote backend could not be reached or did not answer in time; nothing was changed
+    /// that was acknowledged. Retry later.
+    #[error("the vector store is unavailable: {0}")]
+    Unavailable(String),
+    /// A remote backend answered and refused the request.
+    #[error("the vector store refused the request: {0}")]
+    Backend(String),
+    /// The generation asked for does not exist in the backend.
+    #[error("generation {0} does not exist in the vector store")]
+    MissingGeneration(String),
 }
 
 /// Which version of an id's blobs (original upload, thumbnail) a record owns. A re-upload writes
@@ -89,6 +103,15 @@ impl BlobVersion {
     /// A version no other upload will pick (random, so two uploads of one id never share one).
     pub fn fresh() -> BlobVersion {
         BlobVersion(rand::random::<u64>().max(1))
+    }
+
+    /// The version as a backend stores it.
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_raw(v: u64) -> BlobVersion {
+        BlobVersion(v)
     }
 }
 
@@ -176,13 +199,11 @@ pub struct TaskStore {
     inner: Arc<Inner>,
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub(crate) use durable::sync_dir;
 
 /// Takes the directory's lock. Retries for a moment: a handle closed just now can still be held
 /// by a child process forked elsewhere in this process that has not reached `exec` yet.
-pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+pub fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let lock = File::create(dir.join("LOCK"))?;
     for _ in 0..LOCK_RETRIES {
         match lock.try_lock() {

@@ -1,0 +1,354 @@
+//! The distributed mode end to end on the real binary: one indexer and two query replicas (three
+//! processes, different ports and data dirs, one shared blob dir) against one real Milvus.
+//!
+//! Uploads through the indexer are found through both replicas with the same ids and scores; a
+//! replica refuses writes; an adapter swap switches both replicas to the new generation with no
+//! answer mixing the two; `kill -9` of one replica leaves the other serving; a `kill -9` of the
+//! indexer loses nothing acknowledged; Milvus unreachable mid-test gives 503s with `Retry-After`
+//! and an unready `/readyz`, then recovery by itself, with every acknowledged video still there.
+//!
+//! The processes reach Milvus through a TCP relay in this test, and the outage drill cuts it
+//! (open connections reset, new ones refused) and restores it: for the server that is Milvus
+//! going away and coming back. (Restarting the Milvus Lite server itself is not an option: 2.3.5
+//! does not come back healthy on the data it was stopped on.)
+//!
+//! Needs `MVSERVE_TEST_MILVUS` (see tests/store_conformance.rs).
+
+mod common;
+
+use common::server::*;
+use serde_json::Value;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn milvus() -> Option<String> {
+    match std::env::var("MVSERVE_TEST_MILVUS") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must run the Milvus tests: set MVSERVE_TEST_MILVUS (see .ci/run)"
+            );
+            eprintln!(
+                "skipped: set MVSERVE_TEST_MILVUS=milvus://HOST:PORT (from .ci/milvus start)"
+            );
+            None
+        }
+    }
+}
+
+fn new_adapter(out: &Path, task: &str) -> String {
+    let st = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args(["adapter", "new", "--model-dir", MODEL, "--init", "random"])
+        .args(["--task", task, "--frames", "4"])
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args(["adapter", "inspect", "--json"])
+        .arg(out)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["digest"].as_str().unwrap().to_string()
+}
+
+fn install(dir: &Path, file: &Path, task: &str) {
+    let staged = dir.join(format!(".{task}.staged"));
+    std::fs::copy(file, &staged).unwrap();
+    std::fs::rename(&staged, dir.join(format!("{task}.safetensors"))).unwrap();
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(id, score)` of a search, in rank order.
+fn ranked(v: &Value) -> Vec<(String, f64)> {
+    v["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits in {v}"))
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+const Q: &str = "/search?q=a+man+is+riding+a+bike&k=10&task=";
+
+fn upload(s: &Server, task: &str, id: &str, file: &str) -> (u16, Value) {
+    s.post_form(
+        &format!("/index?task={task}"),
+        &[
+            Part::Text("id", id),
+            Part::Text("meta", &format!(r#"{{"n": "{id}"}}"#)),
+            Part::File(file, video(file)),
+        ],
+        None,
+    )
+}
+
+/// A TCP relay from a local port to Milvus that can be cut and restored.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = Relay {
+            port,
+            up: Arc::new(AtomicBool::new(true)),
+            conns: Arc::default(),
+        };
+        let (up, conns) = (relay.up.clone(), relay.conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut c = conns.lock().unwrap();
+                c.push(client.try_clone().unwrap());
+                c.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        relay
+    }
+
+    /// Resets every open connection and refuses new ones until [`Relay::restore`].
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn one_indexer_two_query_replicas_on_one_milvus() {
+    let Some(url) = milvus() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let blobs = tmp.path().join("shared-blobs");
+    let milvus_addr = url
+        .strip_prefix("milvus://")
+        .unwrap()
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let relay = Relay::start(milvus_addr);
+    let store = format!(
+        "milvus://127.0.0.1:{}?prefix=e2e{}_&timeout_ms=3000",
+        relay.port,
+        std::process::id()
+    );
+    let indexer_args = |_: &Path| -> Vec<String> {
+        vec![
+            "--role".into(),
+            "indexer".into(),
+            "--store".into(),
+            store.clone(),
+            "--blob-dir".into(),
+            blobs.to_str().unwrap().into(),
+        ]
+    };
+    let query_args: Vec<String> = vec![
+        "--role".into(),
+        "query".into(),
+        "--store".into(),
+        store.clone(),
+        "--blob-dir".into(),
+        blobs.to_str().unwrap().into(),
+        "--no-grpc".into(),
+    ];
+    let start = |dir: &str, args: &[String]| {
+        let data = tmp.path().join(dir);
+        std::fs::create_dir_all(data.join("adapters")).unwrap();
+        let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        Server::start(&data, &a)
+    };
+    let idx_data = tmp.path().join("indexer");
+    let indexer = start("indexer", &indexer_args(&idx_data));
+    let q1 = start("q1", &query_args);
+    let q2 = start("q2", &query_args);
+
+    // A query replica takes no writes.
+    let (st, v) = upload(&q1, "clip", "nope", "bikes.mp4");
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(v["error"]["code"], "read_only_replica");
+    assert_eq!(q1.delete("/videos/clip/x").0, 403);
+    // A second indexer on the same blob directory is refused at start.
+    let second = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        .args(["serve", "--model-dir", MODEL, "--port", "0", "--no-grpc"])
+        .args(indexer_args(&idx_data))
+        .arg("--data-dir")
+        .arg(tmp.path().join("second"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second indexer started");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("exactly one"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // Uploads through the indexer are found through both replicas, at once, alike.
+    let files = ["bikes.mp4", "carphone_distorted.mp4", "realshort.mp4"];
+    for (i, f) in files.iter().enumerate() {
+        let (st, v) = upload(&indexer, "clip", &format!("v{i}"), f);
+        assert_eq!(st, 200, "{v}");
+        let (a, b) = (q1.get(&format!("{Q}clip")), q2.get(&format!("{Q}clip")));
+        assert_eq!(a.0, 200, "{}", a.1);
+        assert_eq!(
+            ranked(&a.1).len(),
+            i + 1,
+            "upload {i} not visible at once: {}",
+            a.1
+        );
+        assert_eq!(ranked(&a.1), ranked(&b.1));
+    }
+    let on_indexer = indexer.get(&format!("{Q}clip")).1;
+    assert_eq!(ranked(&on_indexer), ranked(&q1.get(&format!("{Q}clip")).1));
+    // Replicas serve the shared files too.
+    let (st, v) = q2.get("/videos/clip/v1");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["meta"]["n"], "v1");
+    assert_eq!(
+        ureq::get(&q2.url("/videos/clip/v1/thumbnail.jpg"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // An adapter task, then a swap: the indexer re-embeds into generation 1 and cuts over; each
+    // answer on the replicas comes whole from generation 0 or whole from generation 1.
+    let adapters = idx_data.join("adapters");
+    let (a1, a2) = (tmp.path().join("a1"), tmp.path().join("a2"));
+    let (d1, d2) = (new_adapter(&a1, "news"), new_adapter(&a2, "news"));
+    install(&adapters, &a1, "news");
+    wait_until("task news", Duration::from_secs(60), || {
+        q1.get(&format!("{Q}news")).0 == 200
+    });
+    for (i, f) in files.iter().enumerate() {
+        let (st, v) = upload(&indexer, "news", &format!("n{i}"), f);
+        assert_eq!(st, 200, "{v}");
+    }
+    let old = q1.get(&format!("{Q}news")).1;
+    assert_eq!(old["adapter_digest"], d1.as_str());
+    assert_eq!(ranked(&old).len(), 3);
+    install(&adapters, &a2, "news");
+    let mut seen_new = [false, false];
+    let t0 = Instant::now();
+    let mut new_answer: Option<Vec<(String, f64)>> = None;
+    while !(seen_new[0] && seen_new[1]) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "replicas never switched"
+        );
+        for (r, q) in [&q1, &q2].iter().enumerate() {
+            let (st, v) = q.get(&format!("{Q}news"));
+            assert_eq!(st, 200, "{v}");
+            let got = ranked(&v);
+            match v["adapter_digest"].as_str().unwrap() {
+                d if d == d1 => {
+                    assert!(!seen_new[r], "replica {r} went back to the old generation");
+                    assert_eq!(got, ranked(&old), "an old-generation answer changed");
+                }
+                d if d == d2 => {
+                    seen_new[r] = true;
+                    assert_eq!(v["generation"], 1);
+                    assert_eq!(got.len(), 3, "a new-generation answer is incomplete: {v}");
+                    match &new_answer {
+                        Some(n) => assert_eq!(&got, n, "two different new answers"),
+                        None => new_answer = Some(got),
+                    }
+                }
+                d => panic!("unknown digest {d}"),
+            }
+        }
+    }
+    assert_ne!(
+        new_answer.unwrap(),
+        ranked(&old),
+        "the swap changed nothing"
+    );
+
+    // kill -9 of one replica leaves the other serving.
+    let mut q1 = q1;
+    q1.child.kill().unwrap();
+    q1.child.wait().unwrap();
+    assert_eq!(q2.get(&format!("{Q}clip")).0, 200);
+
+    // kill -9 of the indexer: every acknowledged upload is still there after the restart.
+    let mut indexer = indexer;
+    indexer.child.kill().unwrap();
+    indexer.child.wait().unwrap();
+    drop(indexer);
+    let indexer = start("indexer", &indexer_args(&idx_data));
+    assert_eq!(ranked(&indexer.get(&format!("{Q}clip")).1).len(), 3);
+    assert_eq!(ranked(&q2.get(&format!("{Q}news")).1).len(), 3);
+
+    // Milvus goes away: 503 with Retry-After, readiness drops; it comes back: recovery by
+    // itself, nothing acknowledged lost. (The `clip` search below resolves its generation first,
+    // which is what fails while Milvus is away.)
+    relay.cut();
+    let r = ureq::get(&q2.url(&format!("{Q}clip"))).call();
+    match r {
+        Err(ureq::Error::Status(503, resp)) => {
+            assert!(resp.header("retry-after").is_some());
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(q2.get("/readyz").0, 503);
+    let (st, _) = upload(&indexer, "clip", "during-outage", "bikes.mp4");
+    assert_eq!(st, 503);
+    relay.restore();
+    wait_until(
+        "recovery after Milvus returned",
+        Duration::from_secs(180),
+        || q2.get(&format!("{Q}clip")).0 == 200 && indexer.get("/readyz").0 == 200,
+    );
+    let (st, v) = upload(&indexer, "clip", "after-outage", "bikes.mp4");
+    assert_eq!(st, 200, "{v}");
+    let hits = ranked(&q2.get(&format!("{Q}clip")).1);
+    let mut ids: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["after-outage", "v0", "v1", "v2"]);
+    assert_eq!(ranked(&q2.get(&format!("{Q}news")).1).len(), 3);
+}
