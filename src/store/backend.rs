@@ -70,6 +70,12 @@ pub trait VectorStore: Send + Sync {
     fn check_available(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Waits until background indexing has caught up with every write (graph builds, sealed
+    /// and indexed segments), so that benchmarks measure the steady state. Never needed for
+    /// correctness: unindexed vectors are searched exactly.
+    fn settle(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// What a deployment's backend does with task generations. Generation directories
@@ -147,6 +153,10 @@ impl VectorStore for TaskStore {
     }
     fn retire(&self) {
         self.remove_when_closed()
+    }
+    fn settle(&self) -> Result<(), StoreError> {
+        self.wait_for_maintenance();
+        Ok(())
     }
 }
 

@@ -829,6 +829,20 @@ impl VectorStore for MilvusStore {
     fn check_available(&self) -> Result<(), StoreError> {
         self.shared.call(|r| async move { r.health().await })
     }
+
+    fn settle(&self) -> Result<(), StoreError> {
+        let name = self.collection.clone();
+        self.shared.call(move |r| async move {
+            r.flush(&name).await?;
+            loop {
+                let (done, total) = r.index_progress(&name).await?;
+                if done >= total {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    }
 }
 
 impl MilvusStore {

@@ -603,6 +603,42 @@ impl Rpc {
         Ok(rows)
     }
 
+    /// Seals what was written so far (Milvus indexes sealed segments).
+    pub async fn flush(&self, name: &str) -> Result<(), RpcError> {
+        let r = self
+            .c()
+            .flush(pb::FlushRequest {
+                base: base(MsgType::Flush),
+                collection_names: vec![name.to_string()],
+                ..Default::default()
+            })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        check("Flush", name, r.status)
+    }
+
+    /// `(indexed rows, total rows)` of the vector index.
+    pub async fn index_progress(&self, name: &str) -> Result<(i64, i64), RpcError> {
+        let r = self
+            .c()
+            .describe_index(pb::DescribeIndexRequest {
+                base: base(MsgType::DescribeIndex),
+                collection_name: name.to_string(),
+                field_name: F_VECTOR.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        check("DescribeIndex", name, r.status)?;
+        let d = r.index_descriptions.first().ok_or(RpcError::Protocol {
+            call: "DescribeIndex",
+            why: "no index".into(),
+        })?;
+        Ok((d.indexed_rows, d.total_rows))
+    }
+
     /// Points `alias` at `collection`, creating the alias if needed.
     pub async fn set_alias(&self, alias: &str, collection: &str) -> Result<(), RpcError> {
         let r = self
