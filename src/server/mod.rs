@@ -26,6 +26,7 @@ use crate::adapter::BackboneDims;
 use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
 use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
+use crate::registry::reembed::{ReembedError, Reembedder};
 use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
 use crate::store::StoreConfig;
@@ -322,17 +323,17 @@ struct ServerReembedder {
     runtime: tokio::runtime::Handle,
 }
 
-impl crate::registry::reembed::Reembedder for ServerReembedder {
+impl Reembedder for ServerReembedder {
     fn embed(
         &self,
         model: &Arc<dyn crate::encode::TaskModel>,
         original: &std::path::Path,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, ReembedError> {
         let size = self.encoder.backbone().image_size;
         let d = self
             .decoder
             .decode(original, model.frames(), size)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReembedError::Decode(Box::new(e)))?;
         // The video queue may be full of live uploads: wait and retry rather than fail.
         loop {
             let r = self.runtime.block_on(self.encoder.encode_video(
@@ -344,7 +345,7 @@ impl crate::registry::reembed::Reembedder for ServerReembedder {
                 Err(crate::encode::EncodeError::Overloaded(_)) => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                r => return r.map_err(|e| e.to_string()),
+                r => return Ok(r?),
             }
         }
     }
