@@ -50,6 +50,11 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
+/// The HTTP port when none is given.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The gRPC port when none is given (gRPC's customary one).
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
+
 /// Everything `mvserve serve` can be told.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -103,13 +108,13 @@ impl Default for ServeConfig {
             data_dir: "data".into(),
             adapters_dir: "adapters".into(),
             bind: None,
-            port: 8080,
-            grpc_port: Some(50051),
+            port: DEFAULT_PORT,
+            grpc_port: Some(DEFAULT_GRPC_PORT),
             metrics_port: None,
             auth_file: None,
             max_upload_bytes: 256 << 20,
             max_videos_per_request: 16,
-            frames: 12,
+            frames: crate::media::DEFAULT_FRAMES,
             decode_workers: 2,
             decode_queue: 16,
             encoder: EncoderConfig::default(),
