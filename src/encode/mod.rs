@@ -4,14 +4,15 @@
 //! sample's own adapter inside the block, grouped by task (`adapter::MixedHook`).
 //!
 //! Owns: the queues (capacity, overload), batch cutting, dropping jobs whose caller has gone,
-//! tokenization of queries, meanP pooling of frame embeddings. Does not own: which adapter a task
+//! tokenization of queries. Frame embeddings are pooled by [`pool_frames`], the meanP that
+//! training and `embed` use. Does not own: which adapter a task
 //! uses (a [`TaskModel`] comes with each job, from the registry), video decoding (`media`), storage.
 
 mod query_cache;
 
 pub use query_cache::{QueryCache, QueryCacheStats};
 
-use crate::adapter::{AdapterError, MixedHook};
+use crate::adapter::{pool_frames, AdapterError, MixedHook};
 use crate::backbone::{l2_normalize, Backbone, BackboneError, BlockHook};
 use candle_core::{DType, Tensor};
 use parking_lot::{Condvar, Mutex};
@@ -34,10 +35,6 @@ pub trait TaskModel: Send + Sync {
     /// The hook for the vision tower over `n` videos of F frames each (rows are frames, video-major);
     /// `mask` is (n, F) in u8 (1 = real frame).
     fn video_hook(&self, mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>>;
-    /// Pools (n, F, P) projected frame embeddings to (n, P) video embeddings (not normalised).
-    fn pool_video(&self, frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        mean_pool(frames, mask)
-    }
     /// Makes the model ready to encode (an evicted adapter reloads). Callers run it off the
     /// encoder thread before queueing, so a reload does not stall other tasks' batches.
     fn prepare(&self) -> candle_core::Result<()> {
@@ -47,15 +44,6 @@ pub trait TaskModel: Send + Sync {
     fn needs_prepare(&self) -> bool {
         false
     }
-}
-
-/// meanP: every frame embedding L2-normalised, then the mean over real frames (mask (n, F) u8).
-pub fn mean_pool(frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let normed = l2_normalize(frames)?;
-    let m = mask.to_dtype(normed.dtype())?.unsqueeze(2)?; // (n, F, 1)
-    let sum = normed.broadcast_mul(&m)?.sum(1)?; // (n, P)
-    let count = m.sum(1)?.clamp(1.0, f64::MAX)?; // (n, 1)
-    sum.broadcast_div(&count)
 }
 
 /// The built-in zero-shot task: plain CLIP, meanP over frames.
@@ -566,14 +554,11 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
         let mut vecs = Vec::with_capacity(jobs.len());
         let mut row = 0;
         for (i, &(first, n)) in runs.iter().enumerate() {
-            let model = &jobs[first].model;
-            let f = model.frames();
-            let e = embeds
-                .narrow(0, row, n * f)
-                .and_then(|e| e.reshape((n, f, ())))?;
+            let f = jobs[first].model.frames();
+            let e = embeds.narrow(0, row, n * f)?;
             row += n * f;
-            let pooled = model.pool_video(&e, &masks[i])?;
-            let pooled = l2_normalize(&pooled.to_dtype(DType::F32)?)?;
+            // The pooling training and `embed` use, so a task serves the space it was trained in.
+            let pooled = pool_frames(&e, &masks[i])?;
             vecs.extend(pooled.to_vec2::<f32>()?);
         }
         Ok(vecs)
