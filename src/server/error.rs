@@ -14,6 +14,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+/// A full encoder queue drains within a batch or two.
+const RETRY_ENCODER_S: u64 = 1;
+/// A stopping server is replaced by its successor (a restart, a rolling update) in about this long.
+const RETRY_SHUTDOWN_S: u64 = 5;
+/// The backbone loads in seconds.
+const RETRY_NOT_READY_S: u64 = 1;
+
 /// The class of a failure, independent of the transport that reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -136,7 +143,9 @@ impl ApiError {
     }
     pub fn not_ready() -> Self {
         Self::new(
-            ErrorKind::Unavailable { retry_after_s: 1 },
+            ErrorKind::Unavailable {
+                retry_after_s: RETRY_NOT_READY_S,
+            },
             "not_ready",
             "the backbone is still loading",
         )
@@ -177,8 +186,10 @@ impl IntoResponse for ApiError {
 impl From<EncodeError> for ApiError {
     fn from(e: EncodeError) -> Self {
         match e {
-            EncodeError::Overloaded(_) => ApiError::overloaded(e.to_string(), 1),
-            EncodeError::Stopped => ApiError::overloaded("the server is shutting down", 5),
+            EncodeError::Overloaded(_) => ApiError::overloaded(e.to_string(), RETRY_ENCODER_S),
+            EncodeError::Stopped => {
+                ApiError::overloaded("the server is shutting down", RETRY_SHUTDOWN_S)
+            }
             EncodeError::BadInput(m) => ApiError::bad_request("bad_input", m),
             EncodeError::Untokenizable(source) => {
                 ApiError::bad_request("bad_input", source.to_string())

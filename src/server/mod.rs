@@ -320,6 +320,10 @@ async fn local_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     next.run(req).await
 }
 
+/// How long a re-embedding waits before it queues again behind live uploads (a video batch takes
+/// longer, so this is a short poll, not a back-off).
+const REEMBED_RETRY: Duration = Duration::from_millis(50);
+
 /// Re-embeds stored uploads for the registry: decode with the server's decoder, encode through the
 /// encoder like any upload (so it shares batches and queues with live traffic).
 struct ServerReembedder {
@@ -347,9 +351,7 @@ impl Reembedder for ServerReembedder {
                 d.mask.clone(),
             ));
             match r {
-                Err(crate::encode::EncodeError::Overloaded(_)) => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
+                Err(crate::encode::EncodeError::Overloaded(_)) => std::thread::sleep(REEMBED_RETRY),
                 r => return Ok(r?),
             }
         }
