@@ -1,6 +1,7 @@
 //! Embedding texts, images and videos with the backbone and, optionally, one task's adapter: the
-//! one path behind `mvserve embed` and `mvserve eval` (the server's batching encoder has its own,
-//! which mixes tasks in a batch).
+//! one path behind `mvserve embed` and `mvserve eval` (the server's batching encoder, which mixes
+//! tasks in a batch, runs the same hooks and the same [`pool_frames`]; `tests/encode_paths.rs`
+//! holds the two to the same result).
 //!
 //! Texts go through the text tower with the adapter's text hook; videos are (B*F) frames through
 //! the vision tower with the adapter's video hook, then meanP ([`pool_frames`]). Without an
@@ -28,7 +29,24 @@ pub enum EmbedError {
     Input(String),
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading frame {path}: {source}")]
+    Frame {
+        path: String,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error("{0} has no frame images (jpg, png, gif)")]
+    NoFrames(String),
 }
+
+/// The file endings a folder of frames is read for.
+const FRAME_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "gif"];
 
 type Res<T> = Result<T, EmbedError>;
 
@@ -141,6 +159,45 @@ impl<'a> Embedder<'a> {
                     .embeds,
             )?),
         }
+    }
+
+    /// The (1, P) embedding of a folder of frame images taken as one video: sorted by name, F
+    /// chosen by the media module's uniform rule, no padding.
+    pub fn frame_dir(&self, dir: &Path) -> Res<Tensor> {
+        let io = |source| EmbedError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| FRAME_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+            })
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(EmbedError::NoFrames(dir.display().to_string()));
+        }
+        let picked = crate::media::sample::uniform(paths.len(), self.frames);
+        let s = self.image_size();
+        let mut data = Vec::with_capacity(picked.len() * 3 * s * s);
+        for &i in &picked {
+            let p = &paths[i];
+            let img = image::open(p)
+                .map_err(|source| EmbedError::Frame {
+                    path: p.display().to_string(),
+                    source,
+                })?
+                .to_rgb8();
+            data.extend(crate::backbone::preprocess::preprocess(&img, s as u32));
+        }
+        let dev = &self.backbone.clip.device;
+        let pixels = Tensor::from_vec(data, (picked.len(), 3, s, s), dev)?;
+        let mask = Tensor::ones((1, picked.len()), DType::F32, dev)?;
+        self.videos(&pixels, &mask)
     }
 
     /// (B, P) embeddings of videos decoded by `media` with [`Self::sample_spec`].

@@ -3,7 +3,7 @@
 //! One frozen CLIP backbone ([`backbone`]) is shared by every task; a task is an MV-Adapter checkpoint
 //! plus its own vector index. Data flows one way: `media` turns uploads into frame tensors, the
 //! backbone (with a task's adapter) turns frames and text into embeddings, and `store` keeps them.
-//! See `docs` in the README for the module map.
+//! The README's "Module map" names what each module owns.
 
 pub mod adapter;
 pub mod backbone;

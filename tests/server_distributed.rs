@@ -210,7 +210,7 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
     // A query replica takes no writes.
     let (st, v) = upload(&q1, "clip", "nope", "bikes.mp4");
     assert_eq!(st, 403, "{v}");
-    assert_eq!(v["error"]["code"], "read_only_replica");
+    assert_eq!(v["error"]["code"], "wrong_role");
     assert_eq!(q1.delete("/videos/clip/x").0, 403);
     // A second indexer on the same blob directory is refused at start.
     let second = Command::new(env!("CARGO_BIN_EXE_mvserve"))

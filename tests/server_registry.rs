@@ -2,7 +2,8 @@
 //! files found at start become tasks, the watcher picks up new, replaced, bad and removed files,
 //! a bad file never replaces a good model, and `clip` cannot be shadowed.
 
-use mvserve::encode::{ClipModel, TaskModel};
+use mvserve::encode::{ClipModel, EncodeError, TaskModel};
+use mvserve::registry::reembed::ReembedError;
 use mvserve::registry::watch::{watch, AdapterLoader, Outcome};
 use mvserve::registry::{ModelInfo, Registry};
 use mvserve::store::{BlobKind, BlobVersion, NewRecord, StoreConfig};
@@ -155,11 +156,11 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
 /// until the test releases it, so the test sees the old generation serve meanwhile.
 struct FoldEmbedder(Arc<std::sync::atomic::AtomicBool>);
 impl mvserve::registry::reembed::Reembedder for FoldEmbedder {
-    fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
+    fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, ReembedError> {
         while !self.0.load(std::sync::atomic::Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        let bytes = std::fs::read(original).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(original)?;
         let mut v = vec![1.0f32; 32];
         for (i, b) in bytes.iter().enumerate() {
             v[i % 32] += *b as f32;
@@ -223,16 +224,20 @@ struct FailingEmbedder {
     failed_once: std::sync::Mutex<bool>,
 }
 impl mvserve::registry::reembed::Reembedder for FailingEmbedder {
-    fn embed(&self, _model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
-        let bytes = std::fs::read_to_string(original).map_err(|e| e.to_string())?;
+    fn embed(
+        &self,
+        _model: &Arc<dyn TaskModel>,
+        original: &Path,
+    ) -> Result<Vec<f32>, ReembedError> {
+        let bytes = std::fs::read_to_string(original)?;
         if self.broken.as_deref() == Some(bytes.as_str()) {
-            return Err("cannot decode".into());
+            return Err(ReembedError::Decode("cannot decode".into()));
         }
         if bytes == self.flaky {
             let mut once = self.failed_once.lock().unwrap();
             if !*once {
                 *once = true;
-                return Err("queue full".into());
+                return Err(EncodeError::Overloaded("video").into());
             }
         }
         Ok(vec![2.0; 32])
@@ -437,9 +442,13 @@ struct DeletingEmbedder {
     deleted: std::sync::Mutex<Option<String>>,
 }
 impl mvserve::registry::reembed::Reembedder for DeletingEmbedder {
-    fn embed(&self, _model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String> {
+    fn embed(
+        &self,
+        _model: &Arc<dyn TaskModel>,
+        original: &Path,
+    ) -> Result<Vec<f32>, ReembedError> {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let bytes = std::fs::read_to_string(original).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read_to_string(original)?;
         if n == self.at {
             let this = format!("v{}", bytes.trim_start_matches("video "));
             let victim = self

@@ -23,16 +23,42 @@ pub enum Tying {
 }
 
 impl Tying {
-    pub fn parse(s: &str) -> Result<Self, AdapterError> {
-        match s.replace(['-', ' '], "_").as_str() {
-            "down_in" => Ok(Self::DownIn),
-            "down_out" => Ok(Self::DownOut),
-            "kronecker" => Ok(Self::Kronecker),
-            "none" => Ok(Self::None),
-            _ => Err(AdapterError::BadConfig(format!(
-                "unknown tying {s:?} (down_in, down_out, kronecker or none)"
-            ))),
+    pub const ALL: [Self; 4] = [Self::DownIn, Self::DownOut, Self::Kronecker, Self::None];
+
+    /// The name in files (serde) and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DownIn => "down_in",
+            Self::DownOut => "down_out",
+            Self::Kronecker => "kronecker",
+            Self::None => "none",
         }
+    }
+
+    /// A name, with `-` or a space accepted for `_`.
+    pub fn parse(s: &str) -> Result<Self, AdapterError> {
+        let wanted = s.replace(['-', ' '], "_");
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == wanted)
+            .ok_or_else(|| {
+                AdapterError::BadConfig(format!(
+                    "unknown tying {s:?} (down_in, down_out, kronecker or none)"
+                ))
+            })
+    }
+}
+
+/// `--tying` on the command line: the names of [`Tying::name`], parsed by [`Tying::parse`].
+impl clap::ValueEnum for Tying {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+    fn from_str(input: &str, _ignore_case: bool) -> Result<Self, String> {
+        Self::parse(input).map_err(|e| e.to_string())
     }
 }
 

@@ -4,15 +4,16 @@
 //! sample's own adapter inside the block, grouped by task (`adapter::MixedHook`).
 //!
 //! Owns: the queues (capacity, overload), batch cutting, dropping jobs whose caller has gone,
-//! tokenization of queries, meanP pooling of frame embeddings. Does not own: which adapter a task
+//! tokenization of queries. Frame embeddings are pooled by [`pool_frames`], the meanP that
+//! training and `embed` use. Does not own: which adapter a task
 //! uses (a [`TaskModel`] comes with each job, from the registry), video decoding (`media`), storage.
 
 mod query_cache;
 
 pub use query_cache::{QueryCache, QueryCacheStats};
 
-use crate::adapter::MixedHook;
-use crate::backbone::{l2_normalize, Backbone, BlockHook};
+use crate::adapter::{pool_frames, AdapterError, MixedHook};
+use crate::backbone::{l2_normalize, Backbone, BackboneError, BlockHook};
 use candle_core::{DType, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -34,10 +35,6 @@ pub trait TaskModel: Send + Sync {
     /// The hook for the vision tower over `n` videos of F frames each (rows are frames, video-major);
     /// `mask` is (n, F) in u8 (1 = real frame).
     fn video_hook(&self, mask: &Tensor) -> candle_core::Result<Option<Box<dyn BlockHook + '_>>>;
-    /// Pools (n, F, P) projected frame embeddings to (n, P) video embeddings (not normalised).
-    fn pool_video(&self, frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        mean_pool(frames, mask)
-    }
     /// Makes the model ready to encode (an evicted adapter reloads). Callers run it off the
     /// encoder thread before queueing, so a reload does not stall other tasks' batches.
     fn prepare(&self) -> candle_core::Result<()> {
@@ -47,15 +44,6 @@ pub trait TaskModel: Send + Sync {
     fn needs_prepare(&self) -> bool {
         false
     }
-}
-
-/// meanP: every frame embedding L2-normalised, then the mean over real frames (mask (n, F) u8).
-pub fn mean_pool(frames: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let normed = l2_normalize(frames)?;
-    let m = mask.to_dtype(normed.dtype())?.unsqueeze(2)?; // (n, F, 1)
-    let sum = normed.broadcast_mul(&m)?.sum(1)?; // (n, P)
-    let count = m.sum(1)?.clamp(1.0, f64::MAX)?; // (n, 1)
-    sum.broadcast_div(&count)
 }
 
 /// The built-in zero-shot task: plain CLIP, meanP over frames.
@@ -83,16 +71,33 @@ impl TaskModel for ClipModel {
     }
 }
 
+/// Why a job got no embedding. Cloned to every job of a failed batch, so sources are shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EncodeError {
     #[error("the {0} queue is full")]
     Overloaded(&'static str),
     #[error("the encoder has stopped")]
     Stopped,
+    /// Frames that do not fit the task's model (a caller's mistake; nothing underneath failed).
     #[error("bad input: {0}")]
     BadInput(String),
+    #[error("bad input: {0}")]
+    Untokenizable(#[source] Arc<BackboneError>),
     #[error("encoding failed: {0}")]
-    Failed(String),
+    Failed(#[source] Arc<candle_core::Error>),
+    #[error("encoding failed: loading the task's adapter: {0}")]
+    AdapterLoad(#[source] Arc<candle_core::Error>),
+    /// The rows of a mixed batch did not fit the tasks' hooks (a bug in batch cutting).
+    #[error("encoding failed: {0}")]
+    Hook(#[source] Arc<AdapterError>),
+    #[error("encoding failed: {0}")]
+    Panicked(#[source] Arc<tokio::task::JoinError>),
+}
+
+impl From<candle_core::Error> for EncodeError {
+    fn from(e: candle_core::Error) -> Self {
+        EncodeError::Failed(Arc::new(e))
+    }
 }
 
 type Reply = oneshot::Sender<Result<Vec<f32>, EncodeError>>;
@@ -347,8 +352,8 @@ async fn prepare(model: &Arc<dyn TaskModel>) -> Result<(), EncodeError> {
     let m = model.clone();
     tokio::task::spawn_blocking(move || m.prepare())
         .await
-        .map_err(|e| EncodeError::Failed(e.to_string()))?
-        .map_err(|e| EncodeError::Failed(format!("loading the task's adapter: {e}")))
+        .map_err(|e| EncodeError::Panicked(Arc::new(e)))?
+        .map_err(|e| EncodeError::AdapterLoad(Arc::new(e)))
 }
 
 enum Batch {
@@ -456,7 +461,7 @@ fn mixed<'a>(groups: &'a [HookGroup<'a>]) -> Result<MixedHook<'a>, EncodeError> 
             .map(|(start, n, h)| (*start..*start + *n, h.as_deref()))
             .collect(),
     )
-    .map_err(|e| EncodeError::Failed(e.to_string()))
+    .map_err(|e| EncodeError::Hook(Arc::new(e)))
 }
 
 fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
@@ -469,7 +474,6 @@ fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
     // jobs are ordered by length first, then by model.
     jobs.sort_by_key(|j| (j.model.text_len(), model_key(&j.model)));
     let runs = runs(&jobs, |j| &j.model);
-    let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
         let dev = &backbone.clip.device;
         let mut out = Vec::with_capacity(jobs.len());
@@ -488,26 +492,21 @@ fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
                 let tok = backbone
                     .tokenizer
                     .encode(&j.text, len)
-                    .map_err(|e| EncodeError::BadInput(e.to_string()))?;
+                    .map_err(|e| EncodeError::Untokenizable(Arc::new(e)))?;
                 ids.extend(tok.ids.iter().copied());
                 ids.extend(std::iter::repeat_n(0u32, len - tok.ids.len()));
                 eot.push(tok.eot as u32);
             }
-            let ids = Tensor::from_vec(ids, (part.len(), len), dev).map_err(fail)?;
-            let eot = Tensor::from_vec(eot, part.len(), dev).map_err(fail)?;
+            let ids = Tensor::from_vec(ids, (part.len(), len), dev)?;
+            let eot = Tensor::from_vec(eot, part.len(), dev)?;
             let mut groups = Vec::with_capacity(r_end - r);
             for &(s, n) in &runs[r..r_end] {
-                groups.push((s - first, n, jobs[s].model.text_hook().map_err(fail)?));
+                groups.push((s - first, n, jobs[s].model.text_hook()?));
             }
             let hook = mixed(&groups)?;
-            let enc = backbone
-                .clip
-                .text
-                .forward(&ids, &eot, Some(&hook), false)
-                .map_err(fail)?;
-            let emb =
-                l2_normalize(&enc.embeds.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
-            out.extend(emb.to_vec2::<f32>().map_err(fail)?);
+            let enc = backbone.clip.text.forward(&ids, &eot, Some(&hook), false)?;
+            let emb = l2_normalize(&enc.embeds.to_dtype(DType::F32)?)?;
+            out.extend(emb.to_vec2::<f32>()?);
             r = r_end;
         }
         Ok(out)
@@ -525,7 +524,6 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
     let jobs = group(jobs, |j| &j.model);
     let runs = runs(&jobs, |j| &j.model);
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
-        let fail = |e: candle_core::Error| EncodeError::Failed(e.to_string());
         let s = backbone.clip.config.vision_config.image_size;
         let dev = &backbone.clip.device;
         let rows: usize = jobs.iter().map(|j| j.mask.len()).sum();
@@ -534,8 +532,7 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
             pixels.extend_from_slice(&j.pixels);
         }
         let pixels = Tensor::from_vec(pixels, (rows, 3, s, s), dev)
-            .and_then(|t| t.to_dtype(backbone.clip.vision_dtype()))
-            .map_err(fail)?;
+            .and_then(|t| t.to_dtype(backbone.clip.vision_dtype()))?;
         // Per run: its mask (n, F) and its frame rows.
         let mut masks = Vec::with_capacity(runs.len());
         let mut groups = Vec::with_capacity(runs.len());
@@ -546,35 +543,23 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
                 .iter()
                 .flat_map(|j| j.mask.iter().map(|&b| b as u8))
                 .collect();
-            let mask = Tensor::from_vec(m, (n, f), dev).map_err(fail)?;
-            groups.push((
-                row,
-                n * f,
-                jobs[first].model.video_hook(&mask).map_err(fail)?,
-            ));
+            let mask = Tensor::from_vec(m, (n, f), dev)?;
+            groups.push((row, n * f, jobs[first].model.video_hook(&mask)?));
             masks.push(mask);
             row += n * f;
         }
         let hook = mixed(&groups)?;
-        let out = backbone
-            .clip
-            .vision
-            .forward(&pixels, Some(&hook), false)
-            .map_err(fail)?;
-        let embeds = out.embeds.to_dtype(DType::F32).map_err(fail)?;
+        let out = backbone.clip.vision.forward(&pixels, Some(&hook), false)?;
+        let embeds = out.embeds.to_dtype(DType::F32)?;
         let mut vecs = Vec::with_capacity(jobs.len());
         let mut row = 0;
         for (i, &(first, n)) in runs.iter().enumerate() {
-            let model = &jobs[first].model;
-            let f = model.frames();
-            let e = embeds
-                .narrow(0, row, n * f)
-                .and_then(|e| e.reshape((n, f, ())))
-                .map_err(fail)?;
+            let f = jobs[first].model.frames();
+            let e = embeds.narrow(0, row, n * f)?;
             row += n * f;
-            let pooled = model.pool_video(&e, &masks[i]).map_err(fail)?;
-            let pooled = l2_normalize(&pooled.to_dtype(DType::F32).map_err(fail)?).map_err(fail)?;
-            vecs.extend(pooled.to_vec2::<f32>().map_err(fail)?);
+            // The pooling training and `embed` use, so a task serves the space it was trained in.
+            let pooled = pool_frames(&e, &masks[i])?;
+            vecs.extend(pooled.to_vec2::<f32>()?);
         }
         Ok(vecs)
     })();

@@ -82,6 +82,14 @@ type Res<T> = Result<T, DataError>;
 
 impl DatasetFormat {
     pub const NAMES: &'static str = "jsonl, msrvtt-csv, msrvtt-json, msvd, didemo, activitynet";
+    pub const ALL: [Self; 6] = [
+        Self::Jsonl,
+        Self::MsrVttCsv,
+        Self::MsrVttJson,
+        Self::MsvdTsv,
+        Self::DiDeMo,
+        Self::ActivityNet,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -128,17 +136,20 @@ impl DatasetFormat {
 impl FromStr for DatasetFormat {
     type Err = DataError;
     fn from_str(s: &str) -> Res<Self> {
-        let all = [
-            Self::Jsonl,
-            Self::MsrVttCsv,
-            Self::MsrVttJson,
-            Self::MsvdTsv,
-            Self::DiDeMo,
-            Self::ActivityNet,
-        ];
-        all.into_iter()
+        Self::ALL
+            .into_iter()
             .find(|f| f.name() == s.to_ascii_lowercase())
             .ok_or_else(|| DataError::BadFormatName(s.to_string()))
+    }
+}
+
+/// `--format` on the command line: the same names as [`DatasetFormat::name`], listed in `--help`.
+impl clap::ValueEnum for DatasetFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 

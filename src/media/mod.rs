@@ -65,6 +65,9 @@ impl Default for MediaLimits {
     }
 }
 
+/// F when nothing else sets it (an adapter fixes its own): spec section 10's 12 frames.
+pub const DEFAULT_FRAMES: usize = 12;
+
 /// How many frames to take and at what size (spec section 10: 12 frames at 1 fps, 224 px).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleSpec {
@@ -79,7 +82,7 @@ pub struct SampleSpec {
 impl Default for SampleSpec {
     fn default() -> Self {
         Self {
-            frames: 12,
+            frames: DEFAULT_FRAMES,
             fps: 1.0,
             size: 224,
         }

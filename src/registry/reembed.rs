@@ -12,8 +12,8 @@
 //! server).
 
 use super::{Generation, Registry, Task};
-use crate::encode::TaskModel;
-use crate::store::{BlobKind, BlobVersion, NewRecord, VectorStore};
+use crate::encode::{EncodeError, TaskModel};
+use crate::store::{BlobKind, BlobVersion, NewRecord, StoreError, VectorStore};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,24 @@ use std::sync::Arc;
 
 /// Turns a stored original upload into a vector of `model` (decode, then encode).
 pub trait Reembedder: Send + Sync {
-    fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, String>;
+    fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, ReembedError>;
+}
+
+/// Why one video could not be carried over. Its text is what `last_error` shows, so each variant
+/// reads as its source does.
+#[derive(Debug, thiserror::Error)]
+pub enum ReembedError {
+    #[error("the original upload is missing")]
+    MissingOriginal,
+    /// The original did not decode (the decoder is the server's, so its error type is too).
+    #[error(transparent)]
+    Decode(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 static COPY_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -56,22 +73,18 @@ struct CarryOver<'a> {
 }
 
 impl CarryOver<'_> {
-    fn copy_one(&self, id: &str, meta: serde_json::Value) -> Result<(), String> {
+    fn copy_one(&self, id: &str, meta: serde_json::Value) -> Result<(), ReembedError> {
         let orig = self
             .old
-            .blob_path(id, BlobKind::Original)
-            .map_err(|e| e.to_string())?
-            .ok_or("the original upload is missing")?;
+            .blob_path(id, BlobKind::Original)?
+            .ok_or(ReembedError::MissingOriginal)?;
         let vector = self.embedder.embed(&self.new.model, &orig)?;
         let blobs = BlobVersion::fresh();
         let tmp = self.registry.tmp_dir();
         for kind in BlobKind::ALL {
-            if let Some(src) = self.old.blob_path(id, kind).map_err(|e| e.to_string())? {
-                let copy = copy_for_put(&tmp, &src).map_err(|e| e.to_string())?;
-                self.new
-                    .store
-                    .put_blob(id, blobs, kind, &copy)
-                    .map_err(|e| e.to_string())?;
+            if let Some(src) = self.old.blob_path(id, kind)? {
+                let copy = copy_for_put(&tmp, &src)?;
+                self.new.store.put_blob(id, blobs, kind, &copy)?;
             }
         }
         let record = NewRecord {
@@ -82,13 +95,13 @@ impl CarryOver<'_> {
         };
         self.new
             .store
-            .add_records(self.new.model.digest(), vec![record])
-            .map_err(|e| e.to_string())
+            .add_records(self.new.model.digest(), vec![record])?;
+        Ok(())
     }
 
     /// Counts a failed try of `id`; after [`MAX_ATTEMPTS`] it is recorded as a failure that
     /// stops the cutover. Returns whether it may be tried again.
-    fn failed(&mut self, id: &str, e: String) -> bool {
+    fn failed(&mut self, id: &str, e: ReembedError) -> bool {
         let n = self.attempts.entry(id.to_string()).or_default();
         *n += 1;
         if *n < MAX_ATTEMPTS {
@@ -110,7 +123,7 @@ impl CarryOver<'_> {
             // The old store cannot be listed (a remote one unreachable): count it as one failed
             // try of the whole pass, so that it stops the cutover rather than skipping videos.
             Err(e) => {
-                self.failed("<listing the old generation>", e.to_string());
+                self.failed("<listing the old generation>", e.into());
                 return 1;
             }
         };
@@ -120,7 +133,7 @@ impl CarryOver<'_> {
                 Ok(None) => continue,
                 Err(e) => {
                     changed += 1;
-                    self.failed(id, e.to_string());
+                    self.failed(id, e.into());
                     continue;
                 }
             };
@@ -157,7 +170,7 @@ impl CarryOver<'_> {
                     self.done.remove(&id);
                 }
                 Err(e) => {
-                    if !self.failed(&id, e.to_string()) {
+                    if !self.failed(&id, e.into()) {
                         self.done.remove(&id);
                     }
                 }

@@ -1,6 +1,7 @@
 //! The gRPC transport (`proto/mvserve.proto`, package `mvserve.v1`), served by tonic on its own
 //! port beside HTTP, plus the standard `grpc.health.v1` service. Owns only what is gRPC's: reading
-//! the API key from metadata, the streamed upload protocol, turning [`ApiError`]s into statuses, and
+//! the API key from metadata, the streamed upload protocol, turning [`ApiError`]s into statuses (with the code
+//! [`super::error::ErrorKind`] names), and
 //! converting results to messages. The operations themselves are [`super::service`] and
 //! [`super::upload`], shared with HTTP; metrics are the same per-task ones plus
 //! `mvserve_grpc_requests_total` and `mvserve_grpc_request_duration_seconds` by method.
@@ -10,7 +11,6 @@ use super::fields;
 use super::service;
 use super::upload::{self, IndexBatch, Spool};
 use super::{ApiError, AppState};
-use axum::http::StatusCode;
 use proto::mv_serve_server::{MvServe, MvServeServer};
 use serde_json::Value;
 use std::future::Future;
@@ -27,35 +27,14 @@ pub mod proto {
 /// The metadata key that carries the error code of the HTTP API's error body.
 pub const ERROR_CODE_KEY: &str = "mvserve-error-code";
 
-/// The gRPC status of an API error: the code clients branch on; the precise reason travels as
-/// `mvserve-error-code` (and `retry-after` when retrying may help).
-pub fn status_code(e: &ApiError) -> Code {
-    match (e.status, e.code) {
-        (_, "not_ready") => Code::Unavailable,
-        // gRPC itself answers RESOURCE_EXHAUSTED for a message over its size limit.
-        (_, "overloaded" | "too_large") => Code::ResourceExhausted,
-        (StatusCode::BAD_REQUEST, _)
-        | (StatusCode::UNSUPPORTED_MEDIA_TYPE, _)
-        | (StatusCode::UNPROCESSABLE_ENTITY, _) => Code::InvalidArgument,
-        (StatusCode::UNAUTHORIZED, _) => Code::Unauthenticated,
-        (StatusCode::FORBIDDEN, _) => Code::PermissionDenied,
-        (StatusCode::NOT_FOUND, _) => Code::NotFound,
-        (StatusCode::PAYLOAD_TOO_LARGE, _) => Code::ResourceExhausted,
-        (StatusCode::REQUEST_TIMEOUT, _) => Code::DeadlineExceeded,
-        (StatusCode::SERVICE_UNAVAILABLE, _) => Code::Unavailable,
-        (StatusCode::INTERNAL_SERVER_ERROR, _) => Code::Internal,
-        _ => Code::Unknown,
-    }
-}
-
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let mut md = MetadataMap::new();
         md.insert(ERROR_CODE_KEY, MetadataValue::from_static(e.code));
-        if let Some(s) = e.retry_after_s {
+        if let Some(s) = e.kind.retry_after_s() {
             md.insert("retry-after", MetadataValue::from(s));
         }
-        Status::with_metadata(status_code(&e), e.message, md)
+        Status::with_metadata(e.kind.grpc_code(), e.message, md)
     }
 }
 
@@ -109,7 +88,7 @@ impl GrpcApi {
             Ok(_) => Code::Ok,
             Err(e) => {
                 m.errors.with_label_values(&[e.code]).inc();
-                status_code(e)
+                e.kind.grpc_code()
             }
         };
         let code_label = format!("{code:?}");

@@ -4,9 +4,10 @@
 //! the browser sends that name as `Host`) or by sending requests across origins (CSRF). Owns which
 //! `Host` and `Origin` values count as local; the middleware in `server` refuses the rest with 403.
 
+use super::error::ErrorKind;
 use super::ApiError;
 use axum::http::uri::Authority;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Uri};
 use std::net::IpAddr;
 
 /// `localhost`, an address in 127.0.0.0/8, or `::1` (IPv6 in brackets, as in URLs).
@@ -45,7 +46,7 @@ pub fn loopback_origin(value: &str) -> bool {
 
 fn refuse(code: &'static str, message: String) -> ApiError {
     tracing::warn!(code, %message, "refused a request to the unauthenticated server");
-    ApiError::new(StatusCode::FORBIDDEN, code, message)
+    ApiError::new(ErrorKind::Forbidden, code, message)
 }
 
 /// Checks a request to a server without authentication: its host (the `Host` header, and the

@@ -28,6 +28,7 @@ use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
 use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
 use crate::registry::follow::Follower;
+use crate::registry::reembed::{ReembedError, Reembedder};
 use crate::registry::watch::{watch, AdapterWatcher, Outcome};
 use crate::registry::{now_s, ModelInfo, Registry, CLIP_TASK};
 use crate::store::milvus::MilvusBackend;
@@ -51,6 +52,11 @@ use tokio::sync::Semaphore;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+
+/// The HTTP port when none is given.
+pub const DEFAULT_PORT: u16 = 8080;
+/// The gRPC port when none is given (gRPC's customary one).
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
 
 /// Everything `mvserve serve` can be told.
 #[derive(Clone, Debug)]
@@ -112,13 +118,13 @@ impl Default for ServeConfig {
             data_dir: "data".into(),
             adapters_dir: "adapters".into(),
             bind: None,
-            port: 8080,
-            grpc_port: Some(50051),
+            port: DEFAULT_PORT,
+            grpc_port: Some(DEFAULT_GRPC_PORT),
             metrics_port: None,
             auth_file: None,
             max_upload_bytes: 256 << 20,
             max_videos_per_request: 16,
-            frames: 12,
+            frames: crate::media::DEFAULT_FRAMES,
             decode_workers: 2,
             decode_queue: 16,
             encoder: EncoderConfig::default(),
@@ -331,6 +337,10 @@ async fn local_mw(State(state): State<Arc<AppState>>, req: Request, next: Next) 
     next.run(req).await
 }
 
+/// How long a re-embedding waits before it queues again behind live uploads (a video batch takes
+/// longer, so this is a short poll, not a back-off).
+const REEMBED_RETRY: Duration = Duration::from_millis(50);
+
 /// Re-embeds stored uploads for the registry: decode with the server's decoder, encode through the
 /// encoder like any upload (so it shares batches and queues with live traffic).
 struct ServerReembedder {
@@ -339,17 +349,17 @@ struct ServerReembedder {
     runtime: tokio::runtime::Handle,
 }
 
-impl crate::registry::reembed::Reembedder for ServerReembedder {
+impl Reembedder for ServerReembedder {
     fn embed(
         &self,
         model: &Arc<dyn crate::encode::TaskModel>,
         original: &std::path::Path,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, ReembedError> {
         let size = self.encoder.backbone().image_size;
         let d = self
             .decoder
             .decode(original, model.frames(), size)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ReembedError::Decode(Box::new(e)))?;
         // The video queue may be full of live uploads: wait and retry rather than fail.
         loop {
             let r = self.runtime.block_on(self.encoder.encode_video(
@@ -358,10 +368,8 @@ impl crate::registry::reembed::Reembedder for ServerReembedder {
                 d.mask.clone(),
             ));
             match r {
-                Err(crate::encode::EncodeError::Overloaded(_)) => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                r => return r.map_err(|e| e.to_string()),
+                Err(crate::encode::EncodeError::Overloaded(_)) => std::thread::sleep(REEMBED_RETRY),
+                r => return Ok(r?),
             }
         }
     }

@@ -8,6 +8,7 @@
 //! buffer. The number of parts is bounded by [`max_parts`], each field by its own limit, each video
 //! by the spool's cap, and the whole body by the router's body limit.
 
+use super::error::ErrorKind;
 use super::fields::{self, MAX_ID_BYTES, MAX_META_BYTES};
 use super::upload::{self, IndexBatch};
 use super::{ApiError, AppState};
@@ -30,7 +31,7 @@ async fn idle_bound<T>(
     match tokio::time::timeout(idle, read).await {
         Ok(r) => r.map_err(multipart_error),
         Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::Timeout,
             "body_timeout",
             format!("the upload sent nothing for {} s", idle.as_secs()),
         )),

@@ -4,10 +4,10 @@
 //! metrics and thumbnail URLs. Uploads live in [`super::upload`].
 
 use super::auth::{Caller, Denied, Need};
+use super::error::ErrorKind;
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task, TaskStatus};
 use crate::store::BlobKind;
-use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -46,11 +46,11 @@ pub fn authorize(state: &AppState, key: Option<&str>, need: Need<'_>) -> Result<
     };
     auth.check(key, need).map_err(|d| match d {
         Denied::Unauthenticated => ApiError::new(
-            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
             "unauthenticated",
             "a valid API key is required (Authorization: Bearer KEY)",
         ),
-        Denied::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+        Denied::Forbidden(m) => ApiError::new(ErrorKind::Forbidden, "forbidden", m),
     })
 }
 
@@ -75,9 +75,7 @@ pub fn task_of(
 pub fn refuse_writes_on_replica(state: &AppState) -> Result<(), ApiError> {
     match state.config.role.writes() {
         true => Ok(()),
-        false => Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "read_only_replica",
+        false => Err(ApiError::wrong_role(
             "this replica only searches (--role query); send uploads and deletes to the indexer",
         )),
     }

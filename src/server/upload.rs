@@ -26,6 +26,11 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// Uploads and decodes take seconds each: a slot frees in about this long.
+const RETRY_UPLOAD_S: u64 = 2;
+/// The new generation is live when this is refused: sending again can go at once.
+const RETRY_RESEND_S: u64 = 1;
+
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Removes the temporary files of a request however it ends.
@@ -119,7 +124,7 @@ impl IndexBatch {
                         "{} uploads are already in progress",
                         state.config.max_concurrent_uploads
                     ),
-                    2,
+                    RETRY_UPLOAD_S,
                 )
             })?;
         Ok(IndexBatch {
@@ -213,10 +218,9 @@ impl IndexBatch {
         let frames = gen.model.frames();
         let mut prepared = Vec::with_capacity(uploads.len());
         for up in uploads {
-            let _admitted = state
-                .decode_admission
-                .try_acquire()
-                .map_err(|_| ApiError::overloaded("too many videos waiting to be decoded", 2))?;
+            let _admitted = state.decode_admission.try_acquire().map_err(|_| {
+                ApiError::overloaded("too many videos waiting to be decoded", RETRY_UPLOAD_S)
+            })?;
             let slot = state
                 .decode_slots
                 .clone()
@@ -270,7 +274,7 @@ impl IndexBatch {
                 if t.current().number != g.number {
                     return Err(ApiError::overloaded(
                         "the task's adapter changed while this upload was encoded; send it again",
-                        1,
+                        RETRY_RESEND_S,
                     ));
                 }
                 let mut items: Vec<NewRecord> = Vec::with_capacity(prepared.len());

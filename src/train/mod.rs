@@ -32,6 +32,7 @@ pub use trainer::{EpochStats, TrainData, Trainer};
 
 use crate::adapter::Tying;
 use crate::backbone::Backbone;
+use crate::eval::data::DatasetFormat;
 use crate::media::SampleSpec;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -65,6 +66,11 @@ pub struct TrainConfig {
     pub scale: f64,
 }
 
+/// Frames per video for paragraph datasets.
+pub const PARAGRAPH_FRAMES: usize = 32;
+/// Padded text length for paragraph datasets (a paragraph of captions).
+pub const PARAGRAPH_WORDS: usize = 64;
+
 impl Default for TrainConfig {
     /// The authors' MSR-VTT settings (spec section 9).
     fn default() -> Self {
@@ -76,8 +82,8 @@ impl Default for TrainConfig {
             adamw: AdamWConfig::default(),
             clip_norm: 1.0,
             seed: 42,
-            frames: 12,
-            words: 32,
+            frames: crate::media::DEFAULT_FRAMES,
+            words: crate::backbone::DEFAULT_TEXT_LEN,
             temporal: true,
             tying: Tying::DownIn,
             scale: 0.1,
@@ -86,6 +92,19 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The defaults for a dataset: paragraph datasets (DiDeMo, ActivityNet) take longer videos
+    /// and texts, 32 frames and 64 tokens (spec section 9).
+    pub fn for_format(format: DatasetFormat) -> Self {
+        match format.is_paragraph() {
+            true => Self {
+                frames: PARAGRAPH_FRAMES,
+                words: PARAGRAPH_WORDS,
+                ..Self::default()
+            },
+            false => Self::default(),
+        }
+    }
+
     /// How videos are sampled for this run: F frames at 1 fps, the backbone's image size.
     pub fn sample_spec(&self, backbone: &Backbone) -> SampleSpec {
         SampleSpec {

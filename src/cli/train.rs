@@ -1,18 +1,22 @@
 //! `mvserve train`: reads a dataset with `eval::data`, trains a task's adapter with
 //! `train::Trainer`, and prints where the checkpoint went. No training logic lives here.
 
-use crate::cli::ModelArgs;
+use super::{DataArgs, ModelArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use mvserve::adapter::Tying;
 use mvserve::train::{state_path, AdamWConfig, FrameCache, TrainConfig, TrainData, Trainer};
 use std::path::PathBuf;
 
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// The training pairs.
     #[command(flatten)]
-    pub dataset: crate::cli_eval::DataArgs,
+    pub dataset: DataArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     /// The task the adapter is for (recorded in the file).
@@ -22,23 +26,23 @@ pub struct TrainArgs {
     /// (`FILE.train-state`).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = defaults().epochs)]
     pub epochs: usize,
     /// Pairs per batch (in-batch negatives).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults().batch)]
     pub batch: usize,
     /// Peak learning rate (5e-6 is the authors' for CLIP ViT-B; a small random backbone needs
     /// far more).
-    #[arg(long, default_value_t = 5e-6)]
+    #[arg(long, default_value_t = defaults().lr)]
     pub lr: f64,
     /// Fraction of the updates spent warming up.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults().warmup)]
     pub warmup: f64,
     /// Decoupled weight decay on the weight matrices.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = defaults().adamw.weight_decay)]
     pub weight_decay: f64,
     /// Largest global gradient norm (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults().clip_norm)]
     pub clip_norm: f64,
     /// Frames per video (default 12; 32 for paragraph datasets).
     #[arg(long)]
@@ -50,13 +54,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_temporal: bool,
     /// The adapter's output scale (the authors' 0.1; a small random test backbone needs 1).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults().scale)]
     pub scale: f64,
-    /// Cross Modality Tying: down_in, down_out, kronecker or none.
-    #[arg(long, default_value = "down_in")]
-    pub tying: String,
+    /// Cross Modality Tying.
+    #[arg(long, value_enum, default_value_t = defaults().tying)]
+    pub tying: Tying,
     /// Seeds the adapter's initial values and the order of pairs.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
     /// Continue the run saved in --out (same settings and data).
     #[arg(long)]
@@ -69,7 +73,7 @@ pub struct TrainArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
-pub fn train(a: TrainArgs) -> Result<()> {
+pub fn run(a: TrainArgs) -> Result<()> {
     let (format, ds) = a.dataset.load()?;
     let missing = ds.missing_videos().len();
     if missing > 0 {
@@ -84,7 +88,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    let paragraph = format.is_paragraph();
+    let base = TrainConfig::for_format(format);
     let config = TrainConfig {
         epochs: a.epochs,
         batch: a.batch,
@@ -92,14 +96,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
         warmup: a.warmup,
         adamw: AdamWConfig {
             weight_decay: a.weight_decay,
-            ..AdamWConfig::default()
+            ..base.adamw
         },
         clip_norm: a.clip_norm,
         seed: a.seed,
-        frames: a.frames.unwrap_or(if paragraph { 32 } else { 12 }),
-        words: a.words.unwrap_or(if paragraph { 64 } else { 32 }),
+        frames: a.frames.unwrap_or(base.frames),
+        words: a.words.unwrap_or(base.words),
         temporal: !a.no_temporal,
-        tying: Tying::parse(&a.tying)?,
+        tying: a.tying,
         scale: a.scale,
     };
     config.validate()?;

@@ -65,7 +65,7 @@ fn find_stores(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
-pub fn store(cmd: StoreCommand) -> Result<()> {
+pub fn run(cmd: StoreCommand) -> Result<()> {
     let StoreCommand::Check(args) = cmd;
     let mut stores = Vec::new();
     find_stores(&args.dir, 0, &mut stores);
