@@ -202,10 +202,12 @@ impl StoreBackend for EmbeddedBackend {
     }
 
     fn served(&self, task: &str) -> Result<Option<u64>, StoreError> {
-        match std::fs::read_to_string(self.task_dir(task).join("CURRENT")) {
+        let path = self.task_dir(task).join("CURRENT");
+        match std::fs::read_to_string(&path) {
             Ok(s) => Ok(s.trim().strip_prefix("gen-").and_then(|n| n.parse().ok())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            // The path says which file (the server shows it relative to its data dir).
+            Err(e) => Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()),
         }
     }
 

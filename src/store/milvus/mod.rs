@@ -48,6 +48,8 @@ const UPSERT_ROWS: usize = 512;
 const RETIRED_GRACE: Duration = Duration::from_secs(30);
 /// How long opening a generation waits for Milvus to load it.
 const LOAD_WAIT: Duration = Duration::from_secs(120);
+/// `settle` stops waiting for Milvus's index once its progress stalls this long.
+const SETTLE_STALL: Duration = Duration::from_secs(20);
 /// The deadline of one call unless the URL says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -834,10 +836,16 @@ impl VectorStore for MilvusStore {
         let name = self.collection.clone();
         self.shared.call(move |r| async move {
             r.flush(&name).await?;
+            // Milvus leaves segments below its minimum size unindexed (searched exactly), so
+            // the count of indexed rows may never reach the total: wait until it stops moving.
+            let (mut last, mut since) = (-1, tokio::time::Instant::now());
             loop {
                 let (done, total) = r.index_progress(&name).await?;
-                if done >= total {
+                if done >= total || since.elapsed() > SETTLE_STALL {
                     return Ok(());
+                }
+                if done != last {
+                    (last, since) = (done, tokio::time::Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
