@@ -128,8 +128,8 @@ pub struct DataArgs {
     /// MSVD tsv, DiDeMo or ActivityNet json.
     #[arg(long)]
     pub data: PathBuf,
-    /// The annotation format (detected from the file when left out).
-    #[arg(long, value_enum)]
+    /// The annotation format (detected from the file when left out; any case, as before).
+    #[arg(long, value_enum, ignore_case = true)]
     pub format: Option<DatasetFormat>,
     /// Where the video files are (default: the annotation file's folder).
     #[arg(long)]
