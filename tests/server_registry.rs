@@ -176,7 +176,7 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     let dir = adapters.path();
     let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    reg.set_reembedder(Arc::new(FoldEmbedder(release.clone())));
     reg.scan(&FakeLoader, dir);
     // Five stored videos with originals, as uploads leave them.
     store_videos(&reg, "news", 5);
@@ -188,7 +188,7 @@ fn replaced_adapter_re_embeds_then_cuts_over() {
     assert_eq!(task.current().number, 0);
     assert_eq!(reg.status("news").unwrap().pending_generation, Some(1));
     {
-        let _gate = task.write_gate.read();
+        let _gate = task.write_guard();
         let cur = task.current();
         assert_eq!(cur.number, 0);
         cur.store.delete("v4").unwrap();
@@ -273,7 +273,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
     let (data, adapters) = news_dirs();
     let dir = adapters.path();
     let reg = registry(&data);
-    *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
+    reg.set_reembedder(Arc::new(FailingEmbedder {
         flaky: "video 1".into(),
         broken: None,
         failed_once: Default::default(),
@@ -292,7 +292,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
     let data = tempfile::tempdir().unwrap();
     put(dir, "news.safetensors", "ok:news-1");
     let reg = registry(&data);
-    *reg.reembedder.write() = Some(Arc::new(FailingEmbedder {
+    reg.set_reembedder(Arc::new(FailingEmbedder {
         flaky: String::new(),
         broken: Some("video 2".into()),
         failed_once: Default::default(),
@@ -337,7 +337,7 @@ fn restart_after_the_adapter_changed_while_down_keeps_every_video() {
     put(dir, "news.safetensors", "ok:news-2");
     let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    reg.set_reembedder(Arc::new(FoldEmbedder(release.clone())));
     let out = reg.scan(&FakeLoader, dir);
     assert_eq!(
         out,
@@ -388,7 +388,7 @@ fn a_half_built_generation_left_by_a_crash_is_discarded_and_rebuilt() {
     }
     let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
+    reg.set_reembedder(Arc::new(FoldEmbedder(release)));
     reg.scan(&FakeLoader, dir);
     let task = reg.get("news").unwrap();
     wait_for("the cutover", || task.current().number == 1);
@@ -406,12 +406,12 @@ fn an_empty_swap_waits_for_an_upload_in_flight() {
     let dir = adapters.path();
     let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release)));
+    reg.set_reembedder(Arc::new(FoldEmbedder(release)));
     reg.scan(&FakeLoader, dir);
     let task = reg.get("news").unwrap();
     put(dir, "news.safetensors", "ok:news-2");
     // An upload holds the gate (as `IndexBatch::commit` does) while the file is replaced.
-    let gate = task.write_gate.read();
+    let gate = task.write_guard();
     let swap = {
         let reg = reg.clone();
         let path = dir.join("news.safetensors");
@@ -483,7 +483,7 @@ fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
         new_dir: reg.generation_dir("news", 1),
         deleted: Default::default(),
     });
-    *reg.reembedder.write() = Some(embedder.clone());
+    reg.set_reembedder(embedder.clone());
     put(dir, "news.safetensors", "ok:news-2");
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
     assert_eq!(o, Outcome::Reembedding { generation: 1 });
@@ -508,7 +508,7 @@ fn a_re_embedding_that_ends_after_the_file_was_removed_does_not_bring_the_task_b
     let dir = adapters.path();
     let reg = registry(&data);
     let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    *reg.reembedder.write() = Some(Arc::new(FoldEmbedder(release.clone())));
+    reg.set_reembedder(Arc::new(FoldEmbedder(release.clone())));
     reg.scan(&FakeLoader, dir);
     store_videos(&reg, "news", 2);
     let task = reg.get("news").unwrap();

@@ -83,9 +83,10 @@ pub struct Task {
     current: RwLock<Arc<Generation>>,
     /// The last file that failed to load for this task (shown by `/tasks`); cleared by a good load.
     pub last_error: RwLock<Option<String>>,
-    /// Writers (index, delete) hold it shared; a re-embedding cutover holds it exclusively for its
-    /// last catch-up pass, so no acknowledged write is left behind in the old generation.
-    pub write_gate: RwLock<()>,
+    /// Writers (index, delete) hold it shared ([`Task::write_guard`]); a re-embedding cutover
+    /// holds it exclusively for its last catch-up pass, so no acknowledged write is left behind
+    /// in the old generation.
+    write_gate: RwLock<()>,
     /// The generation being re-embedded, if any.
     pub pending: parking_lot::Mutex<Option<u64>>,
 }
@@ -93,6 +94,12 @@ pub struct Task {
 impl Task {
     pub fn current(&self) -> Arc<Generation> {
         self.current.read().clone()
+    }
+
+    /// Held by a write (an upload's commit, a delete) for as long as it writes to the current
+    /// generation: a cutover waits for it, and no write starts during a cutover's last pass.
+    pub fn write_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.write_gate.read()
     }
 }
 
@@ -116,8 +123,8 @@ pub struct Registry {
     tasks: RwLock<BTreeMap<String, Arc<Task>>>,
     /// Adapter files that failed to load for a task that is not being served: task -> why.
     pub rejected: RwLock<BTreeMap<String, String>>,
-    /// Re-embeds a task's stored videos when its adapter changes (set by the server).
-    pub reembedder: RwLock<Option<Arc<dyn reembed::Reembedder>>>,
+    /// Re-embeds a task's stored videos when its adapter changes ([`Registry::set_reembedder`]).
+    reembedder: RwLock<Option<Arc<dyn reembed::Reembedder>>>,
 }
 
 /// Task names are path components and URL segments: keep them boring.
@@ -153,6 +160,12 @@ impl Registry {
             rejected: RwLock::new(BTreeMap::new()),
             reembedder: RwLock::new(None),
         }
+    }
+
+    /// Sets what re-embeds a task's videos when its adapter changes; without one, a new adapter
+    /// for a task that holds videos is refused.
+    pub fn set_reembedder(&self, reembedder: Arc<dyn reembed::Reembedder>) {
+        *self.reembedder.write() = Some(reembedder);
     }
 
     pub fn tmp_dir(&self) -> PathBuf {

@@ -56,7 +56,7 @@ fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
     let n = COPY_SEQ.fetch_add(1, Ordering::Relaxed);
     let dst = tmp.join(format!("reembed-{}-{n}", std::process::id()));
     std::fs::copy(src, &dst)?;
-    std::fs::File::open(&dst)?.sync_all()?;
+    // No fsync here: `put_blob` fsyncs the file before it renames it into place.
     Ok(dst)
 }
 

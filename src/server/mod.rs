@@ -476,7 +476,7 @@ fn load_core(
             _writer_lock: None,
         });
     }
-    *registry.reembedder.write() = Some(Arc::new(ServerReembedder {
+    registry.set_reembedder(Arc::new(ServerReembedder {
         decoder,
         encoder: encoder.clone(),
         runtime,

@@ -300,7 +300,7 @@ pub async fn delete_video(state: &AppState, task: &str, id: &str) -> Result<Dele
     let tt = t.clone();
     let existed = tokio::task::spawn_blocking(move || {
         // Writers hold the gate shared so a re-embedding cutover cannot lose this delete.
-        let _gate = tt.write_gate.read();
+        let _gate = tt.write_guard();
         tt.current().store.delete(&i)
     })
     .await??;

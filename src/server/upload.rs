@@ -270,7 +270,7 @@ impl IndexBatch {
                 // The temporary files live until the blobs are moved into the store.
                 let _tmp = tmp;
                 // Writers hold the gate shared; a re-embedding cutover takes it exclusively.
-                let _gate = t.write_gate.read();
+                let _gate = t.write_guard();
                 if t.current().number != g.number {
                     return Err(ApiError::overloaded(
                         "the task's adapter changed while this upload was encoded; send it again",
