@@ -9,7 +9,7 @@
 //!
 //! Each clip is loaded twice per run, with the seeking decoder (the default) and with the
 //! sequential one (every frame up to the last sampled one, the decoder before issue 13), and the
-//! table gives their ratio: the same frames (tested in `tests/media_seek.rs`), different work.
+//! table gives their ratio: the same frames (tested in `tests/it/media_seek.rs`), different work.
 //!
 //! Run: `cargo bench --bench media` (set `MEDIA_BENCH_RUNS` to change the number of runs).
 

@@ -1,6 +1,6 @@
 //! Embedding texts, images and videos with the backbone and, optionally, one task's adapter: the
 //! one path behind `mvserve embed` and `mvserve eval` (the server's batching encoder, which mixes
-//! tasks in a batch, runs the same hooks and the same [`pool_frames`]; `tests/encode_paths.rs`
+//! tasks in a batch, runs the same hooks and the same [`pool_frames`]; `tests/it/encode_paths.rs`
 //! holds the two to the same result).
 //!
 //! Texts go through the text tower with the adapter's text hook; videos are (B*F) frames through

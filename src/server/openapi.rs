@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document served at `GET /openapi.json`. utoipa builds it from the handlers'
 //! `#[utoipa::path]` attributes (in [`super::api`]) and the response types' `ToSchema` derives,
-//! so the document is compiled from the same code that answers; `tests/openapi.rs` checks that
+//! so the document is compiled from the same code that answers; `tests/it/openapi.rs` checks that
 //! it covers every route of [`super::routes`], and `.ci/fuzz-api` fuzzes the real binary against
 //! it with schemathesis.
 //!

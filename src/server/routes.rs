@@ -1,5 +1,5 @@
 //! The HTTP route table: every (method, path, handler) the server answers. [`super::router`]
-//! builds the router from it, and `tests/openapi.rs` checks that each entry has an operation in
+//! builds the router from it, and `tests/it/openapi.rs` checks that each entry has an operation in
 //! the OpenAPI document (and each operation a route), so a route cannot ship undocumented.
 
 use super::{api, AppState};

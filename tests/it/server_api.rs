@@ -1,7 +1,7 @@
 //! End-to-end tests of `mvserve serve`: the real binary on an ephemeral port with the tiny fixture
 //! backbone, real videos, real HTTP.
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use serde_json::Value;
@@ -224,18 +224,13 @@ fn overload_answers_503_with_retry_after() {
 #[test]
 fn api_keys_scope_tasks_and_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
+    let s = Server::start_with_keys(
+        &dir.path().join("data"),
         r#"{"admin_keys": ["admin-key-123"],
             "keys": [{"key": "reader-clip-1", "tasks": ["clip"], "scope": "read"},
                      {"key": "writer-other-1", "tasks": ["other"], "scope": "write"},
                      {"key": "writer-all-12", "tasks": ["*"], "scope": "write"}]}"#,
-    )
-    .unwrap();
-    let s = Server::start(
-        &dir.path().join("data"),
-        &["--auth-file", keys.to_str().unwrap()],
+        &[],
     );
     let q = "/search?task=clip&q=hello";
     let r = s.get(q);
@@ -290,11 +285,10 @@ fn refuses_public_bind_without_auth() {
 #[test]
 fn search_page_is_served_without_a_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(&keys, r#"{"admin_keys": ["admin-key-123"]}"#).unwrap();
-    let s = Server::start(
+    let s = Server::start_with_keys(
         &dir.path().join("data"),
-        &["--auth-file", keys.to_str().unwrap(), "--no-grpc"],
+        r#"{"admin_keys": ["admin-key-123"]}"#,
+        &["--no-grpc"],
     );
     let resp = ureq::get(&s.url("/")).call().expect("GET / needs no key");
     assert_eq!(resp.status(), 200);
@@ -313,7 +307,7 @@ fn search_page_is_served_without_a_key() {
 /// The page inserts response data with textContent only and loads nothing from elsewhere.
 #[test]
 fn search_page_builds_the_dom_without_html_strings() {
-    let html = include_str!("../src/server/page.html");
+    let html = include_str!("../../src/server/page.html");
     for banned in [
         "innerHTML",
         "outerHTML",
@@ -360,17 +354,12 @@ fn a_stalled_upload_does_not_hold_shutdown_past_the_drain_timeout() {
 fn stored_uploads_stream_with_ranges_under_the_record_auth() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
+    let s = Server::start_with_keys(
+        &dir.path().join("data"),
         r#"{"admin_keys": ["admin-key-123"],
             "keys": [{"key": "reader-clip-1", "tasks": ["clip"], "scope": "read"},
                      {"key": "reader-other-1", "tasks": ["other"], "scope": "read"}]}"#,
-    )
-    .unwrap();
-    let s = Server::start(
-        &dir.path().join("data"),
-        &["--auth-file", keys.to_str().unwrap(), "--no-grpc"],
+        &["--no-grpc"],
     );
     let mp4 = video("realshort.mp4");
     let gif = video("newtonscradle.gif");

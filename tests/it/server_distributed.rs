@@ -12,9 +12,9 @@
 //! going away and coming back. (Restarting the Milvus Lite server itself is not an option: 2.3.5
 //! does not come back healthy on the data it was stopped on.)
 //!
-//! Needs `MVSERVE_TEST_MILVUS` (see tests/store_conformance.rs).
+//! Needs `MVSERVE_TEST_MILVUS` (see tests/it/store_conformance.rs).
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use serde_json::Value;
@@ -41,36 +41,10 @@ fn milvus() -> Option<String> {
     }
 }
 
-fn new_adapter(out: &Path, task: &str) -> String {
-    let st = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(["adapter", "new", "--model-dir", MODEL, "--init", "random"])
-        .args(["--task", task, "--frames", "4"])
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(["adapter", "inspect", "--json"])
-        .arg(out)
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["digest"].as_str().unwrap().to_string()
-}
-
 fn install(dir: &Path, file: &Path, task: &str) {
     let staged = dir.join(format!(".{task}.staged"));
     std::fs::copy(file, &staged).unwrap();
     std::fs::rename(&staged, dir.join(format!("{task}.safetensors"))).unwrap();
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `(id, score)` of a search, in rank order.
@@ -260,7 +234,7 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
     // answer on the replicas comes whole from generation 0 or whole from generation 1.
     let adapters = idx_data.join("adapters");
     let (a1, a2) = (tmp.path().join("a1"), tmp.path().join("a2"));
-    let (d1, d2) = (new_adapter(&a1, "news"), new_adapter(&a2, "news"));
+    let (d1, d2) = (new_adapter(&a1, "news", 4), new_adapter(&a2, "news", 4));
     install(&adapters, &a1, "news");
     wait_until("task news", Duration::from_secs(60), || {
         q1.get(&format!("{Q}news")).0 == 200

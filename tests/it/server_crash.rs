@@ -7,32 +7,15 @@
 //! `MVSERVE_CRASH_ROUNDS` sets the number of kills (50 by default, as CI runs it) and
 //! `MVSERVE_CRASH_SEED` the seed.
 
-mod common;
+use crate::common;
 
 use common::server::{json_of, multipart, video, Part, Server};
+use common::Rng;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// splitmix64: the test is reproducible from its seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-}
 
 const STRINGS: &[&str] = &[
     "",
@@ -60,8 +43,8 @@ fn number(r: &mut Rng) -> Value {
         5 => json!(-0.0),
         6 => json!(0.1),
         7 => json!(1.000_000_000_000_000_2),
-        8 => json!(r.next() as f64 / 7.0),
-        _ => json!(r.next() as i64),
+        8 => json!(r.next_u64() as f64 / 7.0),
+        _ => json!(r.next_u64() as i64),
     }
 }
 
@@ -412,7 +395,7 @@ fn acknowledged_uploads_survive_sigkill_at_random_points() {
             };
             let model = model.clone();
             let stop = stop.clone();
-            let mut wr = Rng(r.next());
+            let mut wr = Rng(r.next_u64());
             std::thread::spawn(move || {
                 let mut ops = 0;
                 while !stop.load(Ordering::Acquire) && w.step(&mut wr, &model) {

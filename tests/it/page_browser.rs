@@ -9,7 +9,7 @@
 //! Outside CI the test skips with a notice when chromium or chromedriver is missing; under CI
 //! (`CI` set) that is a failure: `.ci/run` installs both.
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -389,21 +389,10 @@ async fn search_page_in_chromium() {
     s.stop();
 
     // With keys: the 401 is shown, a key is taken, then everything works.
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
-        r#"{"admin_keys": [], "keys": [{"key": "page-writer-key", "tasks": ["clip"], "scope": "write"}]}"#,
-    )
-    .unwrap();
-    let s = Server::start(
+    let s = Server::start_with_keys(
         &dir.path().join("keyed"),
-        &[
-            "--no-grpc",
-            "--bind",
-            "127.0.0.1",
-            "--auth-file",
-            keys.to_str().unwrap(),
-        ],
+        r#"{"admin_keys": [], "keys": [{"key": "page-writer-key", "tasks": ["clip"], "scope": "write"}]}"#,
+        &["--no-grpc", "--bind", "127.0.0.1"],
     );
     let c = browser(&driver).await;
     c.goto(&s.url("/")).await.unwrap();

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeSet;
 
-const METRICS_RS: &str = include_str!("../src/server/metrics.rs");
-const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yml");
-const ALERT_TESTS: &str = include_str!("../deploy/prometheus/alerts_test.yml");
-const DASHBOARD: &str = include_str!("../deploy/grafana/dashboards/mvserve.json");
-const CONFIGMAP: &str = include_str!("../deploy/k8s/configmap.yaml");
-const DEPLOYMENT: &str = include_str!("../deploy/k8s/deployment.yaml");
-const COMPOSE: &str = include_str!("../deploy/docker-compose.yml");
-const PROMETHEUS: &str = include_str!("../deploy/prometheus/prometheus.yml");
+const METRICS_RS: &str = include_str!("../../src/server/metrics.rs");
+const ALERTS: &str = include_str!("../../deploy/prometheus/alerts.yml");
+const ALERT_TESTS: &str = include_str!("../../deploy/prometheus/alerts_test.yml");
+const DASHBOARD: &str = include_str!("../../deploy/grafana/dashboards/mvserve.json");
+const CONFIGMAP: &str = include_str!("../../deploy/k8s/configmap.yaml");
+const DEPLOYMENT: &str = include_str!("../../deploy/k8s/deployment.yaml");
+const COMPOSE: &str = include_str!("../../deploy/docker-compose.yml");
+const PROMETHEUS: &str = include_str!("../../deploy/prometheus/prometheus.yml");
 
 /// Every `mvserve_[a-z_]+` word in `text`.
 fn names(text: &str) -> BTreeSet<String> {

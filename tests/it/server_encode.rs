@@ -1,17 +1,13 @@
 //! The batching encoder against the tiny fixture backbone: batches that mix tasks give every job
 //! the result it would get alone, and each task's hook touches only its own rows.
 
-use candle_core::{Device, Tensor};
-use mvserve::backbone::{Backbone, BlockHook, ModelSource};
+use candle_core::Tensor;
+use mvserve::backbone::BlockHook;
 use mvserve::encode::{ClipModel, Encoder, EncoderConfig, TaskModel};
 use std::sync::Arc;
 use std::time::Duration;
 
-const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-clip");
-
-fn backbone() -> Backbone {
-    Backbone::load(&ModelSource::Dir(MODEL.into()), &Device::Cpu).unwrap()
-}
+use crate::common::tiny_backbone as backbone;
 
 /// A stand-in adapter: adds `scale * f` after every MLP. Like a real text adapter (whose
 /// positional table fixes L), it refuses texts not padded to its own length.

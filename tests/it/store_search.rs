@@ -7,24 +7,7 @@ use std::sync::Arc;
 use mvserve::store::{SearchMode, StoreConfig, TaskStore};
 use serde_json::json;
 
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn gauss(&mut self) -> f32 {
-        let u = ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = ((self.u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-    fn vector(&mut self, dim: usize) -> Vec<f32> {
-        (0..dim).map(|_| self.gauss()).collect()
-    }
-}
+use crate::common::Rng;
 
 fn ids(hits: &[mvserve::store::Hit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()

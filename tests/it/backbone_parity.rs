@@ -1,23 +1,15 @@
 //! The backbone against transformers' CLIP (fixtures/tiny-clip) and the CLIP tokenizer against the
 //! expected ids of all 1000 MSR-VTT 1k-A captions; plus the loader's strictness.
 
-mod common;
+use crate::common::{self, fixture};
 use common::max_diff;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use mvserve::backbone::{l2_normalize, Backbone, BackboneError, ModelSource};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
-fn tiny() -> Backbone {
-    Backbone::load(&ModelSource::Dir(fixture("tiny-clip")), &Device::Cpu).unwrap()
-}
+use common::tiny_backbone as tiny;
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture("tiny-clip/reference.safetensors"), &Device::Cpu)
@@ -252,6 +244,10 @@ fn a_directory_without_weights_says_what_it_needs() {
 
 #[test]
 fn a_missing_hub_model_offline_names_the_flag() {
+    // HF_HOME and HF_HUB_OFFLINE hold for the whole process.
+    if !common::alone_in_process("backbone_parity::a_missing_hub_model_offline_names_the_flag") {
+        return;
+    }
     let cache = tempfile::tempdir().unwrap();
     std::env::set_var("HF_HOME", cache.path());
     std::env::set_var("HF_HUB_OFFLINE", "1");

@@ -1,7 +1,7 @@
 //! The adapter as a model: parameter budget (spec section 11), the zero-init identity, batches
 //! mixing tasks, gradients for training, the Kronecker option, and input errors.
 
-mod common;
+use crate::common;
 use common::max_diff;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -10,13 +10,9 @@ use mvserve::adapter::{
     clip_param_count, pool_frames, AdapterConfig, AdapterInit, BackboneDims, MixedHook,
     TaskAdapter, Tying,
 };
-use mvserve::backbone::{Backbone, BlockHook, ClipConfig, ModelSource};
-use std::path::Path;
+use mvserve::backbone::{Backbone, BlockHook, ClipConfig};
 
-fn tiny() -> Backbone {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
-    Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap()
-}
+use common::tiny_backbone as tiny;
 
 fn tiny_config(b: &Backbone, tying: Tying) -> AdapterConfig {
     AdapterConfig::standard(BackboneDims::of(&b.clip.config), 4, 32, tying)

@@ -1,7 +1,7 @@
 //! The synthetic data generator end to end: files decode through `media` with the rendered
 //! pixels, ffprobe agrees on codec, size and duration, the output is a function of the seed.
 
-mod common;
+use crate::common;
 
 use mvserve::backbone::preprocess::{preprocess, CLIP_STD};
 use mvserve::media::{load_video, SampleSpec};

@@ -1,27 +1,11 @@
 //! `mvserve embed` end to end: the binary's JSON equals the library's embedding.
 
+use crate::common::{self, fixture};
+
 use candle_core::{Device, Tensor};
-use mvserve::backbone::{l2_normalize, preprocess, Backbone, ModelSource};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use mvserve::backbone::{l2_normalize, preprocess};
 
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mvserve as run;
 
 fn embedding(stdout: &str) -> Vec<f32> {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -51,7 +35,7 @@ fn embed_text_prints_the_normalised_embedding() {
         "a cat plays piano",
     ]);
     assert!(ok, "{err}");
-    let m = Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap();
+    let m = common::tiny_backbone();
     let want: Vec<f32> = m
         .embed_texts(&["a cat plays piano"], 32, None)
         .unwrap()
@@ -74,7 +58,7 @@ fn embed_image_prints_the_normalised_embedding() {
         img.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let m = Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap();
+    let m = common::tiny_backbone();
     let rgb = image::open(&img).unwrap().to_rgb8();
     let px = Tensor::from_vec(
         preprocess::preprocess(&rgb, 64),
@@ -92,7 +76,7 @@ fn embed_image_prints_the_normalised_embedding() {
 #[test]
 fn embed_without_a_model_offline_asks_for_model_dir() {
     let cache = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+    let out = common::mvserve_command()
         .args(["embed", "--text", "x"])
         .env("HF_HOME", cache.path())
         .env("HF_HUB_OFFLINE", "1")
@@ -124,7 +108,7 @@ fn embed_video_file_goes_through_media_and_mean_pooling() {
         video.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let m = Backbone::load(&ModelSource::Dir(dir), &Device::Cpu).unwrap();
+    let m = common::tiny_backbone();
     let spec = mvserve::media::SampleSpec {
         frames: 12,
         fps: 1.0,

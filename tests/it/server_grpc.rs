@@ -1,7 +1,7 @@
 //! End-to-end tests of the gRPC API: the real binary with the tiny fixture backbone, real videos
 //! streamed through `Index`, and the same searches over gRPC and HTTP.
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use futures_util::stream;
@@ -327,17 +327,12 @@ fn oversize_grpc_upload_is_refused_while_streaming() {
 #[test]
 fn grpc_uses_the_same_api_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(
-        &keys,
+    let s = Server::start_with_keys(
+        &dir.path().join("data"),
         r#"{"admin_keys": ["admin-key-123"],
             "keys": [{"key": "reader-clip-1", "tasks": ["clip"], "scope": "read"},
                      {"key": "writer-other-1", "tasks": ["other"], "scope": "write"}]}"#,
-    )
-    .unwrap();
-    let s = Server::start(
-        &dir.path().join("data"),
-        &["--auth-file", keys.to_str().unwrap()],
+        &[],
     );
     let rt = runtime();
     let mut c = rt.block_on(client(&s));

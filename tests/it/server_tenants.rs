@@ -3,41 +3,27 @@
 //! authentication answers only requests addressed to localhost from localhost pages, and no error
 //! a client sees names a path of the server.
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use mvserve::server::grpc::proto::{mv_serve_client::MvServeClient, ListTasksRequest};
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Request;
 
 const KEYS: &str = r#"{"admin_keys": ["admin-key-123"],
     "keys": [{"key": "reader-news-1", "tasks": ["clip", "news"], "scope": "read"},
              {"key": "writer-all-12", "tasks": ["*"], "scope": "write"}]}"#;
 
-/// Writes a random adapter for the tiny backbone with `mvserve adapter new`.
+/// A random adapter for the tiny backbone (4 frames).
 fn new_adapter(out: &Path, task: &str) {
-    let st = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(["adapter", "new", "--model-dir", MODEL, "--init", "random"])
-        .args(["--task", task, "--frames", "4"])
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::server::new_adapter(out, task, 4);
 }
 
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits up to 30 s.
+fn wait_until(what: &str, ok: impl FnMut() -> bool) {
+    common::server::wait_until(what, Duration::from_secs(30), ok);
 }
 
 fn names(list: &Value) -> Vec<String> {
@@ -100,9 +86,7 @@ fn listings_show_only_the_tasks_a_key_may_read() {
         b"not an adapter at all",
     )
     .unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(&keys, KEYS).unwrap();
-    let s = Server::start(&data, &["--auth-file", keys.to_str().unwrap()]);
+    let s = Server::start_with_keys(&data, KEYS, &[]);
     wait_until("both adapter tasks", || {
         names(&s.get_key("/tasks", "admin-key-123").1).len() == 3
     });
@@ -149,17 +133,10 @@ fn listings_show_only_the_tasks_a_key_may_read() {
 #[test]
 fn metrics_need_an_admin_key_or_the_metrics_port() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.json");
-    std::fs::write(&keys, KEYS).unwrap();
-    let s = Server::start(
+    let s = Server::start_with_keys(
         &dir.path().join("data"),
-        &[
-            "--auth-file",
-            keys.to_str().unwrap(),
-            "--no-grpc",
-            "--metrics-port",
-            "0",
-        ],
+        KEYS,
+        &["--no-grpc", "--metrics-port", "0"],
     );
     assert_eq!(s.get("/metrics").1["error"]["code"], "unauthenticated");
     assert_eq!(s.get("/metrics").0, 401);

@@ -1,27 +1,7 @@
 //! `mvserve adapter new|inspect|import` and `mvserve embed --adapter/--video`, end to end on the
 //! tiny CLIP fixture.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-fn mvserve(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::common::{mvserve, root};
 
 fn embedding(stdout: &str) -> Vec<f64> {
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();

@@ -2,33 +2,12 @@
 //! its watched folder (added, replaced, corrupted, removed), the LRU of loaded adapters with a
 //! pinned task, and a restart.
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// Writes a random adapter for the tiny backbone with `mvserve adapter new`; returns its digest.
-fn new_adapter(out: &Path, task: &str, frames: usize) -> String {
-    let st = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(["adapter", "new", "--model-dir", MODEL, "--init", "random"])
-        .args(["--task", task, "--frames", &frames.to_string()])
-        .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(["adapter", "inspect", "--json"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["digest"].as_str().unwrap().to_string()
-}
+use std::time::Duration;
 
 /// Moves `file` into the adapters folder as `<task>.safetensors` in one rename, as an operator
 /// (or a deploy tool) should.
@@ -36,15 +15,6 @@ fn install(dir: &Path, file: &Path, task: &str) {
     let staged = dir.join(format!(".{task}.staged"));
     std::fs::copy(file, &staged).unwrap();
     std::fs::rename(&staged, dir.join(format!("{task}.safetensors"))).unwrap();
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    t0.elapsed()
 }
 
 /// The value of one sample in the Prometheus text, 0 when absent.

@@ -9,7 +9,7 @@ use mvserve::registry::{ModelInfo, Registry};
 use mvserve::store::{BlobKind, BlobVersion, NewRecord, StoreConfig};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A file holding `ok:<anything>` loads (its text is the digest); anything else is refused.
 struct FakeLoader;
@@ -64,15 +64,9 @@ fn put(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Waits up to 10 s.
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    crate::common::server::wait_until(what, Duration::from_secs(10), f);
 }
 
 fn digest(r: &Registry, task: &str) -> Option<String> {

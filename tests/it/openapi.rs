@@ -3,7 +3,7 @@
 //! statuses with typed bodies, and the real binary serves the same document at `/openapi.json`,
 //! with and without keys. The contract fuzzing itself is `.ci/fuzz-api` (schemathesis).
 
-mod common;
+use crate::common;
 
 use common::server::*;
 use mvserve::server::{openapi, routes};
@@ -105,11 +105,10 @@ fn the_binary_serves_the_document_with_and_without_keys() {
     assert_eq!(served, document());
     s.stop();
 
-    let keys = dir.path().join("keys.json");
-    std::fs::write(&keys, r#"{"admin_keys": ["admin-key-123"]}"#).unwrap();
-    let s = Server::start(
+    let s = Server::start_with_keys(
         &dir.path().join("keyed"),
-        &["--no-grpc", "--auth-file", keys.to_str().unwrap()],
+        r#"{"admin_keys": ["admin-key-123"]}"#,
+        &["--no-grpc"],
     );
     let (st, served) = s.get("/openapi.json");
     assert_eq!(st, 200, "the document holds no data and needs no key");

@@ -5,22 +5,15 @@
 //! their training code saves them (`torch.save(state_dict)`, zip pickle, frozen CLIP tensors mixed
 //! in), f32 and f16, through `import`: the reference embeddings within 1e-5 (f32) and at f16 level.
 
-mod common;
+use crate::common::{self, fixture};
 use common::max_diff;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
 use mvserve::adapter::{pool_frames, BackboneDims, TaskAdapter, Tying};
-use mvserve::backbone::{l2_normalize, Backbone, BlockHook, ModelSource};
+use mvserve::backbone::{l2_normalize, BlockHook};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
 
 fn load(p: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(p), &Device::Cpu).unwrap()
@@ -55,7 +48,7 @@ fn seq_first(t: &Tensor) -> Tensor {
 }
 
 fn run(tying: Tying, reference: &str) {
-    let bb = Backbone::load(&ModelSource::Dir(fixture("tiny-clip")), &Device::Cpu).unwrap();
+    let bb = common::tiny_backbone();
     let clip = &bb.clip;
     let r = load(reference);
     let inputs = load("mv-adapter-official/inputs.safetensors");
@@ -202,7 +195,7 @@ fn down_out_matches_the_authors_code() {
 
 /// Frame features, video and text embeddings and the similarity matrix of the fixture inputs.
 fn embeddings(ckpt: &str, tying: Tying) -> [Tensor; 4] {
-    let bb = Backbone::load(&ModelSource::Dir(fixture("tiny-clip")), &Device::Cpu).unwrap();
+    let bb = common::tiny_backbone();
     let clip = &bb.clip;
     let inputs = load("mv-adapter-official/inputs.safetensors");
     let tensors = read_checkpoint(&fixture(ckpt)).unwrap();

@@ -2,31 +2,17 @@
 //! against the hand-written CPU kernels on whole models, and the errors for a device this build or
 //! machine cannot use.
 
+use crate::common::{self, fixture};
+
 use candle_core::Device;
 use mvserve::backbone::device::CUDA_BUILT;
 use mvserve::backbone::ClipConfig;
 use mvserve::bench::parity::{device_parity, ParitySpec};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-}
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mvserve"));
+    let mut c = common::mvserve_command();
     c.args(args).env_remove("MVSERVE_DEVICE");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::output(c.envs(env.iter().copied()))
 }
 
 #[test]

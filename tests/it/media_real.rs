@@ -4,7 +4,7 @@
 //! Tests that need the `ffmpeg` program skip with a notice when it is missing, except under CI
 //! (`CI` set), where they fail: CI installs ffmpeg.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

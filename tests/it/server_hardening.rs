@@ -2,7 +2,7 @@
 //! 4xx and changes nothing, and no request can make the server hold much memory (endless part
 //! headers, thousands of parts, oversized bodies, slow clients), nor hold connections forever.
 
-mod common;
+use crate::common;
 
 use common::server::{json_of, multipart, video, Part, Server};
 use std::io::{Read, Write};

@@ -91,6 +91,16 @@ impl Server {
         s
     }
 
+    /// A server with API keys: `keys` (the JSON of an `--auth-file`) is written beside `data` as
+    /// `keys.json`, and `--auth-file` names it before `extra`.
+    pub fn start_with_keys(data: &Path, keys: &str, extra: &[&str]) -> Server {
+        let file = data.parent().unwrap().join("keys.json");
+        std::fs::write(&file, keys).unwrap();
+        let mut args = vec!["--auth-file", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Server::start(data, &args)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -222,6 +232,41 @@ pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Writes a random adapter for the tiny backbone with `mvserve adapter new`; returns its digest
+/// (`mvserve adapter inspect`).
+pub fn new_adapter(out: &Path, task: &str, frames: usize) -> String {
+    let frames = frames.to_string();
+    let (ok, _, err) = super::mvserve(&[
+        "adapter",
+        "new",
+        "--model-dir",
+        MODEL,
+        "--init",
+        "random",
+        "--task",
+        task,
+        "--frames",
+        &frames,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = super::mvserve(&["adapter", "inspect", "--json", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["digest"].as_str().unwrap().to_string()
+}
+
+/// Polls `ok` every 10 ms until it holds, failing after `limit`; returns how long it took.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t0.elapsed()
 }
 
 pub fn video(name: &str) -> Vec<u8> {

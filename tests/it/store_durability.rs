@@ -11,25 +11,9 @@ use std::time::{Duration, Instant};
 use mvserve::store::{BlobKind, BlobVersion, NewRecord, StoreConfig, StoreError, TaskStore};
 use serde_json::json;
 
-const DIM: usize = 16;
+use crate::common::Rng;
 
-/// splitmix64: a deterministic generator so that vectors can be recomputed from their id.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
+const DIM: usize = 16;
 
 fn vec_for(id: &str) -> Vec<f32> {
     let seed = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -571,20 +555,13 @@ fn crash_child_ingest() {
 fn acknowledged_writes_survive_sigkill_at_random_moments() {
     const ROUNDS: usize = 60;
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let started = Instant::now();
     let mut rng = Rng::new(0x5eed);
     let mut acked: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut deleted: HashSet<String> = HashSet::new();
     let mut total_acks = 0;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_ingest",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = crate::common::this_test_alone("store_durability::crash_child_ingest")
             .env("STORE_CRASH_CHILD_DIR", dir.path())
             .env("STORE_CRASH_ROUND", round.to_string())
             .stdout(Stdio::piped())

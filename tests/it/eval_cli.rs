@@ -3,18 +3,14 @@
 //! a deliberately perfect case through the library's metrics.
 
 use candle_core::Device;
-use mvserve::backbone::{Backbone, ModelSource};
 use mvserve::embed::{load_adapter, Embedder};
 use mvserve::eval::metrics::evaluate;
 use mvserve::eval::run::{embed_dataset, run, similarity};
 use mvserve::eval::{load, EvalOptions, EvalReport};
 use mvserve::synth::{generate, SynthSpec};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn tiny_clip() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip")
-}
+use crate::common::{mvserve, tiny_backbone, tiny_clip};
 
 fn synth(dir: &Path, n: usize) -> PathBuf {
     let spec = SynthSpec {
@@ -26,18 +22,6 @@ fn synth(dir: &Path, n: usize) -> PathBuf {
     };
     generate(&spec, dir).unwrap();
     dir.join("captions.jsonl")
-}
-
-fn mvserve(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn check_ranges(r: &EvalReport, n: usize) {
@@ -85,7 +69,7 @@ fn zero_shot_json_table_and_out_file() {
     assert_eq!(file, r);
 
     // The same numbers from the library, zero-shot with 12 frame slots.
-    let b = Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap();
+    let b = tiny_backbone();
     let ds = load(&data, None, None).unwrap();
     let lib = run(
         &Embedder::new(&b, None, 32, 12),
@@ -143,7 +127,7 @@ fn with_an_adapter_file() {
     let r: EvalReport = serde_json::from_str(stdout.trim()).unwrap();
     check_ranges(&r, 8);
     // The library with the same adapter (8 frames, 32 words from the file) agrees.
-    let b = Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap();
+    let b = tiny_backbone();
     let (_, a) = load_adapter(&adapter, &b.clip).unwrap();
     let e = Embedder::new(&b, Some(&a), 77, 3);
     assert_eq!((e.frames(), e.text_len()), (8, 32));
@@ -174,7 +158,7 @@ fn with_an_adapter_file() {
 fn a_perfect_case_scores_100_and_the_matrix_is_cosine() {
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), 16);
-    let b = Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap();
+    let b = tiny_backbone();
     let ds = load(&data, None, None).unwrap();
     let opts = EvalOptions {
         video_batch: 5,
@@ -257,7 +241,7 @@ fn order_blind_meanp_cannot_separate_time_reversed_twins() {
     // frames, reversed) embed alike, while the swapped-order clip of the group does not.
     let dir = tempfile::tempdir().unwrap();
     let data = synth(dir.path(), 16);
-    let b = Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap();
+    let b = tiny_backbone();
     let ds = load(&data, None, None).unwrap();
     let emb = embed_dataset(
         &Embedder::new(&b, None, 32, 8),

@@ -2,19 +2,15 @@
 //! cache, checkpoints with metrics, exact resumes, and the refusals of a resume that would not
 //! continue the same run.
 
-mod common;
+use crate::common;
 
 use image::codecs::gif::GifEncoder;
 use image::{Delay, Frame, Rgba, RgbaImage};
 use mvserve::adapter::AdapterFile;
-use mvserve::backbone::{Backbone, ModelSource};
 use mvserve::train::{state_path, FrameCache, TrainConfig, TrainData, TrainError, Trainer};
 use std::path::{Path, PathBuf};
 
-fn tiny() -> Backbone {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
-    Backbone::load(&ModelSource::Dir(dir), &candle_core::Device::Cpu).unwrap()
-}
+use common::{mvserve, tiny_backbone as tiny};
 
 /// A 4-second GIF (one frame a second) of a coloured square moving `dx` pixels a second.
 fn gif(path: &Path, colour: [u8; 3], dx: i32) {
@@ -256,21 +252,6 @@ fn no_temporal_trains_a_down_up_only_adapter_and_bad_settings_are_refused() {
     };
     let e = Trainer::new(&b, "x", cfg, &none, &cache).err().unwrap();
     assert!(matches!(e, TrainError::NoData(_)), "{e}");
-}
-
-fn mvserve(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mvserve"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

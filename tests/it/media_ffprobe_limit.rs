@@ -3,8 +3,9 @@
 //!
 //! A stand-in `ffprobe` (a shell script, found through `MVSERVE_FFMPEG`) prints more packet lines
 //! than the limit and then keeps its stdout open. Reading it to the end before parsing would wait
-//! for the wall-time limit; reading it as a stream stops at the limit. Its own test binary, since
-//! it points `MVSERVE_FFMPEG` at the stand-ins for the whole process.
+//! for the wall-time limit; reading it as a stream stops at the limit. It runs alone in a process of
+//! its own (`common::alone_in_process`), since it points `MVSERVE_FFMPEG` at the stand-ins for the
+//! whole process.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -19,6 +20,11 @@ fn script(path: &Path, body: &str) {
 
 #[test]
 fn ffprobe_packets_over_the_frame_limit_stop_the_child() {
+    if !crate::common::alone_in_process(
+        "media_ffprobe_limit::ffprobe_packets_over_the_frame_limit_stop_the_child",
+    ) {
+        return;
+    }
     let dir = std::env::temp_dir().join(format!("mvserve-ffprobe-limit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("ffprobe.pid");

@@ -6,7 +6,7 @@
 //! (ffmpeg's `testsrc2` through libx264 with 2 B-frames / libvpx; commands in README "Video
 //! ingest"). The WebM needs the ffmpeg program: skipped with a notice without it, except under CI.
 
-mod common;
+use crate::common;
 
 use common::have_ffmpeg;
 use common::media::fixture;

@@ -9,14 +9,10 @@
 //! events are reported too; they are not order-blind for a per-frame model (the frame between
 //! the events shows which one has happened), so nothing is asserted about them.
 //!
-//! `cargo test --release --test train_synth -- --nocapture` prints the numbers.
-
-// As in the binary: tensor buffers come and go every layer; mimalloc reuses them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! `cargo test --release --test it train_synth:: -- --nocapture` prints the numbers.
 
 use mvserve::adapter::TaskAdapter;
-use mvserve::backbone::{Backbone, ModelSource};
+use mvserve::backbone::Backbone;
 use mvserve::embed::Embedder;
 use mvserve::eval::data::{load, Dataset};
 use mvserve::eval::metrics::evaluate;
@@ -83,14 +79,19 @@ fn score(b: &Backbone, adapter: Option<&TaskAdapter>, ds: &Dataset, groups: &[us
 
 #[test]
 fn trained_adapters_beat_zero_shot_and_temporal_adaptation_tells_direction() {
+    // CANDLE_NUM_THREADS holds for the whole process (and the timing is this test's alone).
+    if !crate::common::alone_in_process(
+        "train_synth::trained_adapters_beat_zero_shot_and_temporal_adaptation_tells_direction",
+    ) {
+        return;
+    }
     // candle's CPU thread pool waits for its workers by spinning; on a small shared machine a
     // descheduled worker stalls every op (training measured 5-10x slower on 2 busy cores).
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let t0 = std::time::Instant::now();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
-    let b = Backbone::load(&ModelSource::Dir(dir), &candle_core::Device::Cpu).unwrap();
+    let b = crate::common::tiny_backbone();
     let tmp = tempfile::tempdir().unwrap();
     let (train, _) = split(&tmp.path().join("train"), 256, 1);
     let (test, groups) = split(&tmp.path().join("test"), 128, 2);
