@@ -92,6 +92,16 @@ pub struct Task {
 }
 
 impl Task {
+    fn new(name: &str, generation: Arc<Generation>) -> Arc<Task> {
+        Arc::new(Task {
+            name: name.to_string(),
+            current: RwLock::new(generation),
+            last_error: RwLock::new(None),
+            write_gate: RwLock::new(()),
+            pending: parking_lot::Mutex::new(None),
+        })
+    }
+
     pub fn current(&self) -> Arc<Generation> {
         self.current.read().clone()
     }
@@ -308,16 +318,7 @@ impl Registry {
                 Ok(Some(std::mem::replace(&mut *t.current.write(), generation)))
             }
             None => {
-                tasks.insert(
-                    task.to_string(),
-                    Arc::new(Task {
-                        name: task.to_string(),
-                        current: RwLock::new(generation),
-                        last_error: RwLock::new(None),
-                        write_gate: RwLock::new(()),
-                        pending: parking_lot::Mutex::new(None),
-                    }),
-                );
+                tasks.insert(task.to_string(), Task::new(task, generation));
                 Ok(None)
             }
         }
@@ -359,16 +360,7 @@ impl Registry {
         match tasks.get(task) {
             Some(t) => *t.current.write() = generation,
             None => {
-                tasks.insert(
-                    task.to_string(),
-                    Arc::new(Task {
-                        name: task.to_string(),
-                        current: RwLock::new(generation),
-                        last_error: RwLock::new(None),
-                        write_gate: RwLock::new(()),
-                        pending: parking_lot::Mutex::new(None),
-                    }),
-                );
+                tasks.insert(task.to_string(), Task::new(task, generation));
             }
         }
     }

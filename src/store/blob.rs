@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{sync_dir, StoreError};
+use super::{sync_dir, BlobVersion, StoreError};
 
 /// Which stored file of a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,15 +54,24 @@ pub(crate) fn path_for(root: &Path, id: &str, version: u64, kind: BlobKind) -> P
     root.join(&h[..2]).join(name)
 }
 
-/// Moves `src` (a finished temporary file) to the blob's place, durably.
+/// Moves `src` (a finished temporary file) to the blob's place, durably. New blobs always get a
+/// fresh version (never the unversioned name of old stores) and belong to a non-empty id.
 pub(crate) fn put(
     root: &Path,
     id: &str,
-    version: u64,
+    version: BlobVersion,
     kind: BlobKind,
     src: &Path,
 ) -> Result<(), StoreError> {
-    let dst = path_for(root, id, version, kind);
+    if id.is_empty() {
+        return Err(StoreError::EmptyId);
+    }
+    if version == BlobVersion::UNVERSIONED {
+        return Err(StoreError::Unstorable(
+            "new blobs need a fresh version".into(),
+        ));
+    }
+    let dst = path_for(root, id, version.raw(), kind);
     let parent = dst.parent().unwrap_or(root);
     fs::create_dir_all(parent)?;
     File::open(src)?.sync_all()?;

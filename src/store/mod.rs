@@ -596,15 +596,7 @@ impl TaskStore {
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
-        if id.is_empty() {
-            return Err(StoreError::EmptyId);
-        }
-        if version == BlobVersion::UNVERSIONED {
-            return Err(StoreError::Unstorable(
-                "new blobs need a fresh version".into(),
-            ));
-        }
-        blob::put(&self.inner.blob_root, id, version.0, kind, src_tmp_file)
+        blob::put(&self.inner.blob_root, id, version, kind, src_tmp_file)
     }
 
     /// Removes blobs put under `version` for a record that was never added (a failed upload);

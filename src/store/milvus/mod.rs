@@ -794,15 +794,7 @@ impl VectorStore for MilvusStore {
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
-        if id.is_empty() {
-            return Err(StoreError::EmptyId);
-        }
-        if version == BlobVersion::UNVERSIONED {
-            return Err(StoreError::Unstorable(
-                "new blobs need a fresh version".into(),
-            ));
-        }
-        blob::put(&self.blob_root, id, version.raw(), kind, src_tmp_file)
+        blob::put(&self.blob_root, id, version, kind, src_tmp_file)
     }
 
     fn discard_blobs(&self, id: &str, version: BlobVersion) -> Result<(), StoreError> {
