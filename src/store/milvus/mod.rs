@@ -846,10 +846,14 @@ impl VectorStore for MilvusStore {
 }
 
 impl MilvusStore {
-    /// Every live `(id, blob version)`, page by page in primary-key order.
+    /// Every live `(id, blob version)`, page by page in primary-key order (Milvus returns a
+    /// limited query's rows sorted by primary key). Should a page ever come back in another
+    /// order, ids would be skipped: the listing is checked against a count taken first, and a
+    /// short one is an error (a re-embedding then retries rather than leaving videos out).
     fn live(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let name = self.collection.clone();
         self.shared.call(move |r| async move {
+            let expected = r.count(&name, ConsistencyLevel::Strong).await?;
             let mut out = Vec::new();
             let mut after: Option<String> = None;
             loop {
@@ -860,23 +864,24 @@ impl MilvusStore {
                 let page = r
                     .query(&name, &expr, false, Some(PAGE), ConsistencyLevel::Strong)
                     .await?;
-                let Some(last) = page.iter().map(|r| &r.id).max().cloned() else {
-                    return Ok(out);
-                };
+                let last = page.iter().map(|r| &r.id).max().cloned();
                 let n = page.len();
                 out.extend(page.into_iter().map(|r| (r.id, r.blobs as u64)));
-                if n < PAGE {
-                    return Ok(out);
+                match last {
+                    Some(last) if n == PAGE => after = Some(last),
+                    _ if (out.len() as u64) < expected => {
+                        return Err(RpcError::Protocol {
+                            call: "Query",
+                            why: format!(
+                                "listing {name} found {} of its {expected} rows",
+                                out.len()
+                            ),
+                        })
+                    }
+                    _ => return Ok(out),
                 }
-                after = Some(last);
             }
         })
-    }
-
-    /// Removes blob files no live record owns (a crash between putting them and the write).
-    pub fn sweep_blobs(&self) -> Result<usize, StoreError> {
-        let live: HashSet<(String, u64)> = self.live()?.into_iter().collect();
-        blob::sweep(&self.blob_root, &live)
     }
 }
 
