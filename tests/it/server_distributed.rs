@@ -289,14 +289,78 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
     q1.child.wait().unwrap();
     assert_eq!(q2.get(&format!("{Q}clip")).0, 200);
 
-    // kill -9 of the indexer: every acknowledged upload is still there after the restart.
+    // kill -9 of the indexer while uploads stream in: every upload acknowledged before the kill
+    // is there after the restart, found through the replica that kept running.
+    let mut indexer = indexer;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let uploader = {
+        let (base, acked) = (indexer.base.clone(), acked.clone());
+        std::thread::spawn(move || {
+            for i in 0..40 {
+                let id = format!("k{i}");
+                let (ct, body) = multipart(&[
+                    Part::Text("id", &id),
+                    Part::File("bikes.mp4", video("bikes.mp4")),
+                ]);
+                let r = ureq::post(&format!("{base}/index?task=clip"))
+                    .set("Content-Type", &ct)
+                    .send_bytes(&body);
+                match json_of(r).0 {
+                    200 => acked.lock().unwrap().push(id),
+                    _ => return,
+                }
+            }
+        })
+    };
+    // At a moment that varies from run to run, somewhere in the first uploads.
+    let pause = 300 + (std::process::id() as u64 % 7) * 150;
+    std::thread::sleep(Duration::from_millis(pause));
+    indexer.child.kill().unwrap();
+    indexer.child.wait().unwrap();
+    uploader.join().unwrap();
+    drop(indexer);
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} uploads acknowledged before the kill at {pause} ms",
+        acked.len()
+    );
+    let indexer = start("indexer", &indexer_args(&idx_data));
+    let found = ranked(&q2.get("/search?q=a+bike&k=100&task=clip").1);
+    for id in acked.iter().map(String::as_str).chain(["v0", "v1", "v2"]) {
+        assert!(
+            found.iter().any(|h| h.0 == id),
+            "acknowledged {id} lost: {found:?}"
+        );
+        assert_eq!(q2.get(&format!("/videos/clip/{id}")).0, 200);
+    }
+    assert_eq!(ranked(&q2.get(&format!("{Q}news")).1).len(), 3);
+
+    // kill -9 of the indexer right after a new adapter arrives, while it re-embeds: after the
+    // restart the half-built generation is discarded and rebuilt, and every answer meanwhile
+    // comes whole from a complete generation.
+    let a3 = tmp.path().join("a3");
+    let d3 = new_adapter(&a3, "news", 4);
+    install(&adapters, &a3, "news");
+    std::thread::sleep(Duration::from_millis(150));
     let mut indexer = indexer;
     indexer.child.kill().unwrap();
     indexer.child.wait().unwrap();
     drop(indexer);
     let indexer = start("indexer", &indexer_args(&idx_data));
-    assert_eq!(ranked(&indexer.get(&format!("{Q}clip")).1).len(), 3);
-    assert_eq!(ranked(&q2.get(&format!("{Q}news")).1).len(), 3);
+    wait_until(
+        "the re-embedding after the restart",
+        Duration::from_secs(120),
+        || {
+            let (st, v) = q2.get(&format!("{Q}news"));
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(
+                ranked(&v).len(),
+                3,
+                "an incomplete generation answered: {v}"
+            );
+            v["adapter_digest"] == d3.as_str()
+        },
+    );
 
     // Milvus goes away: 503 with Retry-After, readiness drops; it comes back: recovery by
     // itself, nothing acknowledged lost. (The `clip` search below resolves its generation first,
@@ -320,9 +384,18 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
     );
     let (st, v) = upload(&indexer, "clip", "after-outage", "bikes.mp4");
     assert_eq!(st, 200, "{v}");
-    let hits = ranked(&q2.get(&format!("{Q}clip")).1);
-    let mut ids: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["after-outage", "v0", "v1", "v2"]);
+    let hits = ranked(&q2.get("/search?q=a+bike&k=100&task=clip").1);
+    let ids: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
+    for id in acked
+        .iter()
+        .map(String::as_str)
+        .chain(["v0", "v1", "v2", "after-outage"])
+    {
+        assert!(
+            ids.contains(&id),
+            "acknowledged {id} lost after the outage: {ids:?}"
+        );
+    }
+    assert!(!ids.contains(&"during-outage"), "a refused upload is there");
     assert_eq!(ranked(&q2.get(&format!("{Q}news")).1).len(), 3);
 }
