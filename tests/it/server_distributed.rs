@@ -313,8 +313,12 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
             }
         })
     };
-    // At a moment that varies from run to run, somewhere in the first uploads.
-    let pause = 300 + (std::process::id() as u64 % 7) * 150;
+    // Once a few are acknowledged, at a moment that varies from run to run (mid-upload, most
+    // likely: an upload takes a few hundred ms here).
+    wait_until("two acknowledged uploads", Duration::from_secs(60), || {
+        acked.lock().unwrap().len() >= 2
+    });
+    let pause = (std::process::id() as u64 % 7) * 60;
     std::thread::sleep(Duration::from_millis(pause));
     indexer.child.kill().unwrap();
     indexer.child.wait().unwrap();
@@ -322,7 +326,7 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
     drop(indexer);
     let acked = acked.lock().unwrap().clone();
     eprintln!(
-        "{} uploads acknowledged before the kill at {pause} ms",
+        "{} uploads acknowledged before the kill ({pause} ms after the second)",
         acked.len()
     );
     let indexer = start("indexer", &indexer_args(&idx_data));
