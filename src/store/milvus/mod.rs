@@ -142,11 +142,11 @@ impl MilvusUrl {
     }
 }
 
+/// A URL's user or password as written (`Url` keeps them percent-encoded).
 fn percent(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Task names allow `-`, Milvus names do not: `_` becomes `_u` and `-` becomes `_d`, so that the
@@ -915,6 +915,9 @@ mod tests {
         assert_eq!(u.target.token.as_deref(), Some("root:p@ss"));
         assert_eq!(u.target.endpoint, "http://h:19530");
         assert!(!u.display().contains("p@ss"));
+        // A '+' in a password is a '+' (form decoding would make it a space).
+        let u = MilvusUrl::parse("milvus://root:a+b@h", None).unwrap();
+        assert_eq!(u.target.token.as_deref(), Some("root:a+b"));
         let u = MilvusUrl::parse("milvus://root:x@h", Some("tok".into())).unwrap();
         assert_eq!(u.target.token.as_deref(), Some("tok"));
         for bad in [
