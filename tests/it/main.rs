@@ -30,6 +30,7 @@ mod media_ffprobe_limit;
 mod media_hostile;
 mod media_real;
 mod media_seek;
+mod milvus_restart;
 mod openapi;
 mod page_browser;
 mod preprocess_parity;

@@ -440,6 +440,9 @@ impl StoreBackend for MilvusBackend {
             blob_root: dir.join("blobs"),
             retired: AtomicBool::new(false),
         };
+        if digest.is_some() {
+            store.sweep_blobs()?;
+        }
         Ok(Arc::new(store))
     }
 
@@ -850,6 +853,24 @@ impl MilvusStore {
     /// limited query's rows sorted by primary key). Should a page ever come back in another
     /// order, ids would be skipped: the listing is checked against a count taken first, and a
     /// short one is an error (a re-embedding then retries rather than leaving videos out).
+    /// Removes the blobs no row owns. Only generations opened to write are swept: only the
+    /// one indexer opens them so (query replicas open them as they are), and it does so before
+    /// it writes to them, so no upload is between `put_blob` and its insert. What it finds:
+    /// files of uploads that failed while Milvus was away (kept then, because the insert may
+    /// have landed: see `discard_blobs`) and of a crash between `put_blob` and the insert.
+    fn sweep_blobs(&self) -> Result<(), StoreError> {
+        let live: HashSet<(String, u64)> = self.live()?.into_iter().collect();
+        let removed = blob::sweep(&self.blob_root, &live)?;
+        if removed > 0 {
+            tracing::info!(
+                collection = %self.collection,
+                removed,
+                "removed blob files no record owns"
+            );
+        }
+        Ok(())
+    }
+
     fn live(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let name = self.collection.clone();
         self.shared.call(move |r| async move {
