@@ -47,5 +47,3 @@ pub use index::dot;
 pub use lock::lock_dir;
 pub use task::TaskStore;
 pub use types::{BlobVersion, Hit, NewRecord, Record, SearchMode};
-
-pub(crate) use durable::sync_dir;

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
+use super::blob::Placement;
 use super::failpoint::injected_delete_failure;
 use super::index::{normalize, Index};
 use super::lock::lock_dir;
@@ -414,6 +415,7 @@ impl TaskStore {
     /// Moves a finished temporary file into place as `id`'s blob of `kind` under `version`
     /// (fsynced, renamed, directory fsynced). Call before adding the record that owns `version`;
     /// blobs no live record owns are removed by [`TaskStore::discard_blobs`] or on the next open.
+    /// The fsync of `src_tmp_file` is this method's: callers need not (and should not) fsync it.
     pub fn put_blob(
         &self,
         id: &str,
@@ -421,7 +423,33 @@ impl TaskStore {
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
-        blob::put(&self.inner.blob_root, id, version, kind, src_tmp_file)
+        blob::put(
+            &self.inner.blob_root,
+            id,
+            version,
+            kind,
+            src_tmp_file,
+            Placement::Move,
+        )
+    }
+
+    /// Copies `src` (left as it is: another generation's blob, say) into place as `id`'s blob of
+    /// `kind` under `version`, as durably as [`TaskStore::put_blob`] and with the same rules.
+    pub fn copy_blob(
+        &self,
+        id: &str,
+        version: BlobVersion,
+        kind: BlobKind,
+        src: &Path,
+    ) -> Result<(), StoreError> {
+        blob::put(
+            &self.inner.blob_root,
+            id,
+            version,
+            kind,
+            src,
+            Placement::Copy,
+        )
     }
 
     /// Removes blobs put under `version` for a record that was never added (a failed upload);
