@@ -336,6 +336,8 @@ impl FileLoader {
         // Count this model as live before its copy lands, so that the last holder of the same
         // digest going away meanwhile cannot delete the copy under it.
         self.cache.acquire(&digest);
+        // A plain rename, not `store::durable`: the cache's copies are this run's working files
+        // (removed at start, see `AdapterCache::new`), so a crash needs nothing of them.
         if let Err(e) = std::fs::rename(&tmp, self.cache.copy_path(&digest)) {
             let _ = std::fs::remove_file(&tmp);
             self.cache.release(&digest);
@@ -378,18 +380,7 @@ impl AdapterLoader for FileLoader {
 
     fn keep_copy(&self, digest: &str, dst: &Path) -> Result<(), String> {
         let src = self.cache.copy_path(digest);
-        let tmp = dst.with_extension("tmp");
-        let io = |e: std::io::Error| format!("keeping a copy of adapter {digest}: {e}");
-        std::fs::copy(&src, &tmp).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, dst).map_err(io)?;
-        if let Some(dir) = dst.parent() {
-            std::fs::File::open(dir)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+        crate::store::durable::copy_file(&src, dst)
+            .map_err(|e| format!("keeping a copy of adapter {digest}: {e}"))
     }
 }

@@ -82,13 +82,13 @@ pub struct Task {
     pub name: String,
     current: RwLock<Arc<Generation>>,
     /// The last file that failed to load for this task (shown by `/tasks`); cleared by a good load.
-    pub last_error: RwLock<Option<String>>,
+    last_error: RwLock<Option<String>>,
     /// Writers (index, delete) hold it shared ([`Task::write_guard`]); a re-embedding cutover
     /// holds it exclusively for its last catch-up pass, so no acknowledged write is left behind
     /// in the old generation.
     write_gate: RwLock<()>,
     /// The generation being re-embedded, if any.
-    pub pending: parking_lot::Mutex<Option<u64>>,
+    pending: parking_lot::Mutex<Option<u64>>,
 }
 
 impl Task {
@@ -111,6 +111,17 @@ impl Task {
     pub fn write_guard(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
         self.write_gate.read()
     }
+
+    /// Why the last adapter file for this task was refused (or its re-embedding failed), until
+    /// a good one is loaded.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.read().clone()
+    }
+
+    /// The generation being re-embedded, if any.
+    pub fn pending(&self) -> Option<u64> {
+        *self.pending.lock()
+    }
 }
 
 /// `GET /tasks` entry.
@@ -132,7 +143,7 @@ pub struct Registry {
     backend: Arc<dyn StoreBackend>,
     tasks: RwLock<BTreeMap<String, Arc<Task>>>,
     /// Adapter files that failed to load for a task that is not being served: task -> why.
-    pub rejected: RwLock<BTreeMap<String, String>>,
+    rejected: RwLock<BTreeMap<String, String>>,
     /// Re-embeds a task's stored videos when its adapter changes ([`Registry::set_reembedder`]).
     reembedder: RwLock<Option<Arc<dyn reembed::Reembedder>>>,
 }
@@ -176,6 +187,11 @@ impl Registry {
     /// for a task that holds videos is refused.
     pub fn set_reembedder(&self, reembedder: Arc<dyn reembed::Reembedder>) {
         *self.reembedder.write() = Some(reembedder);
+    }
+
+    /// Adapter files that failed to load for a task that is not being served: task -> why.
+    pub fn rejected(&self) -> BTreeMap<String, String> {
+        self.rejected.read().clone()
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -407,8 +423,8 @@ impl Registry {
     pub fn status(&self, task: &str) -> Option<TaskStatus> {
         let t = self.get(task)?;
         let g = t.current();
-        let last_error = t.last_error.read().clone();
-        let pending = *t.pending.lock();
+        let last_error = t.last_error();
+        let pending = t.pending();
         Some(TaskStatus {
             task: t.name.clone(),
             state: if pending.is_some() {

@@ -1,7 +1,8 @@
 //! Re-embedding a task into a new generation when its adapter changes.
 //!
 //! Owns: copying every stored video (original upload, thumbnail, meta) of the current generation
-//! into the new one with a vector from the new model, catching up with writes that land meanwhile,
+//! into the new one with a vector from the new model (the files through the store's
+//! `copy_blobs_from`, which owns their durability), catching up with writes that land meanwhile,
 //! and the cutover. A video that fails to re-embed (or a delete that fails to carry over) is
 //! retried; one that keeps failing stops the cutover (the old generation keeps serving) rather
 //! than silently leaving the video out or bringing a deleted one back. The old generation answers
@@ -16,7 +17,6 @@ use crate::encode::{EncodeError, TaskModel};
 use crate::store::{BlobKind, BlobVersion, NewRecord, StoreError, VectorStore};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Turns a stored original upload into a vector of `model` (decode, then encode).
@@ -41,8 +41,6 @@ pub enum ReembedError {
     Store(#[from] StoreError),
 }
 
-static COPY_SEQ: AtomicU64 = AtomicU64::new(0);
-
 /// Tries per video before it stops the cutover.
 const MAX_ATTEMPTS: u32 = 3;
 /// Passes without the write gate before the gated ones.
@@ -50,19 +48,8 @@ const UNGATED_PASSES: usize = 5;
 /// A pass that changes at most this many videos is close enough to take the gate for the rest.
 const SETTLED: usize = 2;
 
-/// Copies `src` to a fresh file under `tmp` (same file system as the stores) for `put_blob`.
-fn copy_for_put(tmp: &Path, src: &Path) -> std::io::Result<std::path::PathBuf> {
-    std::fs::create_dir_all(tmp)?;
-    let n = COPY_SEQ.fetch_add(1, Ordering::Relaxed);
-    let dst = tmp.join(format!("reembed-{}-{n}", std::process::id()));
-    std::fs::copy(src, &dst)?;
-    // No fsync here: `put_blob` fsyncs the file before it renames it into place.
-    Ok(dst)
-}
-
 /// The state of one carry-over from an old store into a new generation.
 struct CarryOver<'a> {
-    registry: &'a Registry,
     old: &'a dyn VectorStore,
     new: &'a Generation,
     embedder: &'a dyn Reembedder,
@@ -80,13 +67,8 @@ impl CarryOver<'_> {
             .ok_or(ReembedError::MissingOriginal)?;
         let vector = self.embedder.embed(&self.new.model, &orig)?;
         let blobs = BlobVersion::fresh();
-        let tmp = self.registry.tmp_dir();
-        for kind in BlobKind::ALL {
-            if let Some(src) = self.old.blob_path(id, kind)? {
-                let copy = copy_for_put(&tmp, &src)?;
-                self.new.store.put_blob(id, blobs, kind, &copy)?;
-            }
-        }
+        // The store copies the files (durably, beside their place) from the old generation.
+        self.new.store.copy_blobs_from(self.old, id, blobs)?;
         let record = NewRecord {
             id: id.to_string(),
             vector,
@@ -192,13 +174,11 @@ impl CarryOver<'_> {
 /// Copies every video of `old` into `new` in this thread, with nothing else writing to either
 /// (a task that is not in service yet). Returns the videos that could not be carried over.
 pub fn carry_over(
-    registry: &Registry,
     old: &dyn VectorStore,
     new: &Generation,
     embedder: &dyn Reembedder,
 ) -> Result<(), Vec<String>> {
     let mut c = CarryOver {
-        registry,
         old,
         new,
         embedder,
@@ -227,7 +207,6 @@ pub fn start(
             let old = task.current();
             let number = new.number;
             let mut c = CarryOver {
-                registry: &registry,
                 old: old.store.as_ref(),
                 new: &new,
                 embedder: embedder.as_ref(),

@@ -255,7 +255,7 @@ impl Registry {
                     .map_err(|e| format!("generation {n}: {e}"))?;
                 let gen = self.adapter_generation(loader, task, n + 1, true, model, info)?;
                 if let Err(failures) =
-                    super::reembed::carry_over(self, old.as_ref(), &gen, embedder.as_ref())
+                    super::reembed::carry_over(old.as_ref(), &gen, embedder.as_ref())
                 {
                     gen.store.retire();
                     return Err(format!(

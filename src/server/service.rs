@@ -373,11 +373,10 @@ pub fn tasks(state: &AppState, caller: &Caller) -> Result<TaskList, ApiError> {
     let core = state.core()?;
     let rejected = core
         .registry
-        .rejected
-        .read()
-        .iter()
+        .rejected()
+        .into_iter()
         .filter(|(task, _)| caller.may_read(task))
-        .map(|(task, why)| (task.clone(), redact_paths(state, why)))
+        .map(|(task, why)| (task, redact_paths(state, &why)))
         .collect();
     let tasks = core
         .registry

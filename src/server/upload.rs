@@ -18,7 +18,6 @@ use crate::registry::{Generation, Task};
 use crate::store::{BlobKind, BlobVersion, NewRecord};
 use serde::Serialize;
 use serde_json::Value;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -301,11 +300,8 @@ impl IndexBatch {
                         let tp = tmp_dir.join(format!("thumb-{}-{i}", std::process::id()));
                         let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
                         let tp = tp.with_extension(n.to_string());
-                        let written = std::fs::File::create(&tp).and_then(|mut f| {
-                            f.write_all(&jpeg)?;
-                            f.sync_all()
-                        });
-                        if let Err(e) = written {
+                        // Not fsynced here: `put_blob` fsyncs it before the rename.
+                        if let Err(e) = std::fs::write(&tp, &jpeg) {
                             let _ = std::fs::remove_file(&tp);
                             discard(&staged);
                             return Err(ApiError::internal(format!("writing thumbnail: {e}")));

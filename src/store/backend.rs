@@ -53,6 +53,11 @@ pub trait VectorStore: Send + Sync {
     fn digest(&self) -> Result<Option<String>, StoreError>;
     /// Moves a finished temporary file into place as `id`'s blob of `kind` under `version`,
     /// durably. Call before adding the record that owns `version`.
+    ///
+    /// The store owns the file's durability: on `Ok` the file has been fsynced, renamed into
+    /// place and its directory fsynced (`store::durable::move_file`), so callers write
+    /// `src_tmp_file` without fsyncing it themselves. A file on another file system is copied
+    /// beside the target (then fsynced, renamed) and removed.
     fn put_blob(
         &self,
         id: &str,
@@ -60,6 +65,31 @@ pub trait VectorStore: Send + Sync {
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError>;
+    /// Copies `src` (left as it is) into place as `id`'s blob of `kind` under `version`, with the
+    /// same guarantees as [`VectorStore::put_blob`] (`store::durable::copy_file`).
+    fn copy_blob(
+        &self,
+        id: &str,
+        version: BlobVersion,
+        kind: BlobKind,
+        src: &Path,
+    ) -> Result<(), StoreError>;
+    /// Copies the blobs of `id`'s live record in `from` (another generation) as `id`'s blobs
+    /// under `version` here, durably; kinds `from` does not hold are skipped. Call before adding
+    /// the record that owns `version`.
+    fn copy_blobs_from(
+        &self,
+        from: &dyn VectorStore,
+        id: &str,
+        version: BlobVersion,
+    ) -> Result<(), StoreError> {
+        for kind in BlobKind::ALL {
+            if let Some(src) = from.blob_path(id, kind)? {
+                self.copy_blob(id, version, kind, &src)?;
+            }
+        }
+        Ok(())
+    }
     /// Removes blobs put under `version` for a record that was never added.
     fn discard_blobs(&self, id: &str, version: BlobVersion) -> Result<(), StoreError>;
     /// The path of the live record's blob of `kind`, when both exist.
@@ -144,6 +174,15 @@ impl VectorStore for TaskStore {
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
         TaskStore::put_blob(self, id, version, kind, src_tmp_file)
+    }
+    fn copy_blob(
+        &self,
+        id: &str,
+        version: BlobVersion,
+        kind: BlobKind,
+        src: &Path,
+    ) -> Result<(), StoreError> {
+        TaskStore::copy_blob(self, id, version, kind, src)
     }
     fn discard_blobs(&self, id: &str, version: BlobVersion) -> Result<(), StoreError> {
         TaskStore::discard_blobs(self, id, version)

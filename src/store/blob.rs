@@ -5,18 +5,18 @@
 //! the version of the record that owns it, fanned out by the first two hex digits. Versions keep a
 //! re-upload's files beside the old ones until its log record is durable: the old record keeps
 //! its own files if the new one never commits. Version 0 is the unversioned name of stores
-//! written before versions existed. Files are fsynced and renamed into place, then the directory
-//! is fsynced. Does not own the decision of when a blob may go: `TaskStore` removes a version only
-//! after the record that replaced or deleted it is durable.
+//! written before versions existed. Files are fsynced and renamed (or copied) into place, then the
+//! directory is fsynced (`durable`). Does not own the decision of when a blob may go: `TaskStore`
+//! removes a version only after the record that replaced or deleted it is durable.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{sync_dir, BlobVersion, StoreError};
+use super::{durable, BlobVersion, StoreError};
 
 /// Which stored file of a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,14 +54,27 @@ pub(crate) fn path_for(root: &Path, id: &str, version: u64, kind: BlobKind) -> P
     root.join(&h[..2]).join(name)
 }
 
-/// Moves `src` (a finished temporary file) to the blob's place, durably. New blobs always get a
-/// fresh version (never the unversioned name of old stores) and belong to a non-empty id.
+/// How a new blob's file gets to its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// `src` is a finished temporary file (not yet fsynced: this fsyncs it), moved into place
+    /// (`durable::move_file`).
+    Move,
+    /// `src` is left as it is (another generation's blob, say) and copied into place
+    /// (`durable::copy_file`).
+    Copy,
+}
+
+/// Puts `src` at the blob's place, durably: on `Ok` the file is fsynced, in place, and its
+/// directory fsynced. New blobs always get a fresh version (never the unversioned name of old
+/// stores) and belong to a non-empty id.
 pub(crate) fn put(
     root: &Path,
     id: &str,
     version: BlobVersion,
     kind: BlobKind,
     src: &Path,
+    how: Placement,
 ) -> Result<(), StoreError> {
     if id.is_empty() {
         return Err(StoreError::EmptyId);
@@ -72,18 +85,11 @@ pub(crate) fn put(
         ));
     }
     let dst = path_for(root, id, version.raw(), kind);
-    let parent = dst.parent().unwrap_or(root);
-    fs::create_dir_all(parent)?;
-    File::open(src)?.sync_all()?;
-    if fs::rename(src, &dst).is_err() {
-        // Another filesystem (EXDEV) or similar: copy beside the target, then rename.
-        let tmp = dst.with_extension("tmp");
-        fs::copy(src, &tmp)?;
-        File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, &dst)?;
-        fs::remove_file(src)?;
+    fs::create_dir_all(dst.parent().unwrap_or(root))?;
+    match how {
+        Placement::Move => durable::move_file(src, &dst)?,
+        Placement::Copy => durable::copy_file(src, &dst)?,
     }
-    sync_dir(parent)?;
     Ok(())
 }
 

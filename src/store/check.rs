@@ -9,12 +9,11 @@
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::wal::{self, Damage, Op};
-use super::{lock_dir, snapshot, StoreError};
+use super::{durable, lock_dir, snapshot, StoreError};
 
 /// What a check found in one store directory.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -215,9 +214,7 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
         let (_, path) = &w.segments[cut.segment];
         let buf = fs::read(path)?;
         let tail = keep.join(format!("{}.from-{}", name_of(path), cut.offset));
-        let mut f = fs::File::create(&tail)?;
-        f.write_all(&buf[cut.offset..])?;
-        f.sync_all()?;
+        durable::write_synced(&tail, &buf[cut.offset..])?;
         let seg = OpenOptions::new().write(true).open(path)?;
         seg.set_len(cut.offset as u64)?;
         seg.sync_all()?;
@@ -234,8 +231,10 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
                 .push(format!("{} (after the cut)", name_of(later)));
         }
     }
-    super::sync_dir(&keep)?;
-    super::sync_dir(dir)?;
+    // Not `durable::rename_into_place` per file: the moves leave `dir` as well as enter `keep`,
+    // so both directories are fsynced, once each, after all of them.
+    durable::sync_dir(&keep)?;
+    durable::sync_dir(dir)?;
     out.kept_in = Some(keep);
     Ok(out)
 }

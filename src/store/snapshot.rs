@@ -6,12 +6,12 @@
 //! stays the source of truth, so a damaged snapshot is skipped in favour of an older one.
 //! Does not own the graph: HNSW is rebuilt from the vectors after loading.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, Reader};
-use super::{sync_dir, StoreError};
+use super::{durable, StoreError};
 
 /// Version 2 adds each record's blob version; version 1 files still load (blob version 0).
 const MAGIC: &[u8; 8] = b"MVSNAP02";
@@ -133,16 +133,14 @@ pub(crate) fn decode(buf: &[u8]) -> Option<Snapshot> {
     })
 }
 
-/// Writes `bytes` as the snapshot for `seq`: temp file, fsync, rename, fsync directory.
+/// Writes `bytes` as the snapshot for `seq`: temp file, fsync, rename, fsync directory. The
+/// temporary is `<final name>.tmp` (not `durable::write_file`'s `.tmp` in place of `.snap`), the
+/// name [`list`] has always cleared after a crash.
 pub(crate) fn write(dir: &Path, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
     let final_path = dir.join(file_name(seq));
     let tmp_path = dir.join(format!("{}.tmp", file_name(seq)));
-    let mut f = File::create(&tmp_path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp_path, &final_path)?;
-    sync_dir(dir)?;
+    durable::write_synced(&tmp_path, bytes)?;
+    durable::rename_into_place(&tmp_path, &final_path)?;
     Ok(())
 }
 

@@ -20,7 +20,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, Reader};
-use super::{sync_dir, StoreError};
+use super::durable::sync_dir;
+use super::StoreError;
 
 /// Anything bigger is a damaged length field, not a record (a 512-d vector with meta is ~2 KiB).
 const MAX_RECORD: usize = 64 << 20;

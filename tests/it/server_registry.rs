@@ -94,7 +94,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
         Outcome::Rejected(_)
     ));
     assert_eq!(reg.names(), vec!["news".to_string()]);
-    assert!(reg.rejected.read().contains_key("broken"));
+    assert!(reg.rejected().contains_key("broken"));
 
     let _w = watch(
         reg.clone(),
@@ -120,7 +120,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
     // A corrupt replacement is refused; the good model keeps serving and /tasks says why.
     put(dir, "sports.safetensors", "truncated");
     wait_for("the rejection", || {
-        reg.get("sports").unwrap().last_error.read().is_some()
+        reg.get("sports").unwrap().last_error().is_some()
     });
     assert_eq!(digest(&reg, "sports").as_deref(), Some("ok:sports-2"));
     assert_eq!(reg.status("sports").unwrap().generation, 1);
@@ -133,7 +133,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
     drop(g);
     put(dir, "news.safetensors", "ok:news-2");
     wait_for("the refusal", || {
-        reg.get("news").unwrap().last_error.read().is_some()
+        reg.get("news").unwrap().last_error().is_some()
     });
     assert_eq!(digest(&reg, "news").as_deref(), Some("ok:news-1"));
     assert_eq!(reg.status("news").unwrap().videos, Some(1));
@@ -141,7 +141,7 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
     // A fixed broken file becomes a task; a removed file takes its task out of service.
     put(dir, "broken.safetensors", "ok:fixed");
     wait_for("the fixed file", || digest(&reg, "broken").is_some());
-    assert!(!reg.rejected.read().contains_key("broken"));
+    assert!(!reg.rejected().contains_key("broken"));
     std::fs::remove_file(dir.join("sports.safetensors")).unwrap();
     wait_for("the removal", || reg.get("sports").is_none());
 }
@@ -280,7 +280,7 @@ fn re_embedding_retries_and_never_drops_a_video() {
     assert_eq!(o, Outcome::Reembedding { generation: 1 });
     wait_for("the cutover", || task.current().number == 1);
     assert_eq!(task.current().store.count().unwrap(), 3);
-    assert!(task.last_error.read().is_none());
+    assert!(task.last_error().is_none());
 
     // A video that fails every time stops the cutover: the old generation keeps all three.
     let data = tempfile::tempdir().unwrap();
@@ -297,8 +297,8 @@ fn re_embedding_retries_and_never_drops_a_video() {
     let task = reg.get("news").unwrap();
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
     assert_eq!(o, Outcome::Reembedding { generation: 1 });
-    wait_for("the refusal", || task.pending.lock().is_none());
-    let err = task.last_error.read().clone().unwrap();
+    wait_for("the refusal", || task.pending().is_none());
+    let err = task.last_error().unwrap();
     assert!(err.contains("v2") && err.contains("not installed"), "{err}");
     assert_eq!(task.current().number, 0);
     assert_eq!(task.current().model.digest(), "ok:news-1");
@@ -481,16 +481,14 @@ fn a_delete_that_cannot_be_carried_over_stops_the_cutover() {
     put(dir, "news.safetensors", "ok:news-2");
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
     assert_eq!(o, Outcome::Reembedding { generation: 1 });
-    wait_for("the end of the re-embedding", || {
-        task.pending.lock().is_none()
-    });
+    wait_for("the end of the re-embedding", || task.pending().is_none());
     let victim = embedder.deleted.lock().unwrap().clone().unwrap();
     assert_eq!(task.current().number, 0, "no cutover");
     assert!(
         task.current().store.get(&victim).unwrap().is_none(),
         "still deleted"
     );
-    let err = task.last_error.read().clone().unwrap();
+    let err = task.last_error().unwrap();
     assert!(err.contains(&victim), "{err}");
 }
 
@@ -513,9 +511,7 @@ fn a_re_embedding_that_ends_after_the_file_was_removed_does_not_bring_the_task_b
     let o = reg.apply_file(&FakeLoader, "news", &dir.join("news.safetensors"));
     assert_eq!(o, Outcome::Removed);
     release.store(true, std::sync::atomic::Ordering::Release);
-    wait_for("the end of the re-embedding", || {
-        task.pending.lock().is_none()
-    });
+    wait_for("the end of the re-embedding", || task.pending().is_none());
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         reg.get("news").is_none(),

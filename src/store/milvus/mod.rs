@@ -31,8 +31,9 @@ use milvus::proto::common::ConsistencyLevel;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{StoreBackend, VectorStore};
+use super::blob::{self, Placement};
 use super::index::normalize;
-use super::{blob, BlobKind, BlobVersion, Hit, NewRecord, Record, StoreConfig, StoreError};
+use super::{BlobKind, BlobVersion, Hit, NewRecord, Record, StoreConfig, StoreError};
 use rpc::{string_literal, Row, Rows, Rpc, RpcError, Target};
 
 /// Longest id Milvus is told to hold (the server's limit is lower).
@@ -797,7 +798,24 @@ impl VectorStore for MilvusStore {
         kind: BlobKind,
         src_tmp_file: &Path,
     ) -> Result<(), StoreError> {
-        blob::put(&self.blob_root, id, version, kind, src_tmp_file)
+        blob::put(
+            &self.blob_root,
+            id,
+            version,
+            kind,
+            src_tmp_file,
+            Placement::Move,
+        )
+    }
+
+    fn copy_blob(
+        &self,
+        id: &str,
+        version: BlobVersion,
+        kind: BlobKind,
+        src: &Path,
+    ) -> Result<(), StoreError> {
+        blob::put(&self.blob_root, id, version, kind, src, Placement::Copy)
     }
 
     fn discard_blobs(&self, id: &str, version: BlobVersion) -> Result<(), StoreError> {

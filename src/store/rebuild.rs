@@ -1,0 +1,119 @@
+//! The embedded store's index rebuild: dropping tombstones and building the HNSW graph while
+//! searches go on.
+//!
+//! Owns the copy-and-insert rounds outside the locks and the final swap under them. Does not own
+//! when a rebuild runs (`maintenance`) or the index structure (`index`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::index::{new_graph, Index};
+use super::task::Inner;
+
+/// Graph builds insert in chunks so that closing the store can interrupt them.
+const BUILD_CHUNK: usize = 4096;
+/// A rebuild copies newly added slots outside the locks until at most this many are left.
+const CATCH_UP_UNDER_LOCK: usize = 256;
+
+impl Inner {
+    /// Renumbers the live slots densely (dropping tombstones) and builds a fresh graph over them
+    /// when the store is at or above the threshold, while searches use the old state; only the
+    /// final swap takes the locks.
+    pub(super) fn rebuild(&self) {
+        let _one = self.rebuild_lock.lock();
+        let want_graph = self.index.read().len() >= self.config.exact_threshold;
+        let mut copied: Vec<usize> = Vec::new();
+        let mut scanned = 0;
+        let graph = want_graph.then(|| {
+            new_graph(
+                self.config.hnsw_m,
+                self.config.ef_construction,
+                self.index.read().len(),
+            )
+        });
+        // Copy and insert in rounds outside the locks; adds keep appending meanwhile.
+        loop {
+            let (start, batch) = {
+                let idx = self.index.read();
+                let start = copied.len();
+                for s in scanned..idx.slots.len() {
+                    if idx.slots[s].alive {
+                        copied.push(s);
+                    }
+                }
+                scanned = idx.slots.len();
+                let batch: Vec<f32> = copied[start..]
+                    .iter()
+                    .flat_map(|&s| idx.vector(s).iter().copied())
+                    .collect();
+                (start, batch)
+            };
+            let n_new = copied.len() - start;
+            if let Some(g) = &graph {
+                for (c, chunk) in batch.chunks(BUILD_CHUNK * self.dim).enumerate() {
+                    if self.closing.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let base = start + c * BUILD_CHUNK;
+                    let data: Vec<(&[f32], usize)> = chunk
+                        .chunks_exact(self.dim)
+                        .enumerate()
+                        .map(|(i, v)| (v, base + i))
+                        .collect();
+                    g.parallel_insert_slice(&data);
+                }
+            }
+            if n_new <= CATCH_UP_UNDER_LOCK {
+                break;
+            }
+        }
+        // Swap: with the writer held, nothing is appended while the last slots are moved over.
+        let _w = self.writer.lock();
+        let mut idx = self.index.write();
+        for s in scanned..idx.slots.len() {
+            if idx.slots[s].alive {
+                copied.push(s);
+            }
+        }
+        let mut fresh = Index::new(self.dim);
+        fresh.digest = idx.digest.clone();
+        fresh.slots.reserve(copied.len());
+        fresh.vectors.reserve(copied.len() * self.dim);
+        let mut late = Vec::new();
+        for (new_slot, &old) in copied.iter().enumerate() {
+            let slot = idx.slots[old].clone();
+            if old >= scanned {
+                late.push(new_slot);
+            }
+            if !slot.alive {
+                // Deleted or replaced while the graph was built: already in the graph, so it
+                // stays a tombstone until the next rebuild.
+                fresh.dead += 1;
+            }
+            fresh.vectors.extend_from_slice(idx.vector(old));
+            fresh.slots.push(slot);
+        }
+        fresh.entries = std::mem::take(&mut idx.entries);
+        for (new_slot, s) in fresh.slots.iter().enumerate() {
+            if s.alive {
+                if let Some(e) = fresh.entries.get_mut(&s.id) {
+                    e.slot = new_slot;
+                }
+            }
+        }
+        if let Some(g) = &graph {
+            for &s in &late {
+                g.insert_slice((fresh.vector(s), s));
+            }
+        }
+        fresh.graph = graph.map(Arc::new);
+        tracing::debug!(
+            dir = %self.dir.display(),
+            live = fresh.len(),
+            dropped = idx.slots.len() - fresh.slots.len(),
+            graph = fresh.graph.is_some(),
+            "index rebuilt"
+        );
+        *idx = fresh;
+    }
+}
