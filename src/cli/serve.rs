@@ -57,6 +57,15 @@ pub struct ServeArgs {
     #[arg(long, env = "MVSERVE_MAX_UPLOAD_MB", default_value_t = defaults().max_upload_bytes >> MIB_SHIFT,
           value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_upload_mb: u64,
+    /// Largest image or video a search by example (`POST /search`) may send, in MiB.
+    #[arg(long, env = "MVSERVE_MAX_EXAMPLE_MB", default_value_t = defaults().max_example_bytes >> MIB_SHIFT,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_example_mb: u64,
+    /// Searches by example read or processed at once (their own slots, not the uploads'); more
+    /// get 503 before their body is read.
+    #[arg(long, env = "MVSERVE_MAX_CONCURRENT_EXAMPLES", default_value_t = defaults().max_concurrent_examples as u64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_concurrent_examples: u64,
     /// Uploads read or processed at once; more get 503 before their body is read.
     #[arg(long, env = "MVSERVE_MAX_CONCURRENT_UPLOADS", default_value_t = defaults().max_concurrent_uploads as u64,
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -158,6 +167,8 @@ impl ServeArgs {
             metrics_port: self.metrics_port,
             auth_file: self.auth_file,
             max_upload_bytes: self.max_upload_mb << MIB_SHIFT,
+            max_example_bytes: self.max_example_mb << MIB_SHIFT,
+            max_concurrent_examples: self.max_concurrent_examples as usize,
             frames: self.frames,
             max_video_seconds: self.max_video_seconds,
             decode_workers: self.decode_workers,

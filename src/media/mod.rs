@@ -11,6 +11,9 @@
 //! presentation times ([`mp4`], [`avi`]) or ask `ffprobe` ([`ffmpeg`]); choose the frames to keep from
 //! the timestamps alone ([`sample`]); decode only as far as the last chosen frame ([`h264`],
 //! [`gif`], [`ffmpeg`]); preprocess the chosen frames and encode the middle one as a JPEG.
+//!
+//! Still images (JPEG, PNG: queries by example, never uploads) are [`still`]: one frame,
+//! preprocessed the same way, repeated into every frame slot.
 
 mod avi;
 mod detect;
@@ -19,6 +22,7 @@ mod gif;
 mod h264;
 mod mp4;
 pub mod sample;
+pub mod still;
 
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,7 +33,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::backbone::preprocess::preprocess_into;
-pub use detect::Container;
+pub use detect::{detect, Container};
 
 /// Hard ceiling on either side of a frame, whatever `max_pixels` says (H.264 level 6.2 is 8192).
 pub const MAX_SIDE: u32 = 16_384;

@@ -3,7 +3,8 @@
 //! operations lives here, so gRPC serves exactly the same thing.
 //!
 //! `POST /index` hands its body to [`super::multipart`], which reads the form part by part into
-//! an upload batch with every bound applied as bytes arrive.
+//! an upload batch with every bound applied as bytes arrive; `POST /search` (search by example)
+//! hands it its example the same way.
 //!
 //! Each handler carries its `#[utoipa::path]` entry (parameters, bodies, every status it can
 //! answer) for the OpenAPI document in [`super::openapi`]. Extractor rejections (a malformed
@@ -121,6 +122,68 @@ pub async fn search(
     let q = p.q.unwrap_or_default();
     Ok(Json(
         service::search(&state, p.task.as_deref(), &q, k).await?,
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExampleParams {
+    /// The task to search.
+    #[param(required = true, pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    task: Option<String>,
+    /// How many hits (1..=1000, default 10).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    k: Option<String>,
+}
+
+/// Search by example: the same answer as `GET /search`, for an image or a video instead of text.
+#[utoipa::path(
+    post, path = "/search", tag = "search",
+    params(ExampleParams),
+    request_body(
+        description = "The example: the image or video itself as the body (any content type \
+            but a form; what it is comes from its bytes), or a form with one `file` part. A JPEG \
+            or PNG is an image, searched as a video that shows it in every frame; anything else \
+            is decoded as an upload is. At most `--max-example-mb`.",
+        content(
+            (super::openapi::ExampleBody = "image/jpeg"),
+            (super::openapi::ExampleBody = "image/png"),
+            (super::openapi::ExampleBody = "image/gif"),
+            (super::openapi::ExampleBody = "video/mp4"),
+            (super::openapi::ExampleBody = "video/webm"),
+            (super::openapi::ExampleBody = "video/x-msvideo"),
+            (super::openapi::ExampleBody = "application/octet-stream"),
+            (super::openapi::ExampleForm = "multipart/form-data"),
+        )
+    ),
+    security((), ("bearer" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "Hits, best first (as `GET /search`)", body = service::SearchResult),
+        (status = 400, description = "`missing_task`, `bad_k`, `bad_query`, `empty_video` (an empty example), `missing_video` (a form without `file`), `unknown_field`, `bad_multipart`, `bad_body`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
+        (status = 404, description = "`unknown_task`", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body sent nothing for `--idle-timeout-s`; or over `--request-timeout-s`"),
+        (status = 413, description = "`too_large`: over `--max-example-mb`, or the pixel, frame or duration limits", body = ErrorBody),
+        (status = 415, description = "`unsupported_media`: neither an image (JPEG, PNG) nor a video this server decodes", body = ErrorBody),
+        (status = 422, description = "`corrupt_media`: the bytes do not decode (or took too long to)", body = ErrorBody),
+        (status = 503, description = "`not_ready` or `overloaded` (example slots, decode queue or encoder full); see Retry-After", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub async fn search_by_example(
+    State(state): State<Arc<AppState>>,
+    p: Result<Query<ExampleParams>, QueryRejection>,
+    req: Request,
+) -> Result<Json<service::SearchResult>, ApiError> {
+    let Query(p) = p.map_err(bad_query)?;
+    // As for `GET /search`: anything that is not a count is refused as `bad_k`.
+    let k =
+        p.k.as_deref()
+            .map(|s| s.parse::<usize>().unwrap_or(0))
+            .or(Some(DEFAULT_K));
+    Ok(Json(
+        multipart::example(&state, p.task.as_deref(), k, req).await?,
     ))
 }
 

@@ -1,12 +1,13 @@
 //! The gRPC transport (`proto/mvserve.proto`, package `mvserve.v1`), served by tonic on its own
 //! port beside HTTP, plus the standard `grpc.health.v1` service. Owns only what is gRPC's: reading
-//! the API key from metadata, the streamed upload protocol, turning [`ApiError`]s into statuses (with the code
+//! the API key from metadata, the streamed upload and example protocols, turning [`ApiError`]s into statuses (with the code
 //! [`super::error::ErrorKind`] names), and
 //! converting results to messages. The operations themselves are [`super::service`] and
 //! [`super::upload`], shared with HTTP; metrics are the same per-task ones plus
 //! `mvserve_grpc_requests_total` and `mvserve_grpc_request_duration_seconds` by method.
 
 use super::auth::{Caller, Need, Scope};
+use super::example::ExampleQuery;
 use super::fields;
 use super::service;
 use super::upload::{self, IndexBatch, Spool};
@@ -109,13 +110,17 @@ enum Part {
     Chunk(Vec<u8>),
 }
 
-async fn next_part(stream: &mut Streaming<proto::IndexRequest>) -> Result<Option<Part>, ApiError> {
-    use proto::index_request::Part as P;
-    let msg = stream.message().await.map_err(|s| match s.code() {
+fn stream_error(s: Status) -> ApiError {
+    match s.code() {
         // A message over the decoder's limit.
         Code::OutOfRange | Code::ResourceExhausted => ApiError::too_large(s.message().to_string()),
         _ => ApiError::bad_request("bad_stream", s.message().to_string()),
-    })?;
+    }
+}
+
+async fn next_part(stream: &mut Streaming<proto::IndexRequest>) -> Result<Option<Part>, ApiError> {
+    use proto::index_request::Part as P;
+    let msg = stream.message().await.map_err(stream_error)?;
     match msg.map(|m| m.part) {
         None => Ok(None),
         Some(Some(P::Header(h))) => Ok(Some(Part::Header(h))),
@@ -124,6 +129,65 @@ async fn next_part(stream: &mut Streaming<proto::IndexRequest>) -> Result<Option
             "bad_stream",
             "a message holds neither a header nor a chunk",
         )),
+    }
+}
+
+/// Reads a `SearchByExample` stream: a header naming the task, then the example's bytes.
+async fn example_stream(
+    api: &GrpcApi,
+    key: Option<&str>,
+    mut stream: Streaming<proto::SearchByExampleRequest>,
+) -> Result<service::SearchResult, ApiError> {
+    use proto::search_by_example_request::Part as P;
+    let mut next = async || -> Result<Option<P>, ApiError> {
+        let msg = stream.message().await.map_err(stream_error)?;
+        match msg.map(|m| m.part) {
+            None => Ok(None),
+            Some(Some(p)) => Ok(Some(p)),
+            Some(None) => Err(ApiError::bad_request(
+                "bad_stream",
+                "a message holds neither a header nor a chunk",
+            )),
+        }
+    };
+    let Some(P::Header(h)) = next().await? else {
+        return Err(ApiError::bad_request(
+            "bad_stream",
+            "the first message must be a header naming the task",
+        ));
+    };
+    api.authorize(key, need(&h.task, Scope::Read))?;
+    let k = (h.k > 0).then_some(h.k as usize);
+    let mut query = ExampleQuery::begin(&api.state, Some(&h.task), k).await?;
+    while let Some(part) = next().await? {
+        match part {
+            P::Chunk(c) => query.write(&c).await?,
+            P::Header(_) => {
+                return Err(ApiError::bad_request(
+                    "bad_stream",
+                    "a SearchByExample call has one header, its first message",
+                ))
+            }
+        }
+    }
+    query.search().await
+}
+
+fn search_response(r: service::SearchResult) -> proto::SearchResponse {
+    proto::SearchResponse {
+        task: r.task,
+        generation: r.generation,
+        adapter_digest: r.adapter_digest,
+        hits: r
+            .hits
+            .into_iter()
+            .map(|h| proto::Hit {
+                meta: json_text(&h.meta),
+                id: h.id,
+                score: h.score,
+                thumbnail: h.thumbnail,
+            })
+            .collect(),
     }
 }
 
@@ -191,21 +255,19 @@ impl MvServe for GrpcApi {
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
             let k = (m.k > 0).then_some(m.k as usize);
             let r = service::search(&self.state, Some(&m.task), &m.query, k).await?;
-            Ok(proto::SearchResponse {
-                task: r.task,
-                generation: r.generation,
-                adapter_digest: r.adapter_digest,
-                hits: r
-                    .hits
-                    .into_iter()
-                    .map(|h| proto::Hit {
-                        meta: json_text(&h.meta),
-                        id: h.id,
-                        score: h.score,
-                        thumbnail: h.thumbnail,
-                    })
-                    .collect(),
-            })
+            Ok(search_response(r))
+        })
+        .await
+    }
+
+    async fn search_by_example(
+        &self,
+        req: Request<Streaming<proto::SearchByExampleRequest>>,
+    ) -> Result<Response<proto::SearchResponse>, Status> {
+        self.observe("SearchByExample", async {
+            let key = key_of(&req);
+            let r = example_stream(self, key.as_deref(), req.into_inner()).await?;
+            Ok(search_response(r))
         })
         .await
     }

@@ -2,7 +2,9 @@
 //! trait so the server does not depend on how decoding is done.
 //!
 //! Owns: the trait, the error kinds the HTTP layer maps to statuses, and [`MediaDecoder`], the
-//! implementation over the `media` module. Does not own decoding itself (`media`).
+//! implementation over the `media` module; and [`decode_still`], the same for a still image sent
+//! as a search example (`media::still` has the rule that makes it a video). Does not own decoding
+//! itself (`media`).
 
 use crate::media::{self, MediaError, MediaLimits, SampleSpec};
 use std::path::Path;
@@ -72,6 +74,28 @@ pub struct MediaDecoder {
     pub fps: f64,
 }
 
+/// The typed error of a failed load of the file at `path` (which its message never names).
+fn decode_error(e: MediaError, path: &Path) -> DecodeError {
+    let m = without_path(&e.to_string(), path);
+    match e {
+        MediaError::Unsupported { .. } => DecodeError::Unsupported(m),
+        MediaError::Corrupt(_) | MediaError::TimedOut(_) => DecodeError::Corrupt(m),
+        MediaError::TooLarge(_) | MediaError::TooLong { .. } => DecodeError::TooLarge(m),
+        MediaError::InvalidSpec(_) | MediaError::Io(_) => DecodeError::Internal(m),
+    }
+}
+
+impl From<media::Frames> for DecodedVideo {
+    fn from(f: media::Frames) -> Self {
+        DecodedVideo {
+            pixels: f.pixels,
+            mask: f.mask,
+            thumbnail_jpeg: f.thumbnail_jpeg,
+            info: serde_json::to_value(&f.info).unwrap_or_default(),
+        }
+    }
+}
+
 impl VideoDecoder for MediaDecoder {
     fn decode(&self, path: &Path, frames: usize, size: usize) -> Result<DecodedVideo, DecodeError> {
         let spec = SampleSpec {
@@ -79,20 +103,26 @@ impl VideoDecoder for MediaDecoder {
             fps: self.fps,
             size: size as u32,
         };
-        let f = media::load_video(path, &spec, &self.limits).map_err(|e| {
-            let m = without_path(&e.to_string(), path);
-            match e {
-                MediaError::Unsupported { .. } => DecodeError::Unsupported(m),
-                MediaError::Corrupt(_) | MediaError::TimedOut(_) => DecodeError::Corrupt(m),
-                MediaError::TooLarge(_) | MediaError::TooLong { .. } => DecodeError::TooLarge(m),
-                MediaError::InvalidSpec(_) | MediaError::Io(_) => DecodeError::Internal(m),
-            }
-        })?;
-        Ok(DecodedVideo {
-            pixels: f.pixels,
-            mask: f.mask,
-            thumbnail_jpeg: f.thumbnail_jpeg,
-            info: serde_json::to_value(&f.info).unwrap_or_default(),
-        })
+        let f = media::load_video(path, &spec, &self.limits).map_err(|e| decode_error(e, path))?;
+        Ok(f.into())
     }
+}
+
+/// The still image (JPEG or PNG, at most `max_bytes`) at `path` as `frames` frames at `size` x
+/// `size`: the picture in every slot (`media::still`). Synchronous; called off the runtime.
+pub fn decode_still(
+    path: &Path,
+    frames: usize,
+    size: usize,
+    max_bytes: u64,
+) -> Result<DecodedVideo, DecodeError> {
+    let spec = SampleSpec {
+        frames,
+        fps: 1.0,
+        size: size as u32,
+    };
+    let bytes = std::fs::read(path).map_err(|e| decode_error(e.into(), path))?;
+    let f =
+        media::still::load_still(&bytes, &spec, max_bytes).map_err(|e| decode_error(e, path))?;
+    Ok(f.into())
 }

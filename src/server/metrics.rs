@@ -1,5 +1,6 @@
 //! Prometheus metrics (all named `mvserve_*`), recorded where things happen: the HTTP middleware
-//! and the gRPC service (requests, latency, errors by code), the handlers (per-task operations, videos indexed), the
+//! and the gRPC service (requests, latency, errors by code), the handlers (per-task operations, videos indexed,
+//! searches by example), the
 //! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
 //! (queue depth, tasks, videos per task), and the adapter cache and watcher (loads, evictions,
 //! updates and how long they took).
@@ -22,6 +23,7 @@ pub struct Metrics {
     pub task_latency: HistogramVec,
     pub errors: IntCounterVec,
     pub videos_indexed: IntCounterVec,
+    pub example_searches: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub batch_size: HistogramVec,
     pub batch_tasks: HistogramVec,
@@ -92,7 +94,7 @@ impl Metrics {
             ),
             task_requests: cv(
                 "mvserve_task_requests_total",
-                "Operations per task (search, index, get, delete, thumbnail)",
+                "Operations per task (search, search_example, index, get, delete, thumbnail)",
                 &["task", "op"],
             ),
             task_latency: hv(
@@ -110,6 +112,12 @@ impl Metrics {
                 "mvserve_videos_indexed_total",
                 "Videos indexed per task",
                 &["task"],
+            ),
+            example_searches: cv(
+                "mvserve_example_searches_total",
+                "Searches by example (POST /search, gRPC SearchByExample) answered, per task and \
+                 by what the example was (image or video)",
+                &["task", "kind"],
             ),
             queue_depth: reg(
                 &registry,

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod example;
 pub mod fields;
 pub mod grpc;
 pub mod ingest;
@@ -76,6 +77,11 @@ pub struct ServeConfig {
     pub auth_file: Option<PathBuf>,
     /// Largest accepted video file.
     pub max_upload_bytes: u64,
+    /// Largest image or video a search by example (`POST /search`) may send.
+    pub max_example_bytes: u64,
+    /// Searches by example being read or processed at once; more get 503 before their body is
+    /// read. Their own slots, not the uploads': a query never waits for indexing to free one.
+    pub max_concurrent_examples: usize,
     /// Most videos in one `POST /index`.
     pub max_videos_per_request: usize,
     /// Frames sampled per video for the built-in task.
@@ -123,6 +129,8 @@ impl Default for ServeConfig {
             metrics_port: None,
             auth_file: None,
             max_upload_bytes: 256 << 20,
+            max_example_bytes: 32 << 20,
+            max_concurrent_examples: 4,
             max_videos_per_request: 16,
             frames: crate::media::DEFAULT_FRAMES,
             decode_workers: 2,
@@ -169,6 +177,8 @@ pub struct AppState {
     pub decode_slots: Arc<Semaphore>,
     /// Uploads being read or processed (`max_concurrent_uploads`).
     pub upload_slots: Arc<Semaphore>,
+    /// Searches by example being read or processed (`max_concurrent_examples`).
+    pub example_slots: Arc<Semaphore>,
     pub tmp_dir: PathBuf,
 }
 
@@ -204,8 +214,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.route(path, handler);
     }
     router
-        // Only `POST /index` reads a body; its limit follows from --max-upload-mb (and
-        // `multipart` checks a declared Content-Length against it before reading).
+        // Only `POST /index` and `POST /search` read a body; this limit follows from
+        // --max-upload-mb (and `multipart` checks a declared Content-Length against it before
+        // reading). An example (`POST /search`) is held to --max-example-mb as it arrives.
         .layer(axum::extract::DefaultBodyLimit::max(
             usize::try_from(body_limit).unwrap_or(usize::MAX),
         ))
@@ -294,11 +305,11 @@ async fn auth_mw(State(state): State<Arc<AppState>>, mut req: Request, next: Nex
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
         service::api_key(header("authorization"), header("x-api-key")).map(str::to_string)
     };
-    let scope = if req.method() == Method::GET || req.method() == Method::HEAD {
-        Scope::Read
-    } else {
-        Scope::Write
-    };
+    // A search by example is a POST that only reads: the same right as `GET /search`.
+    let reads = req.method() == Method::GET
+        || req.method() == Method::HEAD
+        || (req.method() == Method::POST && path == "/search");
+    let scope = if reads { Scope::Read } else { Scope::Write };
     let task = request_task(&req);
     let need = match (&task, path) {
         (_, "/tasks") => Need::AnyKey,
@@ -568,6 +579,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),
         decode_slots: Arc::new(Semaphore::new(config.decode_workers.max(1))),
         upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
+        example_slots: Arc::new(Semaphore::new(config.max_concurrent_examples.max(1))),
         config: config.clone(),
         core: OnceLock::new(),
         metrics: metrics.clone(),

@@ -1,5 +1,6 @@
-//! `POST /index` bodies: the multipart form read part by part into an [`IndexBatch`], with every
-//! bound applied while the bytes arrive.
+//! Request bodies that carry media, read with every bound applied while the bytes arrive:
+//! `POST /index` forms, part by part into an [`IndexBatch`]; and `POST /search` examples
+//! ([`example`]), a raw body or a form with one `file` part, into an [`ExampleQuery`].
 //!
 //! The parser (multer, through axum) buffers a part's headers until it finds their end, with no
 //! limit of its own: a header that never ends would grow without bound. [`HeaderBudget`] wraps the
@@ -9,7 +10,9 @@
 //! by the spool's cap, and the whole body by the router's body limit.
 
 use super::error::ErrorKind;
+use super::example::ExampleQuery;
 use super::fields::{self, MAX_ID_BYTES, MAX_META_BYTES};
+use super::service::SearchResult;
 use super::upload::{self, IndexBatch};
 use super::{ApiError, AppState};
 use axum::body::Body;
@@ -179,7 +182,11 @@ impl Form {
 
 /// Reads and drops up to [`DRAIN_BYTES`] of a body within [`DRAIN_TIMEOUT`].
 async fn drain_raw(body: Body) {
-    let mut stream = body.into_data_stream();
+    drain_stream(&mut body.into_data_stream()).await
+}
+
+/// Reads and drops up to [`DRAIN_BYTES`] of what is left of a body within [`DRAIN_TIMEOUT`].
+async fn drain_stream(stream: &mut axum::body::BodyDataStream) {
     let drain = async {
         let mut n = 0;
         while let Some(Ok(chunk)) = stream.next().await {
@@ -297,4 +304,140 @@ async fn read_form(
         }
     }
     batch.commit().await
+}
+
+/// The multipart framing an example form may add around its file: boundaries, one part's headers.
+const EXAMPLE_FRAMING: u64 = 64 << 10;
+
+/// Largest body a search by example can need: the example and, in a form, its framing.
+pub fn max_example_body_bytes(max_example_bytes: u64) -> u64 {
+    max_example_bytes + EXAMPLE_FRAMING
+}
+
+fn body_timeout(idle: Duration) -> ApiError {
+    ApiError::new(
+        ErrorKind::Timeout,
+        "body_timeout",
+        format!("the request sent nothing for {} s", idle.as_secs()),
+    )
+}
+
+/// Reads a `POST /search` example and answers it. The body is the example itself (any content
+/// type but a form: what it is comes from its bytes), or a `multipart/form-data` form with
+/// exactly one part, `file`.
+pub async fn example(
+    state: &Arc<AppState>,
+    task: Option<&str>,
+    k: Option<usize>,
+    req: Request,
+) -> Result<SearchResult, ApiError> {
+    // As for uploads: a body that says it is larger than any example can be, and a request that
+    // cannot be served (unknown task, bad k, no free slot) are refused before the body is read.
+    let limit = max_example_body_bytes(state.config.max_example_bytes);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(format!(
+            "an example may be at most {} bytes (--max-example-mb)",
+            state.config.max_example_bytes
+        )));
+    }
+    let query = match ExampleQuery::begin(state, task, k).await {
+        Ok(q) => q,
+        Err(e) => {
+            drain_raw(req.into_body()).await;
+            return Err(e);
+        }
+    };
+    let idle = state.config.idle_timeout;
+    let is_form = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    // A refused example's remaining bytes are read (bounded) so the client hears why, unless
+    // the client itself stopped sending.
+    let drain = |r: &Result<SearchResult, ApiError>| {
+        r.as_ref().is_err_and(|e| e.kind != ErrorKind::Timeout)
+    };
+    let result = if is_form {
+        let mut form = Form::new(req, idle).await?;
+        let r = read_example_form(query, &mut form).await;
+        if drain(&r) {
+            form.drain().await;
+        }
+        r
+    } else {
+        let mut stream = req.into_body().into_data_stream();
+        let r = read_example_raw(query, &mut stream, idle).await;
+        if drain(&r) {
+            drain_stream(&mut stream).await;
+        }
+        r
+    };
+    if let Err(e) = &result {
+        tracing::info!(code = e.code, message = %e.message, "search by example refused");
+    }
+    result
+}
+
+async fn read_example_raw(
+    mut query: ExampleQuery,
+    stream: &mut axum::body::BodyDataStream,
+    idle: Duration,
+) -> Result<SearchResult, ApiError> {
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(body_timeout(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::bad_request(
+                    "bad_body",
+                    format!("reading the body failed: {e}"),
+                ))
+            }
+            Ok(Some(Ok(chunk))) => query.write(&chunk).await?,
+        }
+    }
+    query.search().await
+}
+
+async fn read_example_form(
+    mut query: ExampleQuery,
+    form: &mut Form,
+) -> Result<SearchResult, ApiError> {
+    let idle = form.idle;
+    let mut files = 0;
+    while let Some(mut field) = form.next_part().await? {
+        let name = field.name().unwrap_or("").to_string();
+        if name != "file" {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                format!("unexpected form field {name:?} (an example form has one part, file)"),
+            ));
+        }
+        files += 1;
+        if files > 1 {
+            return Err(ApiError::bad_request(
+                "bad_multipart",
+                "an example form has exactly one file part",
+            ));
+        }
+        while let Some(chunk) = idle_bound(idle, field.chunk()).await? {
+            query.write(&chunk).await?;
+        }
+    }
+    if files == 0 {
+        return Err(ApiError::bad_request(
+            "missing_video",
+            "the form has no file part: send the image or video as `file`",
+        ));
+    }
+    query.search().await
 }

@@ -4,8 +4,8 @@
 //! it covers every route of [`super::routes`], and `.ci/fuzz-api` fuzzes the real binary against
 //! it with schemathesis.
 //!
-//! What the attributes cannot say is here: the error body, the multipart form of `POST /index`,
-//! and the two ways to send an API key.
+//! What the attributes cannot say is here: the error body, the multipart forms of `POST /index`
+//! and `POST /search`, the raw example body, and the two ways to send an API key.
 
 use super::{api, service, upload};
 use crate::registry::{ModelInfo, TaskStatus};
@@ -44,6 +44,21 @@ pub struct IndexForm {
     video: Vec<u8>,
 }
 
+/// The form of `POST /search` (search by example): one part.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the handler streams the part to a temporary file
+pub struct ExampleForm {
+    /// The example: a JPEG or PNG image, or a video as `POST /index` takes it.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// The raw body of `POST /search`: the example's bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // a schema only
+pub struct ExampleBody(Vec<u8>);
+
 struct Security;
 
 impl Modify for Security {
@@ -75,6 +90,7 @@ impl Modify for Security {
         api::openapi,
         api::index,
         api::search,
+        api::search_by_example,
         api::get_video,
         api::delete_video,
         api::thumbnail,
@@ -89,6 +105,8 @@ impl Modify for Security {
         ErrorBody,
         ErrorDetail,
         IndexForm,
+        ExampleForm,
+        ExampleBody,
         service::SearchResult,
         service::SearchHit,
         service::VideoInfo,

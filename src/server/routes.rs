@@ -44,6 +44,7 @@ pub fn table() -> Vec<Route> {
         route!(GET "/openapi.json" => api::openapi),
         route!(POST "/index" => api::index),
         route!(GET "/search" => api::search),
+        route!(POST "/search" => api::search_by_example),
         route!(GET "/videos/{task}/{id}" => api::get_video),
         route!(DELETE "/videos/{task}/{id}" => api::delete_video),
         route!(GET "/videos/{task}/{id}/thumbnail.jpg" => api::thumbnail),

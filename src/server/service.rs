@@ -168,35 +168,24 @@ pub struct SearchResult {
     pub hits: Vec<SearchHit>,
 }
 
-/// Encodes `q` through the task's model and returns the `k` nearest videos (default
-/// [`DEFAULT_K`]), best first.
-pub async fn search(
+/// The task a read names, as this replica serves it right now: a query replica first catches up
+/// with the generation its indexer serves (see `registry::follow`), so the query vector and the
+/// store searched come from one generation.
+pub async fn task_for_read(
     state: &AppState,
     task: Option<&str>,
-    q: &str,
-    k: Option<usize>,
-) -> Result<SearchResult, ApiError> {
-    let t0 = Instant::now();
-    // A query replica answers from the generation served right now (see `registry::follow`).
+) -> Result<(Arc<Task>, Arc<Generation>), ApiError> {
     if let (Some(f), Some(name)) = (state.core()?.follower.clone(), task) {
         if crate::registry::valid_task_name(name) {
             let name = name.to_string();
             tokio::task::spawn_blocking(move || f.sync(&name)).await??;
         }
     }
-    let (task, gen) = task_of(state, task)?;
-    if blank(q) {
-        return Err(ApiError::bad_request(
-            "empty_query",
-            "give a non-empty query",
-        ));
-    }
-    if q.chars().count() > MAX_QUERY_CHARS {
-        return Err(ApiError::bad_request(
-            "query_too_long",
-            format!("queries are limited to {MAX_QUERY_CHARS} characters"),
-        ));
-    }
+    task_of(state, task)
+}
+
+/// `k` as a search takes it: [`DEFAULT_K`] when absent, else 1..=[`MAX_K`].
+pub fn check_k(k: Option<usize>) -> Result<usize, ApiError> {
     let k = k.unwrap_or(DEFAULT_K);
     if !(1..=MAX_K).contains(&k) {
         return Err(ApiError::bad_request(
@@ -204,8 +193,21 @@ pub async fn search(
             format!("k must be an integer in 1..={MAX_K}"),
         ));
     }
-    let core = state.core()?;
-    let vector = core.encoder.encode_text(gen.model.clone(), q).await?;
+    Ok(k)
+}
+
+/// The `k` videos of `gen` nearest to `vector` (a query embedded by `gen`'s model), best first,
+/// as every search answers them; counted as `op` (started at `t0`). Text and example searches
+/// differ only in how they make the vector.
+pub async fn search_vector(
+    state: &AppState,
+    task: &Task,
+    gen: &Arc<Generation>,
+    vector: Vec<f32>,
+    k: usize,
+    op: &str,
+    t0: Instant,
+) -> Result<SearchResult, ApiError> {
     let g = gen.clone();
     let hits = tokio::task::spawn_blocking(move || g.store.search(&vector, k)).await??;
     let hits = hits
@@ -219,13 +221,41 @@ pub async fn search(
             id: h.id,
         })
         .collect();
-    record(state, &task.name, "search", t0);
+    record(state, &task.name, op, t0);
     Ok(SearchResult {
         task: task.name.clone(),
         generation: gen.number,
         adapter_digest: gen.model.digest().to_string(),
         hits,
     })
+}
+
+/// Encodes `q` through the task's model and returns the `k` nearest videos (default
+/// [`DEFAULT_K`]), best first.
+pub async fn search(
+    state: &AppState,
+    task: Option<&str>,
+    q: &str,
+    k: Option<usize>,
+) -> Result<SearchResult, ApiError> {
+    let t0 = Instant::now();
+    let (task, gen) = task_for_read(state, task).await?;
+    if blank(q) {
+        return Err(ApiError::bad_request(
+            "empty_query",
+            "give a non-empty query",
+        ));
+    }
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(ApiError::bad_request(
+            "query_too_long",
+            format!("queries are limited to {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    let k = check_k(k)?;
+    let core = state.core()?;
+    let vector = core.encoder.encode_text(gen.model.clone(), q).await?;
+    search_vector(state, &task, &gen, vector, k, "search", t0).await
 }
 
 /// A stored video as `GET /videos/{task}/{id}` shows it; the fields kept at upload are `null`

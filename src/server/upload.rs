@@ -33,7 +33,7 @@ const RETRY_RESEND_S: u64 = 1;
 static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Removes the temporary files of a request however it ends.
-struct TmpFiles(Vec<PathBuf>);
+pub(super) struct TmpFiles(pub(super) Vec<PathBuf>);
 impl Drop for TmpFiles {
     fn drop(&mut self) {
         for p in &self.0 {
@@ -51,6 +51,38 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// A new temporary file under the server's `tmp` folder, named `{prefix}-{pid}-{n}`, taking
+    /// at most `cap` bytes. The caller removes it (a [`TmpFiles`] that holds the path).
+    pub(super) async fn create(
+        state: &AppState,
+        prefix: &str,
+        cap: u64,
+    ) -> Result<(Spool, PathBuf), ApiError> {
+        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = state
+            .tmp_dir
+            .join(format!("{prefix}-{}-{n}", std::process::id()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::internal(format!("creating upload file: {e}")))?;
+        let spool = Spool {
+            file,
+            path: path.clone(),
+            bytes: 0,
+            cap,
+        };
+        Ok((spool, path))
+    }
+
+    /// Ends the bytes: flushed to the file, whose path and length are returned.
+    pub(super) async fn close(mut self) -> Result<(PathBuf, u64), ApiError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| ApiError::internal(format!("writing upload: {e}")))?;
+        Ok((self.path, self.bytes))
+    }
+
     /// Appends a chunk; past the cap the upload is refused before the chunk is written.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
         self.bytes += chunk.len() as u64;
@@ -149,37 +181,22 @@ impl IndexBatch {
                 "at most {most} videos per request"
             )));
         }
-        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .state
-            .tmp_dir
-            .join(format!("upload-{}-{n}", std::process::id()));
-        self.tmp.0.push(path.clone());
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| ApiError::internal(format!("creating upload file: {e}")))?;
-        Ok(Spool {
-            file,
-            path,
-            bytes: 0,
-            cap: self.state.config.max_upload_bytes,
-        })
+        let (spool, path) =
+            Spool::create(&self.state, "upload", self.state.config.max_upload_bytes).await?;
+        self.tmp.0.push(path);
+        Ok(spool)
     }
 
     /// Ends a video's bytes; `id: None` gets a hash of the content.
     pub async fn push(
         &mut self,
-        mut spool: Spool,
+        spool: Spool,
         id: Option<String>,
         meta: Value,
         file_name: Option<String>,
     ) -> Result<(), ApiError> {
-        spool
-            .file
-            .flush()
-            .await
-            .map_err(|e| ApiError::internal(format!("writing upload: {e}")))?;
-        if spool.bytes == 0 {
+        let (path, bytes) = spool.close().await?;
+        if bytes == 0 {
             return Err(ApiError::bad_request(
                 "empty_video",
                 "a video part is empty",
@@ -189,8 +206,8 @@ impl IndexBatch {
             id,
             meta,
             file_name,
-            path: spool.path,
-            bytes: spool.bytes,
+            path,
+            bytes,
         });
         Ok(())
     }

@@ -44,7 +44,7 @@ fn every_route_is_documented_and_every_operation_is_routed() {
         unrouted.is_empty(),
         "operations without a route: {unrouted:?}"
     );
-    assert_eq!(routed.len(), 13);
+    assert_eq!(routed.len(), 14);
 }
 
 #[test]

@@ -216,6 +216,16 @@ fn one_indexer_two_query_replicas_on_one_milvus() {
         200
     );
 
+    // A replica answers a search by example (a read, though a POST): the video is its own top hit.
+    let (st, v) = json_of(
+        ureq::post(&q1.url("/search?task=clip&k=3"))
+            .set("Content-Type", "video/mp4")
+            .send_bytes(&video("carphone_distorted.mp4")),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["hits"][0]["id"], "v1", "{v}");
+    assert!(v["hits"][0]["score"].as_f64().unwrap() > 0.999, "{v}");
+
     // An adapter task, then a swap: the indexer re-embeds into generation 1 and cuts over; each
     // answer on the replicas comes whole from generation 0 or whole from generation 1.
     let adapters = idx_data.join("adapters");
