@@ -91,6 +91,12 @@ pub struct SearchParams {
     /// How many hits (1..=1000, default 10).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     k: Option<String>,
+    /// Only videos whose upload `meta` passes this filter: JSON text (URL-encoded), at most
+    /// 4096 bytes, e.g. `{"and": [{"eq": ["lang", "en"]}, {"gte": ["year", 2020]}]}`.
+    /// Operators: `eq`, `ne`, `in`, `lt`, `lte`, `gt`, `gte`, `exists`, `and`, `or`, `not`;
+    /// keys are dotted paths (`a.b`, a literal dot as `\.`). See the README's "Filters".
+    #[param(max_length = 4096)]
+    filter: Option<String>,
 }
 
 #[utoipa::path(
@@ -99,7 +105,7 @@ pub struct SearchParams {
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Hits, best first", body = service::SearchResult),
-        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_query`", body = ErrorBody),
+        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_filter` (the message names the problem), `bad_query`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
         (status = 404, description = "`unknown_task`", body = ErrorBody),
@@ -120,7 +126,7 @@ pub async fn search(
             .or(Some(DEFAULT_K));
     let q = p.q.unwrap_or_default();
     Ok(Json(
-        service::search(&state, p.task.as_deref(), &q, k).await?,
+        service::search(&state, p.task.as_deref(), &q, k, p.filter.as_deref()).await?,
     ))
 }
 

@@ -190,7 +190,8 @@ impl MvServe for GrpcApi {
             let m = req.get_ref();
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
             let k = (m.k > 0).then_some(m.k as usize);
-            let r = service::search(&self.state, Some(&m.task), &m.query, k).await?;
+            let filter = Some(m.filter.as_str());
+            let r = service::search(&self.state, Some(&m.task), &m.query, k, filter).await?;
             Ok(proto::SearchResponse {
                 task: r.task,
                 generation: r.generation,

@@ -1,13 +1,13 @@
 //! The server's operations, independent of the transport: HTTP ([`super::api`]) and gRPC
 //! ([`super::grpc`]) parse their own input, call these, and render the plain results. Owns task
-//! lookup, input validation (query, `k`), the API-key check, which tasks a caller may see, per-task
+//! lookup, input validation (query, `k`, the search filter), the API-key check, which tasks a caller may see, per-task
 //! metrics and thumbnail URLs. Uploads live in [`super::upload`].
 
 use super::auth::{Caller, Denied, Need};
 use super::error::ErrorKind;
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task, TaskStatus};
-use crate::store::BlobKind;
+use crate::store::{BlobKind, Filter};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -138,9 +138,25 @@ fn url_segment(s: &str) -> String {
     out
 }
 
+/// The key of a stored record (written by `upload`) that holds the user's `meta`.
+const USER_META_KEY: &str = "meta";
+
 /// The user's `meta` inside a stored record (which also holds file name, size, media info).
 fn user_meta(stored: &Value) -> Value {
-    stored.get("meta").cloned().unwrap_or(Value::Null)
+    stored.get(USER_META_KEY).cloned().unwrap_or(Value::Null)
+}
+
+/// The search filter a request gives (`None` for none or an empty one), over the user's `meta`.
+/// Stores evaluate filters on the stored record, so this is the one place that moves the
+/// user's paths below [`USER_META_KEY`], beside [`user_meta`] which reads the same key.
+pub fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => match Filter::parse(t) {
+            Ok(f) => Ok(Some(f.under(USER_META_KEY))),
+            Err(e) => Err(ApiError::bad_request("bad_filter", e.to_string())),
+        },
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -169,12 +185,13 @@ pub struct SearchResult {
 }
 
 /// Encodes `q` through the task's model and returns the `k` nearest videos (default
-/// [`DEFAULT_K`]), best first.
+/// [`DEFAULT_K`]) whose `meta` passes `filter` (JSON text, see `store::Filter`), best first.
 pub async fn search(
     state: &AppState,
     task: Option<&str>,
     q: &str,
     k: Option<usize>,
+    filter: Option<&str>,
 ) -> Result<SearchResult, ApiError> {
     let t0 = Instant::now();
     // A query replica answers from the generation served right now (see `registry::follow`).
@@ -204,10 +221,13 @@ pub async fn search(
             format!("k must be an integer in 1..={MAX_K}"),
         ));
     }
+    let filter = parse_filter(filter)?;
+    let filtered = filter.is_some();
     let core = state.core()?;
     let vector = core.encoder.encode_text(gen.model.clone(), q).await?;
     let g = gen.clone();
-    let hits = tokio::task::spawn_blocking(move || g.store.search(&vector, k)).await??;
+    let hits =
+        tokio::task::spawn_blocking(move || g.store.search(&vector, k, filter.as_ref())).await??;
     let hits = hits
         .into_iter()
         .map(|h| SearchHit {
@@ -220,6 +240,10 @@ pub async fn search(
         })
         .collect();
     record(state, &task.name, "search", t0);
+    if filtered {
+        let m = &state.metrics.filtered_searches;
+        m.with_label_values(&[task.name.as_str()]).inc();
+    }
     Ok(SearchResult {
         task: task.name.clone(),
         generation: gen.number,

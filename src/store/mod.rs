@@ -17,6 +17,7 @@ mod check;
 mod codec;
 mod config;
 pub mod durable;
+mod filter;
 mod index;
 pub mod milvus;
 mod snapshot;
@@ -38,6 +39,7 @@ pub use backend::{EmbeddedBackend, StoreBackend, VectorStore};
 pub use blob::BlobKind;
 pub use check::{check, repair, CheckReport, RepairReport};
 pub use config::{ConfigError, StoreConfig, MAX_HNSW_M};
+pub use filter::{Filter, FilterError};
 pub use index::dot;
 use index::{new_graph, normalize, Index};
 use wal::{Op, Wal};
@@ -528,6 +530,18 @@ impl TaskStore {
         k: usize,
         mode: SearchMode,
     ) -> Result<Vec<Hit>, StoreError> {
+        self.search_filtered(query, k, mode, None)
+    }
+
+    /// `search_with` restricted to records whose meta passes `filter` (see `filter`): still the
+    /// `k` best of those whenever `k` of them exist.
+    pub fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        mode: SearchMode,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
         self.check_dim(query.len())?;
         let mut q = query.to_vec();
         if !normalize(&mut q) {
@@ -538,13 +552,25 @@ impl TaskStore {
         }
         let cfg = &self.inner.config;
         let idx = self.inner.index.read();
-        let found = match mode {
+        let ef = match mode {
             SearchMode::Exact => None,
             SearchMode::Auto if idx.len() < cfg.exact_threshold => None,
-            SearchMode::Auto => idx.search_graph(&q, k, cfg.ef_search),
-            SearchMode::Graph { ef_search } => idx.search_graph(&q, k, ef_search),
+            SearchMode::Auto => Some(cfg.ef_search),
+            SearchMode::Graph { ef_search } => Some(ef_search),
         };
-        let found = found.unwrap_or_else(|| idx.search_exact(&q, k));
+        let found = match filter {
+            // `Index::search_filtered` plans exact scan vs graph from the filter's selectivity.
+            Some(f) => {
+                let small = match mode {
+                    SearchMode::Graph { .. } => 0, // the graph first, however few pass
+                    _ => cfg.exact_threshold,
+                };
+                idx.search_filtered(&q, k, ef, small, f)
+            }
+            None => ef
+                .and_then(|ef| idx.search_graph(&q, k, ef))
+                .unwrap_or_else(|| idx.search_exact(&q, k)),
+        };
         Ok(found
             .into_iter()
             .filter_map(|(slot, score)| {
