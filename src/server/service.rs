@@ -152,10 +152,7 @@ fn user_meta(stored: &Value) -> Value {
 pub fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, ApiError> {
     match text.filter(|t| !t.is_empty()) {
         None => Ok(None),
-        Some(t) => match Filter::parse(t) {
-            Ok(f) => Ok(Some(f.under(USER_META_KEY))),
-            Err(e) => Err(ApiError::bad_request("bad_filter", e.to_string())),
-        },
+        Some(t) => Ok(Some(Filter::parse(t)?.under(USER_META_KEY))),
     }
 }
 
