@@ -124,7 +124,7 @@ fn throughput(store: &Arc<dyn VectorStore>, queries: &[f32], threads: usize) -> 
             let qs = &queries[th * per * DIM..(th + 1) * per * DIM];
             s.spawn(move || {
                 for q in qs.chunks_exact(DIM) {
-                    store.search(q, K).unwrap();
+                    store.search(q, K, None).unwrap();
                 }
             });
         }
@@ -209,7 +209,9 @@ fn main() {
         let m_store = b
             .open("bench", 0, &work.path().join("milvus"), None)
             .unwrap();
-        let m = measure(&queries, &truth, |q| rows(&m_store.search(q, K).unwrap()));
+        let m = measure(&queries, &truth, |q| {
+            rows(&m_store.search(q, K, None).unwrap())
+        });
         println!(
             "ef {ef:>3}: embedded p50 {:.2} ms p99 {:.2} ms {:.0} q/s recall {:.3} | milvus p50 {:.2} ms p99 {:.2} ms {:.0} q/s recall {:.3} | milvus/embedded q/s {:.2}x",
             e.p50_ms, e.p99_ms, e.qps, e.recall, m.p50_ms, m.p99_ms, m.qps, m.recall, m.qps / e.qps

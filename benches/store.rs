@@ -2,7 +2,9 @@
 //! HNSW on the same vectors (benches/store_faiss.py), all on this machine in one run.
 //!
 //! Usage: `cargo bench --bench store -- [--n 20000] [--queries 200] [--m 16] [--efc 100]
-//!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss]`
+//!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss] [--filtered]`
+//! `--filtered` adds metadata-filtered search (50%, 1% and 0.1% of the vectors passing) beside
+//! unfiltered search on the same store, graph built, default planning (`exact_threshold` 20,000).
 //! Data: unit vectors in 512-d of two kinds (see `clustered` and `uniform`); queries are drawn
 //! from the same distribution but are not in the data set.
 
@@ -11,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use mvserve::store::{SearchMode, StoreConfig, TaskStore};
+use mvserve::store::{Filter, SearchMode, StoreConfig, TaskStore};
 
 #[path = "common/vectors.rs"]
 mod vectors;
@@ -26,6 +28,7 @@ struct Args {
     efs: Vec<usize>,
     kinds: Vec<String>,
     faiss: bool,
+    filtered: bool,
 }
 
 fn parse_args() -> Args {
@@ -37,6 +40,7 @@ fn parse_args() -> Args {
         efs: vec![16, 32, 64, 128, 256],
         kinds: vec!["clustered".into(), "uniform".into()],
         faiss: true,
+        filtered: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -57,6 +61,11 @@ fn parse_args() -> Args {
             "--kinds" => a.kinds = val.split(',').map(str::to_owned).collect(),
             "--no-faiss" => {
                 a.faiss = false;
+                i += 1;
+                continue;
+            }
+            "--filtered" => {
+                a.filtered = true;
                 i += 1;
                 continue;
             }
@@ -119,9 +128,7 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
     let single = 300.min(args.n);
     for i in 0..single {
         let v = &data[i * DIM..(i + 1) * DIM];
-        store
-            .add(&format!("i{i}"), v, "bench", json!({"i": i}))
-            .unwrap();
+        store.add(&format!("i{i}"), v, "bench", meta(i)).unwrap();
     }
     let single_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -132,7 +139,7 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
                 (
                     format!("i{i}"),
                     data[i * DIM..(i + 1) * DIM].to_vec(),
-                    json!({"i": i}),
+                    meta(i),
                 )
             })
             .collect();
@@ -178,8 +185,12 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
     drop(store);
 
     // HNSW: reopen with a threshold below n; the graph builds in the background from the
-    // snapshot, with parallel inserts on all cores.
-    cfg.exact_threshold = 1;
+    // snapshot, with parallel inserts on all cores. The filtered runs keep the default threshold
+    // (when n reaches it), which their planner also uses.
+    cfg.exact_threshold = match args.filtered {
+        true => StoreConfig::default().exact_threshold.min(args.n),
+        false => 1,
+    };
     let t = Instant::now();
     let store = TaskStore::open(&dir.join("store"), DIM, cfg.clone()).unwrap();
     let open_s = t.elapsed().as_secs_f64();
@@ -223,6 +234,9 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         let qps = args.queries as f64 / t.elapsed().as_secs_f64();
         ours.push((ef, recall(&got, &truth), qps));
     }
+    if args.filtered {
+        filtered(args, &store, &queries, &pool);
+    }
     drop(store);
 
     let faiss = if args.faiss {
@@ -258,6 +272,57 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each record's meta: `m2`, `m100`, `m1000` are 0 for 50%, 1% and 0.1% of the records.
+fn meta(i: usize) -> serde_json::Value {
+    json!({"i": i, "m2": i % 2, "m100": i % 100, "m1000": i % 1000})
+}
+
+/// Filtered against unfiltered search on the same store (graph built, `SearchMode::Auto`, one
+/// thread), with recall@10 against the exact filtered scan.
+fn filtered(args: &Args, store: &TaskStore, queries: &[f32], pool: &rayon::ThreadPool) {
+    let q = |i: usize| &queries[i * DIM..(i + 1) * DIM];
+    let time = |f: Option<&Filter>| {
+        pool.install(|| {
+            let t = Instant::now();
+            for i in 0..args.queries {
+                let hits = store.search_filtered(q(i), K, SearchMode::Auto, f).unwrap();
+                assert_eq!(hits.len(), K);
+            }
+            args.queries as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    let base = time(None);
+    println!(
+        "filtered search, n={} ({} queries, 1 thread, Auto, exact_threshold {}):",
+        args.n,
+        args.queries,
+        store.config().exact_threshold
+    );
+    println!(
+        "| filter | passing | queries/s | ms/query | vs unfiltered | recall@10 vs exact filtered |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| none | 100% | {base:.0} | {:.3} | 1.00x | - |",
+        1000.0 / base
+    );
+    for (key, share) in [("m2", "50%"), ("m100", "1%"), ("m1000", "0.1%")] {
+        let f = Filter::parse(&format!(r#"{{"eq": ["{key}", 0]}}"#)).unwrap();
+        let qps = time(Some(&f));
+        let ids = |mode| -> Vec<Vec<u32>> {
+            (0..args.queries)
+                .map(|i| ids_of(&store.search_filtered(q(i), K, mode, Some(&f)).unwrap()))
+                .collect()
+        };
+        let r = recall(&ids(SearchMode::Auto), &ids(SearchMode::Exact));
+        println!(
+            "| `{{\"eq\": [\"{key}\", 0]}}` | {share} | {qps:.0} | {:.3} | {:.2}x | {r:.4} |",
+            1000.0 / qps,
+            qps / base
+        );
+    }
 }
 
 struct FaissResult {

@@ -92,6 +92,12 @@ pub struct SearchParams {
     /// How many hits (1..=1000, default 10).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     k: Option<String>,
+    /// Only videos whose upload `meta` passes this filter: JSON text (URL-encoded), at most
+    /// 4096 bytes, e.g. `{"and": [{"eq": ["lang", "en"]}, {"gte": ["year", 2020]}]}`.
+    /// Operators: `eq`, `ne`, `in`, `lt`, `lte`, `gt`, `gte`, `exists`, `and`, `or`, `not`;
+    /// keys are dotted paths (`a.b`, a literal dot as `\.`). See the README's "Filters".
+    #[param(max_length = 4096)]
+    filter: Option<String>,
 }
 
 #[utoipa::path(
@@ -100,7 +106,7 @@ pub struct SearchParams {
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Hits, best first", body = service::SearchResult),
-        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_query`", body = ErrorBody),
+        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_filter` (the message names the problem), `bad_query`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
         (status = 404, description = "`unknown_task`", body = ErrorBody),
@@ -121,7 +127,7 @@ pub async fn search(
             .or(Some(DEFAULT_K));
     let q = p.q.unwrap_or_default();
     Ok(Json(
-        service::search(&state, p.task.as_deref(), &q, k).await?,
+        service::search(&state, p.task.as_deref(), &q, k, p.filter.as_deref()).await?,
     ))
 }
 
@@ -134,6 +140,10 @@ pub struct ExampleParams {
     /// How many hits (1..=1000, default 10).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     k: Option<String>,
+    /// Only videos whose upload `meta` passes this filter, as for `GET /search` (see the
+    /// README's "Filters").
+    #[param(max_length = 4096)]
+    filter: Option<String>,
 }
 
 /// Search by example: the same answer as `GET /search`, for an image or a video instead of text.
@@ -159,7 +169,7 @@ pub struct ExampleParams {
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Hits, best first (as `GET /search`)", body = service::SearchResult),
-        (status = 400, description = "`missing_task`, `bad_k`, `bad_query`, `empty_video` (an empty example), `missing_video` (a form without `file`), `unknown_field`, `bad_multipart`, `bad_body`", body = ErrorBody),
+        (status = 400, description = "`missing_task`, `bad_k`, `bad_filter`, `bad_query`, `empty_video` (an empty example), `missing_video` (a form without `file`), `unknown_field`, `bad_multipart`, `bad_body`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
         (status = 404, description = "`unknown_task`", body = ErrorBody),
@@ -183,7 +193,7 @@ pub async fn search_by_example(
             .map(|s| s.parse::<usize>().unwrap_or(0))
             .or(Some(DEFAULT_K));
     Ok(Json(
-        multipart::example(&state, p.task.as_deref(), k, req).await?,
+        multipart::example(&state, p.task.as_deref(), k, p.filter.as_deref(), req).await?,
     ))
 }
 

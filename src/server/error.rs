@@ -9,7 +9,7 @@
 use crate::encode::EncodeError;
 use crate::registry::RegistryError;
 use crate::server::ingest::DecodeError;
-use crate::store::StoreError;
+use crate::store::{FilterError, StoreError};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -252,6 +252,13 @@ impl From<StoreError> for ApiError {
             ),
             _ => ApiError::internal(e),
         }
+    }
+}
+
+/// An invalid search filter: the message names the problem (README "Filters").
+impl From<FilterError> for ApiError {
+    fn from(e: FilterError) -> Self {
+        ApiError::bad_request("bad_filter", e.to_string())
     }
 }
 

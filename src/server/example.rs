@@ -19,11 +19,12 @@
 //! (`--decode-workers`), so examples and uploads together never decode more at once than that.
 
 use super::ingest::{self, DecodedVideo};
-use super::service::{self, SearchResult};
+use super::service::{self, SearchResult, Wanted};
 use super::upload::{Spool, TmpFiles};
 use super::{ApiError, AppState};
 use crate::media::{self, Container};
 use crate::registry::{Generation, Task};
+use crate::store::Filter;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -76,6 +77,7 @@ pub struct ExampleQuery {
     task: Arc<Task>,
     gen: Arc<Generation>,
     k: usize,
+    filter: Option<Filter>,
     spool: Spool,
     bytes: u64,
     /// Removes the temporary file however the request ends.
@@ -93,10 +95,12 @@ impl ExampleQuery {
         state: &Arc<AppState>,
         task: Option<&str>,
         k: Option<usize>,
+        filter: Option<&str>,
     ) -> Result<ExampleQuery, ApiError> {
         let t0 = Instant::now();
         let (task, gen) = service::task_for_read(state, task).await?;
         let k = service::check_k(k)?;
+        let filter = service::parse_filter(filter)?;
         let slot = state
             .example_slots
             .clone()
@@ -117,6 +121,7 @@ impl ExampleQuery {
             task,
             gen,
             k,
+            filter,
             spool,
             bytes: 0,
             _tmp: TmpFiles(vec![path]),
@@ -149,6 +154,7 @@ impl ExampleQuery {
             task,
             gen,
             k,
+            filter,
             spool,
             _tmp,
             t0,
@@ -171,8 +177,16 @@ impl ExampleQuery {
             .encoder
             .encode_video(gen.model.clone(), decoded.pixels, decoded.mask)
             .await?;
-        let result =
-            service::search_vector(&state, &task, &gen, vector, k, "search_example", t0).await?;
+        let result = service::search_vector(
+            &state,
+            &task,
+            &gen,
+            vector,
+            Wanted { k, filter },
+            "search_example",
+            t0,
+        )
+        .await?;
         state
             .metrics
             .example_searches

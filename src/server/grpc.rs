@@ -158,7 +158,7 @@ async fn example_stream(
     };
     api.authorize(key, need(&h.task, Scope::Read))?;
     let k = (h.k > 0).then_some(h.k as usize);
-    let mut query = ExampleQuery::begin(&api.state, Some(&h.task), k).await?;
+    let mut query = ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter)).await?;
     while let Some(part) = next().await? {
         match part {
             P::Chunk(c) => query.write(&c).await?,
@@ -254,7 +254,8 @@ impl MvServe for GrpcApi {
             let m = req.get_ref();
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
             let k = (m.k > 0).then_some(m.k as usize);
-            let r = service::search(&self.state, Some(&m.task), &m.query, k).await?;
+            let filter = Some(m.filter.as_str());
+            let r = service::search(&self.state, Some(&m.task), &m.query, k, filter).await?;
             Ok(search_response(r))
         })
         .await

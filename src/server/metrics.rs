@@ -1,6 +1,6 @@
 //! Prometheus metrics (all named `mvserve_*`), recorded where things happen: the HTTP middleware
 //! and the gRPC service (requests, latency, errors by code), the handlers (per-task operations, videos indexed,
-//! searches by example), the
+//! filtered searches, searches by example), the
 //! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
 //! (queue depth, tasks, videos per task), and the adapter cache and watcher (loads, evictions,
 //! updates and how long they took).
@@ -21,6 +21,7 @@ pub struct Metrics {
     pub grpc_latency: HistogramVec,
     pub task_requests: IntCounterVec,
     pub task_latency: HistogramVec,
+    pub filtered_searches: IntCounterVec,
     pub errors: IntCounterVec,
     pub videos_indexed: IntCounterVec,
     pub example_searches: IntCounterVec,
@@ -102,6 +103,11 @@ impl Metrics {
                 "Latency of successful operations per task",
                 &["task", "op"],
                 LATENCY,
+            ),
+            filtered_searches: cv(
+                "mvserve_filtered_searches_total",
+                "Successful searches per task that gave a metadata filter (also counted in mvserve_task_requests_total)",
+                &["task"],
             ),
             errors: cv(
                 "mvserve_errors_total",

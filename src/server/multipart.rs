@@ -329,6 +329,7 @@ pub async fn example(
     state: &Arc<AppState>,
     task: Option<&str>,
     k: Option<usize>,
+    filter: Option<&str>,
     req: Request,
 ) -> Result<SearchResult, ApiError> {
     // As for uploads: a body that says it is larger than any example can be, and a request that
@@ -344,7 +345,7 @@ pub async fn example(
             state.config.max_example_bytes
         )));
     }
-    let query = match ExampleQuery::begin(state, task, k).await {
+    let query = match ExampleQuery::begin(state, task, k, filter).await {
         Ok(q) => q,
         Err(e) => {
             drain_raw(req.into_body()).await;

@@ -1,13 +1,13 @@
 //! The server's operations, independent of the transport: HTTP ([`super::api`]) and gRPC
 //! ([`super::grpc`]) parse their own input, call these, and render the plain results. Owns task
-//! lookup, input validation (query, `k`), the API-key check, which tasks a caller may see, per-task
+//! lookup, input validation (query, `k`, the search filter), the API-key check, which tasks a caller may see, per-task
 //! metrics and thumbnail URLs. Uploads live in [`super::upload`].
 
 use super::auth::{Caller, Denied, Need};
 use super::error::ErrorKind;
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task, TaskStatus};
-use crate::store::BlobKind;
+use crate::store::{BlobKind, Filter};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -138,9 +138,22 @@ fn url_segment(s: &str) -> String {
     out
 }
 
+/// The key of a stored record (written by `upload`) that holds the user's `meta`.
+const USER_META_KEY: &str = "meta";
+
 /// The user's `meta` inside a stored record (which also holds file name, size, media info).
 fn user_meta(stored: &Value) -> Value {
-    stored.get("meta").cloned().unwrap_or(Value::Null)
+    stored.get(USER_META_KEY).cloned().unwrap_or(Value::Null)
+}
+
+/// The search filter a request gives (`None` for none or an empty one), over the user's `meta`.
+/// Stores evaluate filters on the stored record, so this is the one place that moves the
+/// user's paths below [`USER_META_KEY`], beside [`user_meta`] which reads the same key.
+pub fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => Ok(Some(Filter::parse(t)?.under(USER_META_KEY))),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,20 +209,31 @@ pub fn check_k(k: Option<usize>) -> Result<usize, ApiError> {
     Ok(k)
 }
 
-/// The `k` videos of `gen` nearest to `vector` (a query embedded by `gen`'s model), best first,
-/// as every search answers them; counted as `op` (started at `t0`). Text and example searches
-/// differ only in how they make the vector.
+/// What a search asks of the store besides its query vector, checked before any work is done.
+pub struct Wanted {
+    /// How many hits: see [`check_k`].
+    pub k: usize,
+    /// Which videos may be among them: see [`parse_filter`].
+    pub filter: Option<Filter>,
+}
+
+/// The `wanted.k` videos of `gen` nearest to `vector` (a query embedded by `gen`'s model) whose
+/// `meta` passes `wanted.filter`, best first, as every search answers them; counted as `op`
+/// (started at `t0`). Text and example searches differ only in how they make the vector.
 pub async fn search_vector(
     state: &AppState,
     task: &Task,
     gen: &Arc<Generation>,
     vector: Vec<f32>,
-    k: usize,
+    wanted: Wanted,
     op: &str,
     t0: Instant,
 ) -> Result<SearchResult, ApiError> {
+    let Wanted { k, filter } = wanted;
+    let filtered = filter.is_some();
     let g = gen.clone();
-    let hits = tokio::task::spawn_blocking(move || g.store.search(&vector, k)).await??;
+    let hits =
+        tokio::task::spawn_blocking(move || g.store.search(&vector, k, filter.as_ref())).await??;
     let hits = hits
         .into_iter()
         .map(|h| SearchHit {
@@ -222,6 +246,10 @@ pub async fn search_vector(
         })
         .collect();
     record(state, &task.name, op, t0);
+    if filtered {
+        let m = &state.metrics.filtered_searches;
+        m.with_label_values(&[task.name.as_str()]).inc();
+    }
     Ok(SearchResult {
         task: task.name.clone(),
         generation: gen.number,
@@ -231,12 +259,13 @@ pub async fn search_vector(
 }
 
 /// Encodes `q` through the task's model and returns the `k` nearest videos (default
-/// [`DEFAULT_K`]), best first.
+/// [`DEFAULT_K`]) whose `meta` passes `filter` (JSON text, see `store::Filter`), best first.
 pub async fn search(
     state: &AppState,
     task: Option<&str>,
     q: &str,
     k: Option<usize>,
+    filter: Option<&str>,
 ) -> Result<SearchResult, ApiError> {
     let t0 = Instant::now();
     let (task, gen) = task_for_read(state, task).await?;
@@ -253,9 +282,11 @@ pub async fn search(
         ));
     }
     let k = check_k(k)?;
+    let filter = parse_filter(filter)?;
     let core = state.core()?;
     let vector = core.encoder.encode_text(gen.model.clone(), q).await?;
-    search_vector(state, &task, &gen, vector, k, "search", t0).await
+    let wanted = Wanted { k, filter };
+    search_vector(state, &task, &gen, vector, wanted, "search", t0).await
 }
 
 /// A stored video as `GET /videos/{task}/{id}` shows it; the fields kept at upload are `null`

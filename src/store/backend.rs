@@ -15,7 +15,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{BlobKind, BlobVersion, Hit, NewRecord, Record, StoreConfig, StoreError, TaskStore};
+use super::{
+    BlobKind, BlobVersion, Filter, Hit, NewRecord, Record, SearchMode, StoreConfig, StoreError,
+    TaskStore,
+};
 
 /// One task generation's vectors and the files of its videos.
 pub trait VectorStore: Send + Sync {
@@ -43,8 +46,14 @@ pub trait VectorStore: Send + Sync {
     fn delete(&self, id: &str) -> Result<bool, StoreError>;
     fn get(&self, id: &str) -> Result<Option<Record>, StoreError>;
     /// The `k` best hits for `query` (normalised here), best first; scores are cosine
-    /// similarities.
-    fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError>;
+    /// similarities. With a `filter`, only records whose meta passes it, and still `k` hits
+    /// whenever `k` of them exist.
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, StoreError>;
     fn count(&self) -> Result<usize, StoreError>;
     /// Every live id, in no particular order.
     fn ids(&self) -> Result<Vec<String>, StoreError>;
@@ -154,8 +163,13 @@ impl VectorStore for TaskStore {
     fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         Ok(TaskStore::get(self, id))
     }
-    fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError> {
-        TaskStore::search(self, query, k)
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
+        TaskStore::search_filtered(self, query, k, SearchMode::Auto, filter)
     }
     fn count(&self) -> Result<usize, StoreError> {
         Ok(self.len())

@@ -22,7 +22,7 @@ use super::index::{normalize, Index};
 use super::lock::lock_dir;
 use super::wal::{Op, Wal};
 use super::{
-    blob, snapshot, BlobKind, BlobVersion, Hit, NewRecord, Record, SearchMode, StoreConfig,
+    blob, snapshot, BlobKind, BlobVersion, Filter, Hit, NewRecord, Record, SearchMode, StoreConfig,
     StoreError,
 };
 
@@ -354,6 +354,18 @@ impl TaskStore {
         k: usize,
         mode: SearchMode,
     ) -> Result<Vec<Hit>, StoreError> {
+        self.search_filtered(query, k, mode, None)
+    }
+
+    /// `search_with` restricted to records whose meta passes `filter` (see `filter`): still the
+    /// `k` best of those whenever `k` of them exist.
+    pub fn search_filtered(
+        &self,
+        query: &[f32],
+        k: usize,
+        mode: SearchMode,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
         self.check_dim(query.len())?;
         let mut q = query.to_vec();
         if !normalize(&mut q) {
@@ -364,13 +376,25 @@ impl TaskStore {
         }
         let cfg = &self.inner.config;
         let idx = self.inner.index.read();
-        let found = match mode {
+        let ef = match mode {
             SearchMode::Exact => None,
             SearchMode::Auto if idx.len() < cfg.exact_threshold => None,
-            SearchMode::Auto => idx.search_graph(&q, k, cfg.ef_search),
-            SearchMode::Graph { ef_search } => idx.search_graph(&q, k, ef_search),
+            SearchMode::Auto => Some(cfg.ef_search),
+            SearchMode::Graph { ef_search } => Some(ef_search),
         };
-        let found = found.unwrap_or_else(|| idx.search_exact(&q, k));
+        let found = match filter {
+            // `Index::search_filtered` plans exact scan vs graph from the filter's selectivity.
+            Some(f) => {
+                let small = match mode {
+                    SearchMode::Graph { .. } => 0, // the graph first, however few pass
+                    _ => cfg.exact_threshold,
+                };
+                idx.search_filtered(&q, k, ef, small, f)
+            }
+            None => ef
+                .and_then(|ef| idx.search_graph(&q, k, ef))
+                .unwrap_or_else(|| idx.search_exact(&q, k)),
+        };
         Ok(found
             .into_iter()
             .filter_map(|(slot, score)| {

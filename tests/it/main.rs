@@ -40,6 +40,7 @@ mod server_crash;
 mod server_distributed;
 mod server_encode;
 mod server_example;
+mod server_filter;
 mod server_grpc;
 mod server_hardening;
 mod server_registry;

@@ -141,6 +141,26 @@ fn videos_and_images_find_their_source_over_http() {
         "/videos/clip/short/thumbnail.jpg"
     );
     assert_eq!(r["hits"][0]["video"], "/videos/clip/short/video");
+    // `filter=` applies as for a text search: only `short` has a title, so excluding it leaves
+    // the other three, and a bad filter is refused before the body is read.
+    let not_titled = "filter=%7B%22not%22%3A%7B%22exists%22%3A%22title%22%7D%7D";
+    let (st, r) = post_raw(
+        &s,
+        &format!("task=clip&k=4&{not_titled}"),
+        "video/mp4",
+        &video("realshort.mp4"),
+    );
+    assert_eq!(st, 200, "{r}");
+    let ids = hit_ids(&r);
+    assert_eq!(ids.len(), 3, "{r}");
+    assert!(!ids.contains(&"short".to_string()), "{r}");
+    let (st, r) = post_raw(
+        &s,
+        "task=clip&filter=%7B%22xx%22%3A1%7D",
+        "video/mp4",
+        &video("realshort.mp4"),
+    );
+    assert_eq!((st, code(&r)), (400, "bad_filter"), "{r}");
 
     let (st, r) = post_form_file(&s, "task=clip", &video("video740.mp4"), None);
     assert_eq!(st, 200, "{r}");
@@ -401,6 +421,7 @@ fn example_request(
         part: Some(ExPart::Header(ExampleHeader {
             task: task.into(),
             k,
+            filter: String::new(),
         })),
     }];
     msgs.extend(bytes.chunks(64 << 10).map(|c| SearchByExampleRequest {
@@ -536,6 +557,7 @@ fn grpc_examples_match_http_and_go_through_the_task_adapter() {
                 task: "clip".into(),
                 query: "a clip".into(),
                 k: 2,
+                filter: String::new(),
             })
             .await
             .unwrap()

@@ -55,6 +55,7 @@ fn search_req(task: &str, query: &str, k: u32) -> SearchRequest {
         task: task.into(),
         query: query.into(),
         k,
+        filter: String::new(),
     }
 }
 

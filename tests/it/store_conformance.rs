@@ -1,7 +1,8 @@
 //! One suite for every store backend: the embedded store and a real Milvus must keep the same
 //! promises (what is written reads back exactly, replaces and deletes are visible at once,
 //! generations hold one adapter digest, the served generation switches in one step, blobs follow
-//! their records, and everything survives reopening).
+//! their records, everything survives reopening, and metadata filters select the same records,
+//! `k` of them even when few pass).
 //!
 //! The Milvus half needs a server: `MVSERVE_TEST_MILVUS=milvus://127.0.0.1:19530` (CI starts one
 //! from the `milvus` PyPI package; see `.ci/run`). Outside CI it is skipped with a notice when the
@@ -9,7 +10,8 @@
 
 use mvserve::store::milvus::{MilvusBackend, MilvusUrl};
 use mvserve::store::{
-    BlobKind, BlobVersion, EmbeddedBackend, NewRecord, StoreBackend, StoreConfig, StoreError,
+    BlobKind, BlobVersion, EmbeddedBackend, Filter, NewRecord, StoreBackend, StoreConfig,
+    StoreError, VectorStore,
 };
 use serde_json::json;
 use std::path::Path;
@@ -180,21 +182,21 @@ fn search_finds_nearest(make: Make) {
         .collect();
     s.add_records("d", records).unwrap();
     for i in [0u64, 17, 299] {
-        let hits = s.search(&unit(i), 5).unwrap();
+        let hits = s.search(&unit(i), 5, None).unwrap();
         assert_eq!(hits.len(), 5);
         assert_eq!(hits[0].id, format!("v{i}"));
         assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
         assert_eq!(hits[0].meta, json!({"i": i}));
         assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
     }
-    assert_eq!(s.search(&unit(1), 1000).unwrap().len(), n as usize);
-    assert!(s.search(&unit(1), 0).unwrap().is_empty());
+    assert_eq!(s.search(&unit(1), 1000, None).unwrap().len(), n as usize);
+    assert!(s.search(&unit(1), 0, None).unwrap().is_empty());
     assert!(matches!(
-        s.search(&[0.0; DIM], 3),
+        s.search(&[0.0; DIM], 3, None),
         Err(StoreError::InvalidVector)
     ));
     assert!(matches!(
-        s.search(&[1.0; 3], 3),
+        s.search(&[1.0; 3], 3, None),
         Err(StoreError::Dimension { .. })
     ));
 }
@@ -226,7 +228,7 @@ fn replace_and_delete_are_visible_at_once(make: Make) {
     let p2 = s.blob_path("a", BlobKind::Original).unwrap().unwrap();
     assert_eq!(std::fs::read(&p2).unwrap(), b"two");
     assert!(!p1.exists(), "the replaced version's file is removed");
-    assert_eq!(s.search(&unit(2), 1).unwrap()[0].id, "a");
+    assert_eq!(s.search(&unit(2), 1, None).unwrap()[0].id, "a");
     // A failed upload's blobs are discarded; the live version stays.
     let v3 = BlobVersion::fresh();
     s.put_blob("a", v3, BlobKind::Thumbnail, &tmp_file(&tmp, b"t"))
@@ -249,7 +251,11 @@ fn replace_and_delete_are_visible_at_once(make: Make) {
     assert!(s.get("a").unwrap().is_none());
     assert!(!p2.exists(), "a deleted record's files are removed");
     assert_eq!(s.count().unwrap(), 1);
-    assert!(s.search(&unit(2), 5).unwrap().iter().all(|h| h.id != "a"));
+    assert!(s
+        .search(&unit(2), 5, None)
+        .unwrap()
+        .iter()
+        .all(|h| h.id != "a"));
 }
 
 fn refuses_what_it_cannot_hold(make: Make) {
@@ -354,6 +360,220 @@ fn generations_switch_in_one_step_and_survive_reopening(make: Make) {
     }
 }
 
+/// Metadata of every shape a filter meets: strings (unicode, quotes, backslashes), integers and
+/// floats of equal value, booleans, null, nesting, arrays, keys with dots, and no meta at all.
+fn filter_corpus() -> Vec<(String, serde_json::Value)> {
+    let mut out = vec![
+        ("en20", json!({"lang": "en", "year": 2020, "kids": true})),
+        (
+            "en20f",
+            json!({"lang": "en", "year": 2020.0, "kids": false}),
+        ),
+        ("de21", json!({"lang": "de", "year": 2021, "score": 0.75})),
+        ("fr19", json!({"lang": "fr", "year": 2019.5, "score": -1})),
+        ("str", json!({"lang": "EN", "year": "2020"})),
+        ("null", json!({"lang": null, "year": null})),
+        ("arr", json!({"lang": ["en"], "kids": 1})),
+        (
+            "nest",
+            json!({"a": {"b": "x", "c": {"d": 3}}, "lang": "en"}),
+        ),
+        ("dots", json!({"a.b": "dotted", "a": "flat"})),
+        ("uni", json!({"ключ": "значение 🎬", "lang": "ünï"})),
+        ("quote", json!({"q\"k": "v\"al\\ue\n", "lang": "de"})),
+        ("big", json!({"year": 1e300, "n": 9_007_199_254_740_993u64})),
+        ("scalar", json!("en")),
+        ("none", json!(null)),
+        ("empty", json!({})),
+    ];
+    // Some filler so the passing ones are not most of the store.
+    for i in 0..25 {
+        out.push(("f", json!({"lang": "xx", "year": 1900 + i, "i": i})));
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (id, m))| {
+            let id = if id == "f" {
+                format!("f{i}")
+            } else {
+                id.to_string()
+            };
+            (id, m)
+        })
+        .collect()
+}
+
+/// Ids of every hit, sorted, after checking hits come best first.
+fn hit_set(hits: &[mvserve::store::Hit]) -> Vec<String> {
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let mut ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// Every operator selects exactly the records `Filter::matches` passes, on every backend.
+fn filters_select_what_matches_says(make: Make) {
+    let root = tempfile::tempdir().unwrap();
+    let Some(b) = make(root.path(), &prefix("fm")) else {
+        return;
+    };
+    let _c = Cleanup(b.clone(), vec!["t"]);
+    let s = b.open("t", 0, &root.path().join("g"), Some("d")).unwrap();
+    let corpus = filter_corpus();
+    let records = corpus
+        .iter()
+        .enumerate()
+        .map(|(i, (id, m))| rec(id, i as u64 + 1, m.clone(), BlobVersion::UNVERSIONED))
+        .collect();
+    s.add_records("d", records).unwrap();
+    // (filter, the ids it must select, spelled out where that documents the semantics)
+    let cases: Vec<(serde_json::Value, Option<Vec<&str>>)> = vec![
+        (
+            json!({"eq": ["lang", "en"]}),
+            Some(vec!["en20", "en20f", "nest"]),
+        ),
+        (json!({"eq": ["year", 2020]}), Some(vec!["en20", "en20f"])),
+        (json!({"eq": ["year", 2020.0]}), Some(vec!["en20", "en20f"])),
+        (json!({"eq": ["kids", true]}), Some(vec!["en20"])),
+        (json!({"eq": ["kids", false]}), Some(vec!["en20f"])),
+        (json!({"eq": ["kids", 1]}), Some(vec!["arr"])),
+        (json!({"eq": ["year", "2020"]}), Some(vec!["str"])),
+        (json!({"eq": ["a.b", "x"]}), Some(vec!["nest"])),
+        (json!({"eq": ["a.c.d", 3]}), Some(vec!["nest"])),
+        (json!({"eq": ["a\\.b", "dotted"]}), Some(vec!["dots"])),
+        (json!({"eq": ["ключ", "значение 🎬"]}), Some(vec!["uni"])),
+        (json!({"eq": ["lang", "ünï"]}), Some(vec!["uni"])),
+        (json!({"eq": ["q\"k", "v\"al\\ue\n"]}), Some(vec!["quote"])),
+        (
+            json!({"eq": ["n", 9_007_199_254_740_993u64]}),
+            Some(vec!["big"]),
+        ),
+        (json!({"ne": ["lang", "en"]}), None),
+        (json!({"ne": ["year", 2020]}), None),
+        (
+            json!({"in": ["lang", ["de", "fr"]]}),
+            Some(vec!["de21", "fr19", "quote"]),
+        ),
+        (
+            json!({"in": ["year", [2021, 2019.5, "2020", true]]}),
+            Some(vec!["de21", "fr19", "str"]),
+        ),
+        (
+            json!({"in": ["kids", [false, 1]]}),
+            Some(vec!["arr", "en20f"]),
+        ),
+        (json!({"lt": ["year", 1902]}), Some(vec!["f15", "f16"])),
+        (json!({"lte": ["score", -1]}), Some(vec!["fr19"])),
+        (json!({"gt": ["year", 2020]}), Some(vec!["big", "de21"])),
+        (
+            json!({"gte": ["year", 2019.5]}),
+            Some(vec!["big", "de21", "en20", "en20f", "fr19"]),
+        ),
+        (json!({"gte": ["score", 0.5]}), Some(vec!["de21"])),
+        (json!({"exists": "year"}), None),
+        (json!({"exists": "lang"}), None),
+        (json!({"exists": "a.c"}), Some(vec!["nest"])),
+        (json!({"not": {"exists": "lang"}}), None),
+        (
+            json!({"and": [{"eq": ["lang", "en"]}, {"gte": ["year", 2020]}]}),
+            Some(vec!["en20", "en20f"]),
+        ),
+        (
+            json!({"or": [{"eq": ["lang", "de"]}, {"lt": ["year", 1901]}, {"exists": "ключ"}]}),
+            Some(vec!["de21", "f15", "quote", "uni"]),
+        ),
+        (
+            json!({"and": [{"not": {"eq": ["lang", "xx"]}}, {"or": [{"exists": "kids"}, {"exists": "score"}]}]}),
+            Some(vec!["arr", "de21", "en20", "en20f", "fr19"]),
+        ),
+        (json!({"eq": ["lang", "nobody"]}), Some(vec![])),
+    ];
+    let check = |s: &Arc<dyn VectorStore>, corpus: &[(String, serde_json::Value)]| {
+        for (v, want) in &cases {
+            let f = Filter::from_json(v).unwrap();
+            let mut expect: Vec<String> = corpus
+                .iter()
+                .filter(|(_, m)| f.matches(m))
+                .map(|(id, _)| id.clone())
+                .collect();
+            expect.sort();
+            if let Some(want) = want {
+                let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+                want.sort();
+                if corpus.len() == filter_corpus().len() {
+                    assert_eq!(expect, want, "the semantics of {v}");
+                }
+            }
+            let got = hit_set(&s.search(&unit(1), 100, Some(&f)).unwrap());
+            assert_eq!(got, expect, "{v} on {}", b.kind());
+        }
+    };
+    check(&s, &corpus);
+    // A replaced record is filtered by its new meta, a deleted one not at all.
+    s.add_records(
+        "d",
+        vec![rec(
+            "en20",
+            1,
+            json!({"lang": "de"}),
+            BlobVersion::UNVERSIONED,
+        )],
+    )
+    .unwrap();
+    assert!(s.delete("de21").unwrap());
+    let mut corpus = corpus;
+    corpus.retain(|(id, _)| id != "de21");
+    corpus.iter_mut().find(|(id, _)| id == "en20").unwrap().1 = json!({"lang": "de"});
+    check(&s, &corpus);
+}
+
+/// `k` hits whenever `k` records pass, at 50%, 1% and 0.1% of the store passing; on the embedded
+/// store with its HNSW graph built (20,000 vectors is its default threshold).
+fn filtered_search_returns_k_at_low_selectivity(make: Make) {
+    let root = tempfile::tempdir().unwrap();
+    let Some(b) = make(root.path(), &prefix("fk")) else {
+        return;
+    };
+    let _c = Cleanup(b.clone(), vec!["t"]);
+    let s = b.open("t", 0, &root.path().join("g"), Some("d")).unwrap();
+    // Milvus takes a while per 512 rows: a smaller store still has 0.1% = 5 passing.
+    let n: u64 = if b.kind() == "embedded" {
+        20_000
+    } else {
+        5_000
+    };
+    for start in (0..n).step_by(5_000) {
+        let records = (start..(start + 5_000).min(n))
+            .map(|i| {
+                let m = json!({"i": i, "m2": i % 2, "m100": i % 100, "m1000": i % 1000});
+                rec(&format!("v{i}"), i + 1, m, BlobVersion::UNVERSIONED)
+            })
+            .collect();
+        s.add_records("d", records).unwrap();
+    }
+    s.settle().unwrap();
+    for (key, modulus) in [("m2", 2u64), ("m100", 100), ("m1000", 1000)] {
+        let passing = n / modulus;
+        let k = passing.min(10) as usize;
+        let f = Filter::from_json(&json!({"eq": [key, 0]})).unwrap();
+        // Queries that are passing records' own vectors: each must come back first.
+        for probe in [0, modulus, modulus * (passing - 1)] {
+            let hits = s.search(&unit(probe + 1), k, Some(&f)).unwrap();
+            assert_eq!(hits.len(), k, "{key}: {k} of {passing} passing");
+            assert_eq!(hits[0].id, format!("v{probe}"), "{key}");
+            for h in &hits {
+                assert!(f.matches(&h.meta), "{key}: {} does not pass", h.id);
+            }
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+        // Asking for more than pass returns every passing record.
+        let all = s.search(&unit(7), passing as usize + 5, Some(&f)).unwrap();
+        if passing <= 100 {
+            assert_eq!(all.len(), passing as usize, "{key}");
+        }
+    }
+}
+
 macro_rules! conformance {
     ($($backend:ident),*) => {$(
         mod $backend {
@@ -376,6 +596,14 @@ macro_rules! conformance {
             #[test]
             fn generations_switch_in_one_step_and_survive_reopening() {
                 super::generations_switch_in_one_step_and_survive_reopening(super::$backend)
+            }
+            #[test]
+            fn filters_select_what_matches_says() {
+                super::filters_select_what_matches_says(super::$backend)
+            }
+            #[test]
+            fn filtered_search_returns_k_at_low_selectivity() {
+                super::filtered_search_returns_k_at_low_selectivity(super::$backend)
             }
         }
     )*};

@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use super::backend::{StoreBackend, VectorStore};
 use super::blob::{self, Placement};
 use super::index::normalize;
-use super::{BlobKind, BlobVersion, Hit, NewRecord, Record, StoreConfig, StoreError};
-use rpc::{string_literal, Row, Rows, Rpc, RpcError, Target};
+use super::{BlobKind, BlobVersion, Filter, Hit, NewRecord, Record, StoreConfig, StoreError};
+pub(crate) use rpc::string_literal;
+use rpc::{Row, Rows, Rpc, RpcError, Target};
 
 /// Longest id Milvus is told to hold (the server's limit is lower).
 const MAX_ID_BYTES: usize = 1024;
@@ -739,7 +740,12 @@ impl VectorStore for MilvusStore {
         }
     }
 
-    fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError> {
+    fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<Hit>, StoreError> {
         if query.len() != self.shared.dim {
             return Err(StoreError::Dimension {
                 expected: self.shared.dim,
@@ -756,10 +762,14 @@ impl VectorStore for MilvusStore {
         let name = self.collection.clone();
         let ef = self.shared.config.ef_search;
         let level = self.shared.read_level();
+        // The stored JSON is `{"v": meta}` (see `wrap_meta`): filter paths start below "v".
+        let expr = filter
+            .map(|f| f.to_milvus(&format!("{}[\"v\"]", rpc::F_META)))
+            .unwrap_or_default();
         let rows = self.shared.loaded(&name, || {
-            let (name, q) = (name.clone(), q.clone());
+            let (name, q, expr) = (name.clone(), q.clone(), expr.clone());
             self.shared
-                .call(move |r| async move { r.search(&name, &q, k, ef, "", level).await })
+                .call(move |r| async move { r.search(&name, &q, k, ef, &expr, level).await })
         })?;
         rows.into_iter()
             .map(|row| {
