@@ -13,9 +13,7 @@
 //! The replicas use the test backbone in `tests/fixtures/tiny-clip` (32-d embeddings), so the
 //! encoder costs little and the rest of the path is what is compared.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +25,10 @@ use serde_json::json;
 #[path = "common/vectors.rs"]
 mod vectors;
 use vectors::{normalise, Rng};
+
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The test backbone's embedding width.
@@ -67,52 +69,11 @@ fn parse_args() -> Args {
     a
 }
 
-/// A `mvserve serve` child; killed when dropped.
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Proc {
-    fn start(data: &Path, args: &[&str]) -> Proc {
-        std::fs::create_dir_all(data.join("adapters")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-            .args([
-                "serve",
-                "--model-dir",
-                &format!("{ROOT}/tests/fixtures/tiny-clip"),
-            ])
-            .args(["--frames", "4", "--port", "0", "--no-grpc", "--data-dir"])
-            .arg(data)
-            .arg("--adapters-dir")
-            .arg(data.join("adapters"))
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
-        let port = line.rsplit(':').next().unwrap().to_string();
-        std::thread::spawn(move || for _ in lines {});
-        let p = Proc {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let t0 = Instant::now();
-        while ureq::get(&format!("{}/readyz", p.base)).call().is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(120), "never ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server on the test backbone, HTTP only, with `args`.
+fn start(data: &Path, args: &[&str]) -> Server {
+    let model = Path::new(ROOT).join("tests/fixtures/tiny-clip");
+    let flags = [&["--frames", "4", "--no-grpc"][..], args].concat();
+    Server::start(&model, data, &flags)
 }
 
 fn upload(base: &str, id: &str, file: &str) {
@@ -198,7 +159,7 @@ fn main() {
         "--blob-dir",
         blobs.to_str().unwrap(),
     ];
-    let indexer = Proc::start(
+    let indexer = start(
         &work.path().join("indexer"),
         &[&["--role", "indexer"], &shared[..]].concat(),
     );
@@ -241,13 +202,13 @@ fn main() {
     // Milvus swaps indexed segments in a moment after the index is built.
     std::thread::sleep(Duration::from_secs(5));
 
-    let q1 = Proc::start(
+    let q1 = start(
         &work.path().join("q1"),
         &[&["--role", "query"], &shared[..]].concat(),
     );
     load(std::slice::from_ref(&q1.base), args.clients, 3); // warm-up
     let one = load(std::slice::from_ref(&q1.base), args.clients, args.seconds);
-    let q2 = Proc::start(
+    let q2 = start(
         &work.path().join("q2"),
         &[&["--role", "query"], &shared[..]].concat(),
     );

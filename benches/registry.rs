@@ -14,10 +14,15 @@ use candle_core::Device;
 use mvserve::adapter::clip_param_count;
 use mvserve::backbone::{random_weights, Backbone, ClipConfig, ModelSource};
 use mvserve::bench::random_adapter_file;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
+
+/// Every server here: HTTP only, and room for every adapter the benchmark loads.
+const FLAGS: &[&str] = &["--no-grpc", "--max-loaded-adapters", "128"];
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -54,49 +59,7 @@ fn write_adapter(b: &Backbone, task: &str, out: &Path) -> String {
     f.digest().to_string()
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
 impl Server {
-    fn start(model: &Path, data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--no-grpc",
-                "--max-loaded-adapters",
-                "128",
-            ])
-            .arg("--model-dir")
-            .arg(model)
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--adapters-dir")
-            .arg(data.join("adapters"))
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
-        let port = line.rsplit(':').next().unwrap().to_string();
-        std::thread::spawn(move || for _ in lines {});
-        let s = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let t0 = Instant::now();
-        while ureq::get(&format!("{}/readyz", s.base)).call().is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(600), "never ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
     /// (VmRSS, RssAnon) in MiB from /proc: all resident pages, and the anonymous ones only
     /// (heap: weights, adapters, indexes; not the mapped binary).
     fn rss_mib(&self) -> (f64, f64) {
@@ -140,13 +103,6 @@ impl Server {
         let r = ureq::get(&format!("{}/search?task={task}&q=a+dog&k=1", self.base)).call();
         let v: serde_json::Value = r.ok()?.into_json().ok()?;
         v["adapter_digest"].as_str().map(str::to_string)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -206,7 +162,7 @@ fn main() {
             )
             .unwrap();
         }
-        let s = Server::start(&model, &data, &[]);
+        let s = Server::start(&model, &data, FLAGS);
         // The same warm-up everywhere (one query through plain CLIP), and every task answers
         // (its adapter is resident, not merely listed).
         assert!(s.search_digest("clip").is_some());
@@ -235,7 +191,11 @@ fn main() {
         let dir = data.join("adapters");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(pool.join("swap0.safetensors"), dir.join("swap.safetensors")).unwrap();
-        let s = Server::start(&model, &data, &["--watch-debounce-ms", debounce]);
+        let s = Server::start(
+            &model,
+            &data,
+            &[FLAGS, &["--watch-debounce-ms", debounce]].concat(),
+        );
         assert_eq!(
             s.search_digest("swap").as_deref(),
             Some(swap_digests[0].as_str())

@@ -220,15 +220,7 @@ async fn decode(
     frames: usize,
     size: usize,
 ) -> Result<DecodedVideo, ApiError> {
-    let _admitted = state.decode_admission.try_acquire().map_err(|_| {
-        ApiError::overloaded("too many videos waiting to be decoded", RETRY_EXAMPLE_S)
-    })?;
-    let slot = state
-        .decode_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError::internal("decoder closed"))?;
+    let (_admitted, slot) = state.decode_slot(RETRY_EXAMPLE_S).await?;
     let decoder = state.decoder.clone();
     let max_bytes = state.config.max_example_bytes;
     let decoded = tokio::task::spawn_blocking(move || {

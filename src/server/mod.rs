@@ -186,6 +186,32 @@ impl AppState {
     pub fn core(&self) -> Result<Arc<Core>, ApiError> {
         self.core.get().cloned().ok_or_else(ApiError::not_ready)
     }
+
+    /// A place among the decoders, for uploads and examples alike: admission to the bounded
+    /// queue (503 with `Retry-After: retry_s` when it is full), then one of the
+    /// `--decode-workers` slots, waited for. Hold both until the decode ends.
+    pub async fn decode_slot(
+        &self,
+        retry_s: u64,
+    ) -> Result<
+        (
+            tokio::sync::SemaphorePermit<'_>,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        ApiError,
+    > {
+        let admitted = self
+            .decode_admission
+            .try_acquire()
+            .map_err(|_| ApiError::overloaded("too many videos waiting to be decoded", retry_s))?;
+        let slot = self
+            .decode_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("decoder closed"))?;
+        Ok((admitted, slot))
+    }
 }
 
 /// Request ids: a process-unique counter, sent back in `x-request-id`.

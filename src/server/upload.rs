@@ -234,15 +234,7 @@ impl IndexBatch {
         let frames = gen.model.frames();
         let mut prepared = Vec::with_capacity(uploads.len());
         for up in uploads {
-            let _admitted = state.decode_admission.try_acquire().map_err(|_| {
-                ApiError::overloaded("too many videos waiting to be decoded", RETRY_UPLOAD_S)
-            })?;
-            let slot = state
-                .decode_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ApiError::internal("decoder closed"))?;
+            let (_admitted, slot) = state.decode_slot(RETRY_UPLOAD_S).await?;
             let decoder = state.decoder.clone();
             let path = up.path.clone();
             let decoded = tokio::task::spawn_blocking(move || {

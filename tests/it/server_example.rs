@@ -195,10 +195,12 @@ fn videos_and_images_find_their_source_over_http() {
 
     let m = metrics(&s);
     for want in [
-        "mvserve_example_searches_total{kind=\"video\",task=\"clip\"} 3",
+        // 3 videos, 1 of them again with a filter; 6 images.
+        "mvserve_example_searches_total{kind=\"video\",task=\"clip\"} 4",
         "mvserve_example_searches_total{kind=\"image\",task=\"clip\"} 6",
-        "mvserve_task_requests_total{op=\"search_example\",task=\"clip\"} 9",
-        "mvserve_http_requests_total{method=\"POST\",route=\"/search\",status=\"200\"} 9",
+        "mvserve_filtered_searches_total{task=\"clip\"} 1",
+        "mvserve_task_requests_total{op=\"search_example\",task=\"clip\"} 10",
+        "mvserve_http_requests_total{method=\"POST\",route=\"/search\",status=\"200\"} 10",
     ] {
         assert!(m.contains(want), "{want} missing from\n{m}");
     }
