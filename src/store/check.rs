@@ -215,6 +215,10 @@ pub fn repair(dir: &Path) -> Result<RepairReport, StoreError> {
         let buf = fs::read(path)?;
         let tail = keep.join(format!("{}.from-{}", name_of(path), cut.offset));
         durable::write_synced(&tail, &buf[cut.offset..])?;
+        // The copy (its entry in `keep`, and `keep`'s in `dir`) must be durable before the
+        // bytes it holds are cut from the segment: a crash between the two would lose them.
+        durable::sync_dir(&keep)?;
+        durable::sync_dir(dir)?;
         let seg = OpenOptions::new().write(true).open(path)?;
         seg.set_len(cut.offset as u64)?;
         seg.sync_all()?;
