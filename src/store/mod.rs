@@ -31,6 +31,7 @@ mod filter;
 mod index;
 mod lock;
 mod maintenance;
+pub mod moments;
 pub mod milvus;
 mod rebuild;
 mod snapshot;
