@@ -80,7 +80,9 @@ impl CarryOver<'_> {
         // A video stored as moments keeps its segments: the same spans, the same upload token.
         let layout = moments::Layout::of(&meta);
         let vectors = match &layout {
-            Some(l) => self.embedder.embed_spans(&self.new.model, &orig, &l.spans)?,
+            Some(l) => self
+                .embedder
+                .embed_spans(&self.new.model, &orig, &l.spans)?,
             None => vec![self.embedder.embed(&self.new.model, &orig)?],
         };
         let blobs = BlobVersion::fresh();

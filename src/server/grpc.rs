@@ -158,7 +158,8 @@ async fn example_stream(
     };
     api.authorize(key, need(&h.task, Scope::Read))?;
     let k = (h.k > 0).then_some(h.k as usize);
-    let mut query = ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter), None).await?;
+    let mut query =
+        ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter), None).await?;
     while let Some(part) = next().await? {
         match part {
             P::Chunk(c) => query.write(&c).await?,

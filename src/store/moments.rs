@@ -210,9 +210,18 @@ mod tests {
         assert_eq!(recs[1].meta["meta"], json!({"x": 1}));
         assert!(is_current(&recs[1].id, &recs[1].meta, &recs[0].meta));
         let other = Layout::new(l.spans.clone());
-        let newer = records("v", json!({}), BlobVersion::fresh(), &other, vec![vec![1.0]; 3]);
+        let newer = records(
+            "v",
+            json!({}),
+            BlobVersion::fresh(),
+            &other,
+            vec![vec![1.0]; 3],
+        );
         assert!(!is_current(&recs[1].id, &recs[1].meta, &newer[0].meta));
-        assert_eq!(stale_keys("v", Some(&recs[0].meta), 2), vec![segment_key("v", 2)]);
+        assert_eq!(
+            stale_keys("v", Some(&recs[0].meta), 2),
+            vec![segment_key("v", 2)]
+        );
         assert!(stale_keys("v", None, 1).is_empty());
     }
 }

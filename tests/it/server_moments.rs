@@ -18,12 +18,7 @@ use std::time::Duration;
 const EVENT_A: (f64, f64) = (96.0, 108.0);
 const EVENT_B: (f64, f64) = (150.0, 162.0);
 const LONG_S: f64 = 180.0;
-const SEGMENT_FLAGS: [&str; 4] = [
-    "--segment-seconds",
-    "12",
-    "--segment-min-seconds",
-    "60",
-];
+const SEGMENT_FLAGS: [&str; 4] = ["--segment-seconds", "12", "--segment-min-seconds", "60"];
 
 /// The generated clips: the long one and each event's own clip.
 struct Clips {
@@ -130,7 +125,10 @@ fn finds_event(s: &Server, task: &str, example: &[u8], event: (f64, f64)) {
     let m = &top["moment"];
     let (start, end) = (m["start_s"].as_f64().unwrap(), m["end_s"].as_f64().unwrap());
     let mid = (event.0 + event.1) / 2.0;
-    assert!(start <= mid && mid <= end, "moment {m} misses {event:?}: {v}");
+    assert!(
+        start <= mid && mid <= end,
+        "moment {m} misses {event:?}: {v}"
+    );
     assert!(end - start <= 12.0 + 1e-6, "{v}");
     // The best segments, best first, the first of them the moment itself.
     let ms = top["moments"].as_array().unwrap();
@@ -197,7 +195,14 @@ fn moments_story(s: &Server, task: &str, clips: &Clips) {
     assert_eq!(count(s, task), 2);
     let v = by_example(s, &format!("task={task}&k=5"), &clips.a);
     assert_eq!(hit_ids(&v).len(), 2, "{v}");
-    assert!(v["hits"].as_array().unwrap().iter().all(|h| h["moment"].is_null()), "{v}");
+    assert!(
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["moment"].is_null()),
+        "{v}"
+    );
     // ... and back: segments again, found again.
     upload_long(s, task, clips);
     assert_eq!(count(s, task), n + 1);
@@ -276,9 +281,11 @@ fn moments_survive_an_adapter_swap() {
 
     // The new adapter re-embeds every segment of the stored upload, then cuts over.
     install(&a2);
-    wait_until("the re-embedded generation", Duration::from_secs(120), || {
-        s.get("/tasks/news").1["generation"] == 1
-    });
+    wait_until(
+        "the re-embedded generation",
+        Duration::from_secs(120),
+        || s.get("/tasks/news").1["generation"] == 1,
+    );
     let (_, t) = s.get("/tasks/news");
     assert_eq!(t["model"]["digest"], d2.as_str(), "{t}");
     assert!(t["last_error"].is_null(), "{t}");
