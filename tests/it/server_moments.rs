@@ -144,6 +144,39 @@ fn finds_event(s: &Server, task: &str, example: &[u8], event: (f64, f64)) {
     assert_eq!(ids, unique, "{v}");
 }
 
+/// gRPC `Search` over both videos: the long one's hit has its span, the short one's none.
+fn grpc_hits_carry_moments(s: &Server, task: &str) {
+    use mvserve::server::grpc::proto::{mv_serve_client::MvServeClient, SearchRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = rt.block_on(async {
+        let mut c = MvServeClient::connect(s.grpc.clone().unwrap())
+            .await
+            .unwrap();
+        c.search(SearchRequest {
+            task: task.into(),
+            query: "anything".into(),
+            k: 2,
+            filter: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    assert_eq!(r.hits.len(), 2, "{r:?}");
+    for h in &r.hits {
+        match h.id.as_str() {
+            "long" => {
+                let (a, b) = (h.start_s.unwrap(), h.end_s.unwrap());
+                assert!(a < b && b - a <= 12.0 + 1e-6, "{h:?}");
+            }
+            _ => assert!(h.start_s.is_none() && h.end_s.is_none(), "{h:?}"),
+        }
+    }
+}
+
 /// The whole story on one server (either backend) and task.
 fn moments_story(s: &Server, task: &str, clips: &Clips) {
     let short = video("video7020.mp4");
@@ -162,6 +195,7 @@ fn moments_story(s: &Server, task: &str, clips: &Clips) {
 
     finds_event(s, task, &clips.a, EVENT_A);
     finds_event(s, task, &clips.b, EVENT_B);
+    grpc_hits_carry_moments(s, task);
 
     // A short clip stays one vector: no moment.
     let v = by_example(s, &format!("task={task}&k=5"), &short);
