@@ -99,6 +99,15 @@ pub struct ServeArgs {
     /// Frames sampled per video (built-in task).
     #[arg(long, env = "MVSERVE_FRAMES", default_value_t = defaults().frames)]
     pub frames: usize,
+    /// Moments: index videos at least --segment-min-seconds long as overlapping segments of this
+    /// many seconds (hop: half of it), one vector each, so hits say where in the video they are.
+    /// 0: off (one vector per video).
+    #[arg(long, env = "MVSERVE_SEGMENT_SECONDS", default_value_t = defaults().segment_seconds,
+          value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub segment_seconds: u32,
+    /// With --segment-seconds: videos shorter than this many seconds stay one vector.
+    #[arg(long, env = "MVSERVE_SEGMENT_MIN_SECONDS", default_value_t = defaults().segment_min_seconds)]
+    pub segment_min_seconds: f64,
     /// Longest accepted video, in seconds.
     #[arg(long, env = "MVSERVE_MAX_VIDEO_SECONDS", default_value_t = defaults().max_video_seconds)]
     pub max_video_seconds: f64,
@@ -153,6 +162,9 @@ impl ServeArgs {
         let store = StoreSpec::parse(&self.store, token).map_err(anyhow::Error::msg)?;
         files_root(self.role, &store, &self.data_dir, self.blob_dir.as_deref())
             .map_err(anyhow::Error::msg)?;
+        if !(self.segment_min_seconds.is_finite() && self.segment_min_seconds >= 0.0) {
+            anyhow::bail!("--segment-min-seconds must be a number of seconds, 0 or more");
+        }
         Ok(ServeConfig {
             role: self.role,
             store,
@@ -170,6 +182,8 @@ impl ServeArgs {
             max_example_bytes: self.max_example_mb << MIB_SHIFT,
             max_concurrent_examples: self.max_concurrent_examples as usize,
             frames: self.frames,
+            segment_seconds: self.segment_seconds,
+            segment_min_seconds: self.segment_min_seconds,
             max_video_seconds: self.max_video_seconds,
             decode_workers: self.decode_workers,
             encoder: mvserve::encode::EncoderConfig {

@@ -209,6 +209,101 @@ pub fn load_video_bytes_with(
     run(bytes, None, spec, limits, strategy).map(|(frames, _)| frames)
 }
 
+/// Most 1-fps candidates a timeline keeps (the spec's frame cap); a longer video's candidates
+/// are thinned uniformly, as any sampling past F is.
+pub const MAX_TIMELINE_FRAMES: usize = 4096;
+
+/// Every candidate frame of a video (one per `1/fps` interval, spec section 10's first step),
+/// preprocessed once, so that segments of it can be cut without decoding anything twice.
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    /// (n, 3, size, size) CLIP-normalised values, one block per candidate, in time order.
+    pub pixels: Vec<f32>,
+    /// Presentation time in seconds of each candidate (length n).
+    pub timestamps: Vec<f64>,
+    /// Side of each frame.
+    pub size: u32,
+    /// JPEG of the frame the whole-video sampling of `frames` would take as its thumbnail.
+    pub thumbnail_jpeg: Vec<u8>,
+    pub info: MediaInfo,
+}
+
+impl Timeline {
+    /// The (F, 3, S, S) tensor and mask of the span `[start_s, end_s)`: its candidates, thinned
+    /// to `frames` with the same uniform rule as a whole video (`sample::uniform`).
+    pub fn span(&self, start_s: f64, end_s: f64, frames: usize) -> (Vec<f32>, Vec<bool>) {
+        let s = self.size as usize;
+        let per = 3 * s * s;
+        let mut inside: Vec<usize> = (0..self.timestamps.len())
+            .filter(|&i| {
+                let t = self.timestamps[i];
+                t + 1e-6 >= start_s && t < end_s - 1e-6
+            })
+            .collect();
+        if inside.is_empty() {
+            // A span between two candidates (a gap in the stream) shows the frame on screen then.
+            let before = self.timestamps.iter().rposition(|&t| t < end_s);
+            inside.push(before.unwrap_or(0));
+        }
+        let chosen = sample::uniform(inside.len(), frames);
+        let mut pixels = vec![0.0f32; frames * per];
+        for (slot, &j) in chosen.iter().enumerate() {
+            let i = inside[j];
+            pixels[slot * per..(slot + 1) * per]
+                .copy_from_slice(&self.pixels[i * per..(i + 1) * per]);
+        }
+        let mask = (0..frames).map(|i| i < chosen.len()).collect();
+        (pixels, mask)
+    }
+}
+
+/// Decodes every 1-fps candidate of the video at `path` (at most [`MAX_TIMELINE_FRAMES`]) with
+/// the seeking decoder, so the work grows with the video's seconds, not its frames. `spec.frames`
+/// is F, which only picks the thumbnail here.
+pub fn load_timeline(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Timeline> {
+    let bytes = read_limited(path, limits)?;
+    let all = SampleSpec {
+        frames: MAX_TIMELINE_FRAMES,
+        ..spec.clone()
+    };
+    validate_spec(spec)?;
+    validate_spec(&all)?;
+    let mut budget = Budget {
+        limits,
+        deadline: Instant::now() + limits.max_wall_time,
+        stats: Stats::default(),
+    };
+    let decoded = catch_unwind(AssertUnwindSafe(|| {
+        decode_any(&bytes, Some(path), &all, &mut budget, DecodeStrategy::Seek)
+    }))
+    .unwrap_or_else(|_| Err(MediaError::Corrupt("decoder failed".into())))?;
+    budget.check_time()?;
+    let Decoded {
+        info,
+        timestamps,
+        images,
+    } = decoded;
+    if images.is_empty() {
+        return Err(MediaError::Corrupt("no decodable video frames".into()));
+    }
+    let s = spec.size as usize;
+    let per = 3 * s * s;
+    let mut pixels = vec![0.0f32; images.len() * per];
+    for (img, out) in images.iter().zip(pixels.chunks_mut(per)) {
+        preprocess_into(img, spec.size, out);
+    }
+    // The whole video's own thumbnail: the middle of the F frames it would sample.
+    let chosen = sample::uniform(images.len(), spec.frames);
+    let thumbnail_jpeg = jpeg(&images[chosen[(chosen.len() - 1) / 2]])?;
+    Ok(Timeline {
+        pixels,
+        timestamps,
+        size: spec.size,
+        thumbnail_jpeg,
+        info,
+    })
+}
+
 /// What `mvserve probe FILE` prints: the metadata and sampled timestamps, or the error.
 #[derive(Debug, Serialize)]
 pub struct ProbeReport {

@@ -14,7 +14,7 @@
 
 use super::{Generation, Registry, Task};
 use crate::encode::{EncodeError, TaskModel};
-use crate::store::{BlobKind, BlobVersion, NewRecord, StoreError, VectorStore};
+use crate::store::{moments, BlobKind, BlobVersion, NewRecord, StoreError, VectorStore};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +22,18 @@ use std::sync::Arc;
 /// Turns a stored original upload into a vector of `model` (decode, then encode).
 pub trait Reembedder: Send + Sync {
     fn embed(&self, model: &Arc<dyn TaskModel>, original: &Path) -> Result<Vec<f32>, ReembedError>;
+    /// One vector per span (seconds from the start) of a video stored as moments
+    /// (`store::moments`), in order.
+    fn embed_spans(
+        &self,
+        _model: &Arc<dyn TaskModel>,
+        _original: &Path,
+        _spans: &[(f64, f64)],
+    ) -> Result<Vec<Vec<f32>>, ReembedError> {
+        Err(ReembedError::Decode(
+            "this re-embedder cannot cut videos into segments".into(),
+        ))
+    }
 }
 
 /// Why one video could not be carried over. Its text is what `last_error` shows, so each variant
@@ -65,19 +77,38 @@ impl CarryOver<'_> {
             .old
             .blob_path(id, BlobKind::Original)?
             .ok_or(ReembedError::MissingOriginal)?;
-        let vector = self.embedder.embed(&self.new.model, &orig)?;
+        // A video stored as moments keeps its segments: the same spans, the same upload token.
+        let layout = moments::Layout::of(&meta);
+        let vectors = match &layout {
+            Some(l) => self
+                .embedder
+                .embed_spans(&self.new.model, &orig, &l.spans)?,
+            None => vec![self.embedder.embed(&self.new.model, &orig)?],
+        };
         let blobs = BlobVersion::fresh();
         // The store copies the files (durably, beside their place) from the old generation.
         self.new.store.copy_blobs_from(self.old, id, blobs)?;
-        let record = NewRecord {
-            id: id.to_string(),
-            vector,
-            meta,
-            blobs,
+        let records = match &layout {
+            Some(l) => moments::records(id, meta, blobs, l, vectors),
+            None => vectors
+                .into_iter()
+                .map(|vector| NewRecord {
+                    id: id.to_string(),
+                    vector,
+                    meta: meta.clone(),
+                    blobs,
+                })
+                .collect(),
         };
+        // An earlier pass may have copied an upload of this id with more segments.
+        let before = self.new.store.get(id)?;
+        let stale = moments::stale_keys(id, before.as_ref().map(|r| &r.meta), records.len());
         self.new
             .store
-            .add_records(self.new.model.digest(), vec![record])?;
+            .add_records(self.new.model.digest(), records)?;
+        for key in stale {
+            self.new.store.delete(&key)?;
+        }
         Ok(())
     }
 
@@ -109,6 +140,11 @@ impl CarryOver<'_> {
                 return 1;
             }
         };
+        // Segments are carried over with their video's record.
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !moments::is_segment_key(id))
+            .collect();
         for id in &ids {
             let rec = match self.old.get(id) {
                 Ok(Some(rec)) => rec,
@@ -147,7 +183,7 @@ impl CarryOver<'_> {
             changed += 1;
             // A delete that does not reach the new generation would bring the video back at the
             // cutover: it is retried, and one that keeps failing stops the cutover.
-            match self.new.store.delete(&id) {
+            match moments::delete_video(self.new.store.as_ref(), &id) {
                 Ok(_) => {
                     self.done.remove(&id);
                 }

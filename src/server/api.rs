@@ -80,6 +80,11 @@ pub struct VideoPath {
     id: String,
 }
 
+/// A count in a query string; anything that is not one becomes 0, which the service refuses.
+fn count_param(s: Option<&str>) -> Option<usize> {
+    s.map(|s| s.parse::<usize>().unwrap_or(0))
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
@@ -98,6 +103,10 @@ pub struct SearchParams {
     /// keys are dotted paths (`a.b`, a literal dot as `\.`). See the README's "Filters".
     #[param(max_length = 4096)]
     filter: Option<String>,
+    /// Also list each video's best segments, up to this many (1..=100), as `moments` (see the
+    /// README's "Moments"); the best one is always `moment`.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    segments: Option<String>,
 }
 
 #[utoipa::path(
@@ -106,7 +115,7 @@ pub struct SearchParams {
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Hits, best first", body = service::SearchResult),
-        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_filter` (the message names the problem), `bad_query`", body = ErrorBody),
+        (status = 400, description = "`missing_task`, `empty_query`, `query_too_long`, `bad_k`, `bad_filter` (the message names the problem), `bad_segments`, `bad_query`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
         (status = 404, description = "`unknown_task`", body = ErrorBody),
@@ -126,8 +135,17 @@ pub async fn search(
             .map(|s| s.parse::<usize>().unwrap_or(0))
             .or(Some(DEFAULT_K));
     let q = p.q.unwrap_or_default();
+    let segments = count_param(p.segments.as_deref());
     Ok(Json(
-        service::search(&state, p.task.as_deref(), &q, k, p.filter.as_deref()).await?,
+        service::search(
+            &state,
+            p.task.as_deref(),
+            &q,
+            k,
+            p.filter.as_deref(),
+            segments,
+        )
+        .await?,
     ))
 }
 
@@ -144,6 +162,10 @@ pub struct ExampleParams {
     /// README's "Filters").
     #[param(max_length = 4096)]
     filter: Option<String>,
+    /// Also list each video's best segments, up to this many (1..=100), as `moments` (see the
+    /// README's "Moments"); the best one is always `moment`.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    segments: Option<String>,
 }
 
 /// Search by example: the same answer as `GET /search`, for an image or a video instead of text.
@@ -169,7 +191,7 @@ pub struct ExampleParams {
     security((), ("bearer" = []), ("api_key" = [])),
     responses(
         (status = 200, description = "Hits, best first (as `GET /search`)", body = service::SearchResult),
-        (status = 400, description = "`missing_task`, `bad_k`, `bad_filter`, `bad_query`, `empty_video` (an empty example), `missing_video` (a form without `file`), `unknown_field`, `bad_multipart`, `bad_body`", body = ErrorBody),
+        (status = 400, description = "`missing_task`, `bad_k`, `bad_filter`, `bad_segments`, `bad_query`, `empty_video` (an empty example), `missing_video` (a form without `file`), `unknown_field`, `bad_multipart`, `bad_body`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or unknown key (auth on)", body = ErrorBody),
         (status = 403, description = "`forbidden`: the key may not read this task", body = ErrorBody),
         (status = 404, description = "`unknown_task`", body = ErrorBody),
@@ -193,7 +215,15 @@ pub async fn search_by_example(
             .map(|s| s.parse::<usize>().unwrap_or(0))
             .or(Some(DEFAULT_K));
     Ok(Json(
-        multipart::example(&state, p.task.as_deref(), k, p.filter.as_deref(), req).await?,
+        multipart::example(
+            &state,
+            p.task.as_deref(),
+            k,
+            p.filter.as_deref(),
+            count_param(p.segments.as_deref()),
+            req,
+        )
+        .await?,
     ))
 }
 

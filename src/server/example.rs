@@ -78,6 +78,7 @@ pub struct ExampleQuery {
     gen: Arc<Generation>,
     k: usize,
     filter: Option<Filter>,
+    segments: Option<usize>,
     spool: Spool,
     bytes: u64,
     /// Removes the temporary file however the request ends.
@@ -96,11 +97,13 @@ impl ExampleQuery {
         task: Option<&str>,
         k: Option<usize>,
         filter: Option<&str>,
+        segments: Option<usize>,
     ) -> Result<ExampleQuery, ApiError> {
         let t0 = Instant::now();
         let (task, gen) = service::task_for_read(state, task).await?;
         let k = service::check_k(k)?;
         let filter = service::parse_filter(filter)?;
+        let segments = service::check_segments(segments)?;
         let slot = state
             .example_slots
             .clone()
@@ -122,6 +125,7 @@ impl ExampleQuery {
             gen,
             k,
             filter,
+            segments,
             spool,
             bytes: 0,
             _tmp: TmpFiles(vec![path]),
@@ -155,6 +159,7 @@ impl ExampleQuery {
             gen,
             k,
             filter,
+            segments,
             spool,
             _tmp,
             t0,
@@ -182,7 +187,11 @@ impl ExampleQuery {
             &task,
             &gen,
             vector,
-            Wanted { k, filter },
+            Wanted {
+                k,
+                filter,
+                segments,
+            },
             "search_example",
             t0,
         )

@@ -158,7 +158,8 @@ async fn example_stream(
     };
     api.authorize(key, need(&h.task, Scope::Read))?;
     let k = (h.k > 0).then_some(h.k as usize);
-    let mut query = ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter)).await?;
+    let mut query =
+        ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter), None).await?;
     while let Some(part) = next().await? {
         match part {
             P::Chunk(c) => query.write(&c).await?,
@@ -186,6 +187,8 @@ fn search_response(r: service::SearchResult) -> proto::SearchResponse {
                 id: h.id,
                 score: h.score,
                 thumbnail: h.thumbnail,
+                start_s: h.moment.map(|m| m.start_s),
+                end_s: h.moment.map(|m| m.end_s),
             })
             .collect(),
     }
@@ -255,7 +258,7 @@ impl MvServe for GrpcApi {
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
             let k = (m.k > 0).then_some(m.k as usize);
             let filter = Some(m.filter.as_str());
-            let r = service::search(&self.state, Some(&m.task), &m.query, k, filter).await?;
+            let r = service::search(&self.state, Some(&m.task), &m.query, k, filter, None).await?;
             Ok(search_response(r))
         })
         .await

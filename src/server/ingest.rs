@@ -49,6 +49,14 @@ impl DecodeError {
 /// Decodes `frames` frames at `size` x `size` from a file (synchronous; called off the runtime).
 pub trait VideoDecoder: Send + Sync {
     fn decode(&self, path: &Path, frames: usize, size: usize) -> Result<DecodedVideo, DecodeError>;
+    /// Every 1-fps candidate of the video, for cutting segments (`store::moments`); `frames` picks
+    /// the thumbnail as [`VideoDecoder::decode`] would.
+    fn decode_timeline(
+        &self,
+        path: &Path,
+        frames: usize,
+        size: usize,
+    ) -> Result<media::Timeline, DecodeError>;
 }
 
 /// `message` with `path` (as given, as absolute, as ffmpeg's `file:` URL) written as "the
@@ -105,6 +113,20 @@ impl VideoDecoder for MediaDecoder {
         };
         let f = media::load_video(path, &spec, &self.limits).map_err(|e| decode_error(e, path))?;
         Ok(f.into())
+    }
+
+    fn decode_timeline(
+        &self,
+        path: &Path,
+        frames: usize,
+        size: usize,
+    ) -> Result<media::Timeline, DecodeError> {
+        let spec = SampleSpec {
+            frames,
+            fps: self.fps,
+            size: size as u32,
+        };
+        media::load_timeline(path, &spec, &self.limits).map_err(|e| decode_error(e, path))
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub filtered_searches: IntCounterVec,
     pub errors: IntCounterVec,
     pub videos_indexed: IntCounterVec,
+    /// Segments stored for videos indexed as moments (each its own vector).
+    pub segments_indexed: IntCounterVec,
     pub example_searches: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub batch_size: HistogramVec,
@@ -117,6 +119,11 @@ impl Metrics {
             videos_indexed: cv(
                 "mvserve_videos_indexed_total",
                 "Videos indexed per task",
+                &["task"],
+            ),
+            segments_indexed: cv(
+                "mvserve_segments_indexed_total",
+                "Segments indexed per task, for videos indexed as moments (--segment-seconds)",
                 &["task"],
             ),
             example_searches: cv(

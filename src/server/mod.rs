@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod listen;
 pub mod local;
 pub mod metrics;
+pub mod moments;
 pub mod multipart;
 pub mod openapi;
 pub mod role;
@@ -86,6 +87,11 @@ pub struct ServeConfig {
     pub max_videos_per_request: usize,
     /// Frames sampled per video for the built-in task.
     pub frames: usize,
+    /// Moments: videos at least `segment_min_seconds` long are indexed as segments of this many
+    /// seconds overlapping by half, one vector each (`store::moments`); 0: off.
+    pub segment_seconds: u32,
+    /// Videos shorter than this stay one vector even with `segment_seconds` on.
+    pub segment_min_seconds: f64,
     /// Videos decoded at once; more wait, up to `decode_queue`, then 503.
     pub decode_workers: usize,
     pub decode_queue: usize,
@@ -133,6 +139,8 @@ impl Default for ServeConfig {
             max_concurrent_examples: 4,
             max_videos_per_request: 16,
             frames: crate::media::DEFAULT_FRAMES,
+            segment_seconds: 0,
+            segment_min_seconds: 60.0,
             decode_workers: 2,
             decode_queue: 16,
             encoder: EncoderConfig::default(),
@@ -409,6 +417,21 @@ impl Reembedder for ServerReembedder {
                 r => return Ok(r?),
             }
         }
+    }
+
+    fn embed_spans(
+        &self,
+        model: &Arc<dyn crate::encode::TaskModel>,
+        original: &std::path::Path,
+        spans: &[(f64, f64)],
+    ) -> Result<Vec<Vec<f32>>, ReembedError> {
+        let size = self.encoder.backbone().image_size;
+        let timeline = self
+            .decoder
+            .decode_timeline(original, model.frames(), size)
+            .map_err(|e| ReembedError::Decode(Box::new(e)))?;
+        let job = moments::embed_spans(&self.encoder, model, &timeline, spans);
+        Ok(self.runtime.block_on(job)?)
     }
 }
 

@@ -330,6 +330,7 @@ pub async fn example(
     task: Option<&str>,
     k: Option<usize>,
     filter: Option<&str>,
+    segments: Option<usize>,
     req: Request,
 ) -> Result<SearchResult, ApiError> {
     // As for uploads: a body that says it is larger than any example can be, and a request that
@@ -345,7 +346,7 @@ pub async fn example(
             state.config.max_example_bytes
         )));
     }
-    let query = match ExampleQuery::begin(state, task, k, filter).await {
+    let query = match ExampleQuery::begin(state, task, k, filter, segments).await {
         Ok(q) => q,
         Err(e) => {
             drain_raw(req.into_body()).await;

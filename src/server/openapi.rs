@@ -109,6 +109,7 @@ impl Modify for Security {
         ExampleBody,
         service::SearchResult,
         service::SearchHit,
+        service::Moment,
         service::VideoInfo,
         service::Deleted,
         service::TaskList,

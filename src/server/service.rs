@@ -169,6 +169,36 @@ pub struct SearchHit {
     pub video: String,
     /// The upload's content type, from the container detected at upload.
     pub content_type: String,
+    /// Where in the video its best match is, for a video indexed as segments (see the README's
+    /// "Moments"); `null` for a video stored as one vector.
+    pub moment: Option<Moment>,
+    /// With `segments=N`: the video's best segments (up to N), best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moments: Option<Vec<Moment>>,
+}
+
+/// A segment of a video: its span in seconds from the start and its score.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Moment {
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Cosine similarity of the query and this segment.
+    pub score: f32,
+}
+
+/// Most segments per video a search may ask for.
+pub const MAX_SEGMENTS: usize = 100;
+
+/// `segments` as a search takes it: absent (only the best one, as `moment`), else 1..=
+/// [`MAX_SEGMENTS`].
+pub fn check_segments(n: Option<usize>) -> Result<Option<usize>, ApiError> {
+    match n {
+        Some(n) if !(1..=MAX_SEGMENTS).contains(&n) => Err(ApiError::bad_request(
+            "bad_segments",
+            format!("segments must be an integer in 1..={MAX_SEGMENTS}"),
+        )),
+        n => Ok(n),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -215,6 +245,8 @@ pub struct Wanted {
     pub k: usize,
     /// Which videos may be among them: see [`parse_filter`].
     pub filter: Option<Filter>,
+    /// How many segments of each video to list: see [`check_segments`].
+    pub segments: Option<usize>,
 }
 
 /// The `wanted.k` videos of `gen` nearest to `vector` (a query embedded by `gen`'s model) whose
@@ -229,20 +261,40 @@ pub async fn search_vector(
     op: &str,
     t0: Instant,
 ) -> Result<SearchResult, ApiError> {
-    let Wanted { k, filter } = wanted;
+    let Wanted {
+        k,
+        filter,
+        segments,
+    } = wanted;
     let filtered = filter.is_some();
     let g = gen.clone();
-    let hits =
-        tokio::task::spawn_blocking(move || g.store.search(&vector, k, filter.as_ref())).await??;
+    let per_video = segments.unwrap_or(1);
+    let hits = tokio::task::spawn_blocking(move || {
+        super::moments::search(g.store.as_ref(), &vector, k, per_video, filter.as_ref())
+    })
+    .await??;
     let hits = hits
         .into_iter()
-        .map(|h| SearchHit {
-            thumbnail: thumb_url(&task.name, &h.id),
-            video: video_url(&task.name, &h.id),
-            content_type: content_type(&h.meta).to_string(),
-            meta: user_meta(&h.meta),
-            score: h.score,
-            id: h.id,
+        .map(|h| {
+            let moments: Vec<Moment> = h
+                .moments
+                .iter()
+                .map(|&(start_s, end_s, score)| Moment {
+                    start_s,
+                    end_s,
+                    score,
+                })
+                .collect();
+            SearchHit {
+                thumbnail: thumb_url(&task.name, &h.id),
+                video: video_url(&task.name, &h.id),
+                content_type: content_type(&h.stored).to_string(),
+                meta: user_meta(&h.stored),
+                score: h.score,
+                moment: moments.first().copied(),
+                moments: segments.map(|_| moments),
+                id: h.id,
+            }
         })
         .collect();
     record(state, &task.name, op, t0);
@@ -266,6 +318,7 @@ pub async fn search(
     q: &str,
     k: Option<usize>,
     filter: Option<&str>,
+    segments: Option<usize>,
 ) -> Result<SearchResult, ApiError> {
     let t0 = Instant::now();
     let (task, gen) = task_for_read(state, task).await?;
@@ -283,9 +336,14 @@ pub async fn search(
     }
     let k = check_k(k)?;
     let filter = parse_filter(filter)?;
+    let segments = check_segments(segments)?;
     let core = state.core()?;
     let vector = core.encoder.encode_text(gen.model.clone(), q).await?;
-    let wanted = Wanted { k, filter };
+    let wanted = Wanted {
+        k,
+        filter,
+        segments,
+    };
     search_vector(state, &task, &gen, vector, wanted, "search", t0).await
 }
 
@@ -322,6 +380,10 @@ fn unknown_video(task: &str, id: &str) -> ApiError {
 pub async fn get_video(state: &AppState, task: &str, id: &str) -> Result<VideoInfo, ApiError> {
     let t0 = Instant::now();
     let (t, gen) = task_of(state, Some(task))?;
+    // A segment is part of its video, never a video of its own.
+    if crate::store::moments::is_segment_key(id) {
+        return Err(unknown_video(task, id));
+    }
     let i = id.to_string();
     let store = gen.store.clone();
     let r = tokio::task::spawn_blocking(move || store.get(&i))
@@ -357,12 +419,15 @@ pub async fn delete_video(state: &AppState, task: &str, id: &str) -> Result<Dele
     let t0 = Instant::now();
     refuse_writes_on_replica(state)?;
     let (t, _) = task_of(state, Some(task))?;
+    if crate::store::moments::is_segment_key(id) {
+        return Err(unknown_video(task, id));
+    }
     let i = id.to_string();
     let tt = t.clone();
     let existed = tokio::task::spawn_blocking(move || {
         // Writers hold the gate shared so a re-embedding cutover cannot lose this delete.
         let _gate = tt.write_guard();
-        tt.current().store.delete(&i)
+        crate::store::moments::delete_video(tt.current().store.as_ref(), &i)
     })
     .await??;
     if !existed {

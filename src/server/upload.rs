@@ -15,6 +15,7 @@
 use super::service::{record, task_of, thumb_url};
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task};
+use crate::store::moments::{self, Layout};
 use crate::store::{BlobKind, BlobVersion, NewRecord};
 use serde::Serialize;
 use serde_json::Value;
@@ -117,6 +118,9 @@ pub struct IndexedVideo {
     /// Container, codec, duration, size, fps, decoder, frame count.
     pub media: Value,
     pub thumbnail: String,
+    /// Vectors stored for it: 1, or the number of its segments when it was indexed as moments
+    /// (`--segment-seconds`).
+    pub segments: usize,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -237,15 +241,34 @@ impl IndexBatch {
             let (_admitted, slot) = state.decode_slot(RETRY_UPLOAD_S).await?;
             let decoder = state.decoder.clone();
             let path = up.path.clone();
-            let decoded = tokio::task::spawn_blocking(move || {
+            let st = state.clone();
+            let (decoded, cut) = tokio::task::spawn_blocking(move || {
                 let _slot = slot;
-                decoder.decode(&path, frames, size)
+                let d = decoder.decode(&path, frames, size)?;
+                let duration_s = d.info.get("duration_s").and_then(Value::as_f64);
+                // A long video is decoded again, every 1-fps candidate once, to cut its segments.
+                let cut = match super::moments::plan(&st.config, duration_s.unwrap_or(0.0)) {
+                    Some(spans) => Some((decoder.decode_timeline(&path, frames, size)?, spans)),
+                    None => None,
+                };
+                Ok::<_, super::ingest::DecodeError>((d, cut))
             })
             .await??;
-            let vector = core
-                .encoder
-                .encode_video(gen.model.clone(), decoded.pixels, decoded.mask.clone())
-                .await?;
+            let (vectors, layout) = match cut {
+                None => {
+                    let v = core
+                        .encoder
+                        .encode_video(gen.model.clone(), decoded.pixels, decoded.mask.clone())
+                        .await?;
+                    (vec![v], None)
+                }
+                Some((timeline, spans)) => {
+                    let vectors =
+                        super::moments::embed_spans(&core.encoder, &gen.model, &timeline, &spans)
+                            .await?;
+                    (vectors, Some(Layout::new(spans)))
+                }
+            };
             let id = match &up.id {
                 Some(id) => id.clone(),
                 None => {
@@ -263,7 +286,8 @@ impl IndexBatch {
             prepared.push((
                 up,
                 id,
-                vector,
+                vectors,
+                layout,
                 decoded.thumbnail_jpeg,
                 decoded.info,
                 frames_used,
@@ -296,9 +320,20 @@ impl IndexBatch {
                         }
                     }
                 };
-                for (i, (up, id, vector, jpeg, info, frames_used)) in
+                // Segments of earlier uploads of these ids that the new records leave behind.
+                let mut stale: Vec<String> = Vec::new();
+                for (i, (up, id, vectors, layout, jpeg, info, frames_used)) in
                     prepared.into_iter().enumerate()
                 {
+                    let old = match g.store.get(&id) {
+                        Ok(old) => old,
+                        Err(e) => {
+                            discard(&staged);
+                            return Err(e.into());
+                        }
+                    };
+                    let segments = vectors.len();
+                    stale.extend(moments::stale_keys(&id, old.as_ref().map(|r| &r.meta), segments));
                     let blobs = BlobVersion::fresh();
                     staged.push((id.clone(), blobs));
                     if let Err(e) = g.store.put_blob(&id, blobs, BlobKind::Original, &up.path) {
@@ -334,17 +369,27 @@ impl IndexBatch {
                         bytes: up.bytes,
                         frames: frames_used,
                         media: info,
+                        segments,
                     });
-                    items.push(NewRecord {
-                        id,
-                        vector,
-                        meta: stored,
-                        blobs,
-                    });
+                    match &layout {
+                        Some(l) => items.extend(moments::records(&id, stored, blobs, l, vectors)),
+                        None => items.extend(vectors.into_iter().map(|vector| NewRecord {
+                            id: id.clone(),
+                            vector,
+                            meta: stored.clone(),
+                            blobs,
+                        })),
+                    }
                 }
                 if let Err(e) = g.store.add_records(g.model.digest(), items) {
                     discard(&staged);
                     return Err(e.into());
+                }
+                // Already invisible (they are not the current upload's); this frees them.
+                for key in stale {
+                    if let Err(e) = g.store.delete(&key) {
+                        tracing::warn!(key, error = %e, "could not remove a replaced segment");
+                    }
                 }
                 Ok(out)
             })
@@ -354,6 +399,16 @@ impl IndexBatch {
             .videos_indexed
             .with_label_values(&[task.name.as_str()])
             .inc_by(indexed.len() as u64);
+        let segments: usize = indexed
+            .iter()
+            .filter(|v| v.segments > 1)
+            .map(|v| v.segments)
+            .sum();
+        state
+            .metrics
+            .segments_indexed
+            .with_label_values(&[task.name.as_str()])
+            .inc_by(segments as u64);
         record(&state, &task.name, "index", t0);
         tracing::info!(task = %task.name, videos = indexed.len(), "indexed");
         Ok(IndexResult {

@@ -32,6 +32,7 @@ mod index;
 mod lock;
 mod maintenance;
 pub mod milvus;
+pub mod moments;
 mod rebuild;
 mod snapshot;
 mod task;

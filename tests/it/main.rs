@@ -43,6 +43,7 @@ mod server_example;
 mod server_filter;
 mod server_grpc;
 mod server_hardening;
+mod server_moments;
 mod server_registry;
 mod server_tenants;
 mod store_codec;

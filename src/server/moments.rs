@@ -1,0 +1,148 @@
+//! Moments on the serving side: whether an upload is cut into segments, embedding the segments of
+//! a decoded timeline, and turning the store's nearest vectors (segments among them) into
+//! videos ranked by their best segment.
+//!
+//! The record scheme itself (keys, layouts, which segments are current, deletes) is
+//! `store::moments`, shared with re-embedding.
+
+use super::ServeConfig;
+use crate::encode::{EncodeError, Encoder, TaskModel};
+use crate::media::Timeline;
+use crate::store::moments::{self, is_current, is_segment_key, moment_of, video_of};
+use crate::store::{Filter, Hit, StoreError, VectorStore};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Segments sent to the encoder at once: enough to fill its batches, few enough that their
+/// tensors (F frames each) stay small beside the timeline.
+const PARALLEL: usize = 4;
+/// How long a segment waits before it queues again behind live traffic.
+const RETRY: Duration = Duration::from_millis(50);
+/// Each store search that finds too few distinct videos asks for this many times more vectors.
+const GROWTH: usize = 4;
+/// The most vectors one store search asks for (Milvus's own `topk` limit).
+const MAX_STORE_K: usize = 16_384;
+
+/// The spans of a video of `duration_s` under the server's flags; `None`: it stays one vector
+/// (moments off, shorter than `--segment-min-seconds`, or not longer than one segment).
+pub fn plan(config: &ServeConfig, duration_s: f64) -> Option<Vec<(f64, f64)>> {
+    if config.segment_seconds == 0 || duration_s < config.segment_min_seconds {
+        return None;
+    }
+    let spans = moments::spans(duration_s, config.segment_seconds as f64);
+    (spans.len() > 1).then_some(spans)
+}
+
+/// One vector of `model` per span of `timeline`, in order. A full encoder queue is waited out
+/// (a long video must not fail half-way because live traffic came in).
+pub async fn embed_spans(
+    encoder: &Encoder,
+    model: &Arc<dyn TaskModel>,
+    timeline: &Timeline,
+    spans: &[(f64, f64)],
+) -> Result<Vec<Vec<f32>>, EncodeError> {
+    let frames = model.frames();
+    let mut out = Vec::with_capacity(spans.len());
+    for chunk in spans.chunks(PARALLEL) {
+        let jobs = chunk.iter().map(|&(start, end)| async move {
+            let (pixels, mask) = timeline.span(start, end, frames);
+            loop {
+                let r = encoder
+                    .encode_video(model.clone(), pixels.clone(), mask.clone())
+                    .await;
+                match r {
+                    Err(EncodeError::Overloaded(_)) => tokio::time::sleep(RETRY).await,
+                    r => return r,
+                }
+            }
+        });
+        out.extend(futures_util::future::try_join_all(jobs).await?);
+    }
+    Ok(out)
+}
+
+/// A video among the hits: its best vector's score and stored fields, and its best segments.
+pub struct VideoHit {
+    pub id: String,
+    pub score: f32,
+    /// The stored fields of its best vector (the user `meta` and `media` are in every segment).
+    pub stored: Value,
+    /// `(start_s, end_s, score)` of its best segments, best first; empty for a video stored as
+    /// one vector.
+    pub moments: Vec<(f64, f64, f32)>,
+}
+
+/// The `k` videos nearest to `query` whose meta passes `filter`, each ranked by its best vector,
+/// with up to `per_video` of its segments. Several segments of one video can fill the nearest
+/// vectors, so the store is asked for more until `k` videos are found or it has no more.
+pub fn search(
+    store: &dyn VectorStore,
+    query: &[f32],
+    k: usize,
+    per_video: usize,
+    filter: Option<&Filter>,
+) -> Result<Vec<VideoHit>, StoreError> {
+    // A task without segments is answered by the first search, exactly as before moments.
+    let mut want = k;
+    loop {
+        let hits = store.search(query, want, filter)?;
+        let exhausted = hits.len() < want || want >= MAX_STORE_K;
+        let videos = group(store, hits, k, per_video)?;
+        if videos.len() >= k || exhausted {
+            return Ok(videos);
+        }
+        want = (want * GROWTH).min(MAX_STORE_K);
+    }
+}
+
+/// Groups hits (best first) by video, leaving out segments that are not current.
+fn group(
+    store: &dyn VectorStore,
+    hits: Vec<Hit>,
+    k: usize,
+    per_video: usize,
+) -> Result<Vec<VideoHit>, StoreError> {
+    // The stored fields of each video's own record: from the hits, else read once.
+    let mut records: HashMap<String, Option<Value>> = hits
+        .iter()
+        .filter(|h| !is_segment_key(&h.id))
+        .map(|h| (h.id.clone(), Some(h.meta.clone())))
+        .collect();
+    let mut out: Vec<VideoHit> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for h in hits {
+        let video = video_of(&h.id).to_string();
+        if !records.contains_key(&video) {
+            let r = store.get(&video)?.map(|r| r.meta);
+            records.insert(video.clone(), r);
+        }
+        let Some(Some(record)) = records.get(&video) else {
+            continue;
+        };
+        if !is_current(&h.id, &h.meta, record) {
+            continue;
+        }
+        let moment = moment_of(&h.meta).map(|(s, e)| (s, e, h.score));
+        match at.get(&video) {
+            Some(&i) => {
+                let v = &mut out[i];
+                if let (Some(m), true) = (moment, v.moments.len() < per_video) {
+                    v.moments.push(m);
+                }
+            }
+            None if out.len() < k => {
+                at.insert(video.clone(), out.len());
+                out.push(VideoHit {
+                    id: video,
+                    score: h.score,
+                    stored: h.meta,
+                    moments: moment.into_iter().collect(),
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
