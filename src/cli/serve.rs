@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// With --segment-seconds: videos shorter than this many seconds stay one vector.
     #[arg(long, env = "MVSERVE_SEGMENT_MIN_SECONDS", default_value_t = defaults().segment_min_seconds)]
     pub segment_min_seconds: f64,
+    /// With --segment-seconds: the most memory (MiB) segmenting one video may take, estimated
+    /// from its frame size and length before decoding; a video over it stays one vector. Videos
+    /// are segmented one at a time.
+    #[arg(long, env = "MVSERVE_SEGMENT_MAX_MB", default_value_t = defaults().segment_max_bytes >> MIB_SHIFT)]
+    pub segment_max_mb: u64,
     /// Longest accepted video, in seconds.
     #[arg(long, env = "MVSERVE_MAX_VIDEO_SECONDS", default_value_t = defaults().max_video_seconds)]
     pub max_video_seconds: f64,
@@ -184,6 +189,7 @@ impl ServeArgs {
             frames: self.frames,
             segment_seconds: self.segment_seconds,
             segment_min_seconds: self.segment_min_seconds,
+            segment_max_bytes: self.segment_max_mb << MIB_SHIFT,
             max_video_seconds: self.max_video_seconds,
             decode_workers: self.decode_workers,
             encoder: mvserve::encode::EncoderConfig {

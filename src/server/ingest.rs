@@ -80,6 +80,9 @@ pub struct MediaDecoder {
     pub limits: MediaLimits,
     /// Candidate frames per second before the uniform choice of F.
     pub fps: f64,
+    /// Held while a timeline is decoded and preprocessed: one at a time, so the memory that
+    /// `--segment-max-mb` bounds per video is also the bound for all of them.
+    pub timeline_gate: parking_lot::Mutex<()>,
 }
 
 /// The typed error of a failed load of the file at `path` (which its message never names).
@@ -126,6 +129,7 @@ impl VideoDecoder for MediaDecoder {
             fps: self.fps,
             size: size as u32,
         };
+        let _one_at_a_time = self.timeline_gate.lock();
         media::load_timeline(path, &spec, &self.limits).map_err(|e| decode_error(e, path))
     }
 }

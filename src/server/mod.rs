@@ -92,6 +92,10 @@ pub struct ServeConfig {
     pub segment_seconds: u32,
     /// Videos shorter than this stay one vector even with `segment_seconds` on.
     pub segment_min_seconds: f64,
+    /// The most memory one video's segmenting may take (its decoded 1-fps frames and their
+    /// tensors, estimated from its size and length before decoding); a video over it stays one
+    /// vector. One video is segmented at a time, so this bounds segmenting's memory in all.
+    pub segment_max_bytes: u64,
     /// Videos decoded at once; more wait, up to `decode_queue`, then 503.
     pub decode_workers: usize,
     pub decode_queue: usize,
@@ -141,6 +145,7 @@ impl Default for ServeConfig {
             frames: crate::media::DEFAULT_FRAMES,
             segment_seconds: 0,
             segment_min_seconds: 60.0,
+            segment_max_bytes: 1 << 30,
             decode_workers: 2,
             decode_queue: 16,
             encoder: EncoderConfig::default(),
@@ -623,6 +628,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             ..Default::default()
         },
         fps: 1.0,
+        timeline_gate: parking_lot::Mutex::new(()),
     });
     let state = Arc::new(AppState {
         decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),

@@ -25,14 +25,38 @@ const GROWTH: usize = 4;
 /// The most vectors one store search asks for (Milvus's own `topk` limit).
 const MAX_STORE_K: usize = 16_384;
 
-/// The spans of a video of `duration_s` under the server's flags; `None`: it stays one vector
-/// (moments off, shorter than `--segment-min-seconds`, or not longer than one segment).
-pub fn plan(config: &ServeConfig, duration_s: f64) -> Option<Vec<(f64, f64)>> {
+/// The spans of a video (`info`: what its first decode found) under the server's flags;
+/// `None`: it stays one vector (moments off, shorter than `--segment-min-seconds`, not longer
+/// than one segment, or its timeline would take more than `--segment-max-mb`).
+pub fn plan(config: &ServeConfig, info: &Value, size: usize) -> Option<Vec<(f64, f64)>> {
+    let num = |k: &str| info.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    let duration_s = num("duration_s");
     if config.segment_seconds == 0 || duration_s < config.segment_min_seconds {
         return None;
     }
     let spans = moments::spans(duration_s, config.segment_seconds as f64);
-    (spans.len() > 1).then_some(spans)
+    if spans.len() < 2 {
+        return None;
+    }
+    let need = timeline_bytes(duration_s, num("width"), num("height"), size);
+    if need > config.segment_max_bytes {
+        tracing::warn!(
+            duration_s,
+            need_mib = need >> 20,
+            limit_mib = config.segment_max_bytes >> 20,
+            "a long video stays one vector: segmenting it would take more than --segment-max-mb"
+        );
+        return None;
+    }
+    Some(spans)
+}
+
+/// What `media::load_timeline` holds at its peak for a video: every 1-fps candidate decoded
+/// (RGB, 3 bytes a pixel) and preprocessed (3 x size x size f32).
+fn timeline_bytes(duration_s: f64, width: f64, height: f64, size: usize) -> u64 {
+    let frames = (duration_s.ceil() as u64 + 1).min(crate::media::MAX_TIMELINE_FRAMES as u64);
+    let per = (width * height * 3.0) as u64 + (3 * size * size * 4) as u64;
+    frames.saturating_mul(per)
 }
 
 /// One vector of `model` per span of `timeline`, in order. A full encoder queue is waited out
@@ -145,4 +169,37 @@ fn group(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_timeline_over_the_memory_budget_stays_one_vector() {
+        let config = ServeConfig {
+            segment_seconds: 12,
+            ..ServeConfig::default()
+        };
+        let video = |s: f64, w: u32, h: u32| json!({"duration_s": s, "width": w, "height": h});
+        // 2 min at 360p: 121 x (691,200 + 602,112) bytes = 150 MiB, within the default 1 GiB.
+        let spans = plan(&config, &video(120.0, 640, 360), 224).unwrap();
+        assert_eq!(spans.first(), Some(&(0.0, 12.0)));
+        // 30 min at 360p: 2.2 GiB; 10 min at 1080p: 4 GiB.
+        assert_eq!(plan(&config, &video(1800.0, 640, 360), 224), None);
+        assert_eq!(plan(&config, &video(600.0, 1920, 1080), 224), None);
+        let roomy = ServeConfig {
+            segment_max_bytes: 4 << 30,
+            ..config.clone()
+        };
+        assert!(plan(&roomy, &video(1800.0, 640, 360), 224).is_some());
+        // Short or off: one vector, whatever the budget.
+        assert_eq!(plan(&config, &video(30.0, 640, 360), 224), None);
+        let off = ServeConfig {
+            segment_seconds: 0,
+            ..config
+        };
+        assert_eq!(plan(&off, &video(120.0, 640, 360), 224), None);
+    }
 }

@@ -245,9 +245,8 @@ impl IndexBatch {
             let (decoded, cut) = tokio::task::spawn_blocking(move || {
                 let _slot = slot;
                 let d = decoder.decode(&path, frames, size)?;
-                let duration_s = d.info.get("duration_s").and_then(Value::as_f64);
                 // A long video is decoded again, every 1-fps candidate once, to cut its segments.
-                let cut = match super::moments::plan(&st.config, duration_s.unwrap_or(0.0)) {
+                let cut = match super::moments::plan(&st.config, &d.info, size) {
                     Some(spans) => Some((decoder.decode_timeline(&path, frames, size)?, spans)),
                     None => None,
                 };

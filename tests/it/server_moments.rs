@@ -288,6 +288,21 @@ fn moments_are_off_by_default() {
     assert!(v["hits"][0]["moment"].is_null(), "{v}");
 }
 
+/// A long video whose timeline would take more than `--segment-max-mb` stays one vector (the
+/// three-minute clip's estimate is a few hundred MiB; 1 MiB is below it).
+#[test]
+fn a_video_over_the_segmenting_memory_budget_stays_one_vector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(clips) = clips("a_video_over_the_segmenting_memory_budget", tmp.path()) else {
+        return;
+    };
+    let flags = [&SEGMENT_FLAGS[..], &["--segment-max-mb", "1"]].concat();
+    let s = Server::start(&tmp.path().join("data"), &flags);
+    let v = upload(&s, "clip", &[Part::File("long.mp4", clips.long)]);
+    assert_eq!(v["indexed"][0]["segments"], 1, "{v}");
+    assert_eq!(count(&s, "clip"), 1);
+}
+
 #[test]
 fn moments_survive_an_adapter_swap() {
     let tmp = tempfile::tempdir().unwrap();
