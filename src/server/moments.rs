@@ -110,10 +110,12 @@ pub fn search(
 ) -> Result<Vec<VideoHit>, StoreError> {
     // A task without segments is answered by the first search, exactly as before moments.
     let mut want = k;
+    // Video records read for segments, kept across the growing searches so each is read once.
+    let mut records: HashMap<String, Option<Value>> = HashMap::new();
     loop {
         let hits = store.search(query, want, filter)?;
         let exhausted = hits.len() < want || want >= MAX_STORE_K;
-        let videos = group(store, hits, k, per_video)?;
+        let videos = group(store, hits, k, per_video, &mut records)?;
         if videos.len() >= k || exhausted {
             return Ok(videos);
         }
@@ -121,19 +123,18 @@ pub fn search(
     }
 }
 
-/// Groups hits (best first) by video, leaving out segments that are not current.
+/// Groups hits (best first) by video, leaving out segments that are not current. `records`:
+/// the stored fields of each video's own record, taken from the hits, else read once.
 fn group(
     store: &dyn VectorStore,
     hits: Vec<Hit>,
     k: usize,
     per_video: usize,
+    records: &mut HashMap<String, Option<Value>>,
 ) -> Result<Vec<VideoHit>, StoreError> {
-    // The stored fields of each video's own record: from the hits, else read once.
-    let mut records: HashMap<String, Option<Value>> = hits
-        .iter()
-        .filter(|h| !is_segment_key(&h.id))
-        .map(|h| (h.id.clone(), Some(h.meta.clone())))
-        .collect();
+    for h in hits.iter().filter(|h| !is_segment_key(&h.id)) {
+        records.insert(h.id.clone(), Some(h.meta.clone()));
+    }
     let mut out: Vec<VideoHit> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for h in hits {
