@@ -2,7 +2,7 @@
 //! `train::Trainer`, and prints where the checkpoint went. No training logic lives here.
 
 use super::{DataArgs, ModelArgs};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use mvserve::adapter::Tying;
 use mvserve::train::{state_path, AdamWConfig, FrameCache, TrainConfig, TrainData, Trainer};
@@ -87,6 +87,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "{} exists: pass --resume to continue its run or --overwrite to start afresh",
             a.out.display()
         );
+    }
+    // Checked before the first epoch, not found at the end of it: the first checkpoint goes
+    // into this folder.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the folder of --out, {}", dir.display()))?;
     }
     let base = TrainConfig::for_format(format);
     let config = TrainConfig {
