@@ -112,6 +112,12 @@ impl Task {
         self.write_gate.read()
     }
 
+    /// Held by a clean-up that must see no write while it decides (the sweep of segments a
+    /// crash left behind): waits for the writes in flight, and no write starts meanwhile.
+    pub fn exclusive_guard(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.write_gate.write()
+    }
+
     /// Why the last adapter file for this task was refused (or its re-embedding failed), until
     /// a good one is loaded.
     pub fn last_error(&self) -> Option<String> {
@@ -124,6 +130,12 @@ impl Task {
     }
 }
 
+/// A count for a task's status, `None` (logged) when the store cannot answer.
+fn counted(task: &str, what: &str, n: Result<usize, crate::store::StoreError>) -> Option<usize> {
+    n.map_err(|e| tracing::warn!(task, error = %e, "could not count a task's {what}"))
+        .ok()
+}
+
 /// `GET /tasks` entry.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskStatus {
@@ -132,8 +144,12 @@ pub struct TaskStatus {
     pub state: &'static str,
     pub generation: u64,
     pub pending_generation: Option<u64>,
-    /// `null` when the store cannot be asked right now.
+    /// Videos stored (a video indexed as segments counts once); `null` when the store cannot be
+    /// asked right now.
     pub videos: Option<usize>,
+    /// Vectors stored: one per video, one per segment of a video indexed as segments; `null`
+    /// when the store cannot be asked right now.
+    pub vectors: Option<usize>,
     pub model: ModelInfo,
     pub last_error: Option<String>,
 }
@@ -436,13 +452,8 @@ impl Registry {
             },
             pending_generation: pending,
             generation: g.number,
-            videos: match g.store.count() {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    tracing::warn!(task = %t.name, error = %e, "could not count a task's videos");
-                    None
-                }
-            },
+            videos: counted(&t.name, "videos", g.store.count_videos()),
+            vectors: counted(&t.name, "vectors", g.store.count()),
             model: g.info.clone(),
             last_error,
         })

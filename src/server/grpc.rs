@@ -158,8 +158,9 @@ async fn example_stream(
     };
     api.authorize(key, need(&h.task, Scope::Read))?;
     let k = (h.k > 0).then_some(h.k as usize);
+    let segments = (h.segments > 0).then_some(h.segments as usize);
     let mut query =
-        ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter), None).await?;
+        ExampleQuery::begin(&api.state, Some(&h.task), k, Some(&h.filter), segments).await?;
     while let Some(part) = next().await? {
         match part {
             P::Chunk(c) => query.write(&c).await?,
@@ -189,6 +190,16 @@ fn search_response(r: service::SearchResult) -> proto::SearchResponse {
                 thumbnail: h.thumbnail,
                 start_s: h.moment.map(|m| m.start_s),
                 end_s: h.moment.map(|m| m.end_s),
+                moments: h
+                    .moments
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| proto::Moment {
+                        start_s: m.start_s,
+                        end_s: m.end_s,
+                        score: m.score,
+                    })
+                    .collect(),
             })
             .collect(),
     }
@@ -258,7 +269,9 @@ impl MvServe for GrpcApi {
             self.authorize(key.as_deref(), need(&m.task, Scope::Read))?;
             let k = (m.k > 0).then_some(m.k as usize);
             let filter = Some(m.filter.as_str());
-            let r = service::search(&self.state, Some(&m.task), &m.query, k, filter, None).await?;
+            let segments = (m.segments > 0).then_some(m.segments as usize);
+            let r =
+                service::search(&self.state, Some(&m.task), &m.query, k, filter, segments).await?;
             Ok(search_response(r))
         })
         .await
@@ -382,6 +395,7 @@ fn task_status(s: crate::registry::TaskStatus) -> proto::TaskStatus {
         generation: s.generation,
         pending_generation: s.pending_generation,
         videos: s.videos.unwrap_or_default() as u64,
+        vectors: s.vectors.unwrap_or_default() as u64,
         model: Some(proto::ModelInfo {
             kind: m.kind,
             digest: m.digest,

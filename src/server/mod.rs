@@ -568,6 +568,7 @@ fn load_core(
         metrics.adapter_update(&outcome, Duration::ZERO);
         tracing::info!(task, ?outcome, "adapter file at start");
     }
+    sweep_segments(registry.clone());
     Ok(Core {
         registry,
         encoder,
@@ -576,6 +577,29 @@ fn load_core(
         follower: None,
         _writer_lock: writer_lock,
     })
+}
+
+/// Removes, in the background, the segments a crash left behind in every task (see
+/// [`moments::sweep`]); the indexer's job, once at start, since only a crash leaves them.
+fn sweep_segments(registry: Arc<Registry>) {
+    let run = move || {
+        for name in registry.names() {
+            let Some(task) = registry.get(&name) else {
+                continue;
+            };
+            match moments::sweep(&task) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(task = name, removed = n, "removed orphaned segments"),
+                Err(e) => tracing::warn!(task = name, error = %e, "could not sweep segments"),
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("segment-sweep".into())
+        .spawn(run)
+    {
+        tracing::warn!(error = %e, "could not start the segment sweep");
+    }
 }
 
 /// How often a query replica looks for tasks added or removed (searches resolve their task's

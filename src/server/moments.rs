@@ -8,6 +8,7 @@
 use super::ServeConfig;
 use crate::encode::{EncodeError, Encoder, TaskModel};
 use crate::media::Timeline;
+use crate::registry::Task;
 use crate::store::moments::{self, is_current, is_segment_key, moment_of, video_of};
 use crate::store::{Filter, Hit, StoreError, VectorStore};
 use serde_json::Value;
@@ -24,6 +25,27 @@ const RETRY: Duration = Duration::from_millis(50);
 const GROWTH: usize = 4;
 /// The most vectors one store search asks for (Milvus's own `topk` limit).
 const MAX_STORE_K: usize = 16_384;
+
+/// Deletes the segments of `task`'s current generation that a crash left behind
+/// ([`moments::orphaned`]: a re-upload with fewer segments or a delete stopped between its commit
+/// and its clean-up); returns how many. One video at a time under the task's exclusive write
+/// guard, so no upload or delete of that video falls between reading its record and deleting.
+pub fn sweep(task: &Task) -> Result<usize, StoreError> {
+    let gen = task.current();
+    let mut removed = 0;
+    for (video, keys) in moments::segments_by_video(gen.store.ids()?) {
+        let _alone = task.exclusive_guard();
+        if !Arc::ptr_eq(&task.current(), &gen) {
+            // Cut over meanwhile: a re-embedded generation is written whole, with no leftovers.
+            break;
+        }
+        let record = gen.store.get(&video)?;
+        for key in moments::orphaned(record.as_ref().map(|r| &r.meta), &keys) {
+            removed += usize::from(gen.store.delete(&key)?);
+        }
+    }
+    Ok(removed)
+}
 
 /// The spans of a video (`info`: what its first decode found) under the server's flags;
 /// `None`: it stays one vector (moments off, shorter than `--segment-min-seconds`, not longer

@@ -110,6 +110,7 @@ impl Modify for Security {
         service::SearchResult,
         service::SearchHit,
         service::Moment,
+        service::Span,
         service::VideoInfo,
         service::Deleted,
         service::TaskList,

@@ -371,6 +371,16 @@ pub struct VideoInfo {
     /// URL path of the stored upload (Range requests supported).
     pub video: String,
     pub content_type: String,
+    /// The spans of its segments, in order, for a video indexed as segments (see the README's
+    /// "Moments"); `null` for a video stored as one vector.
+    pub segments: Option<Vec<Span>>,
+}
+
+/// A segment's time span, in seconds from the start of its video.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Span {
+    pub start_s: f64,
+    pub end_s: f64,
 }
 
 fn unknown_video(task: &str, id: &str) -> ApiError {
@@ -404,6 +414,12 @@ pub async fn get_video(state: &AppState, task: &str, id: &str) -> Result<VideoIn
         thumbnail: thumb_url(&t.name, &r.id),
         video: video_url(&t.name, &r.id),
         content_type: content_type(&r.meta).to_string(),
+        segments: crate::store::moments::Layout::of(&r.meta).map(|l| {
+            l.spans
+                .iter()
+                .map(|&(start_s, end_s)| Span { start_s, end_s })
+                .collect()
+        }),
         id: r.id,
     })
 }

@@ -55,6 +55,9 @@ pub trait VectorStore: Send + Sync {
         filter: Option<&Filter>,
     ) -> Result<Vec<Hit>, StoreError>;
     fn count(&self) -> Result<usize, StoreError>;
+    /// How many videos: the records less the segments `i >= 1` of videos indexed as segments
+    /// ([`super::moments`]), whose keys hold [`super::moments::SEP`].
+    fn count_videos(&self) -> Result<usize, StoreError>;
     /// Every live id, in no particular order.
     fn ids(&self) -> Result<Vec<String>, StoreError>;
     /// The adapter digest the generation's vectors were made with; `None` while that is not
@@ -173,6 +176,9 @@ impl VectorStore for TaskStore {
     }
     fn count(&self) -> Result<usize, StoreError> {
         Ok(self.len())
+    }
+    fn count_videos(&self) -> Result<usize, StoreError> {
+        Ok(self.count_ids(|id| !super::moments::is_segment_key(id)))
     }
     fn ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(TaskStore::ids(self))

@@ -9,7 +9,8 @@
 //!   character (the edge refuses them), so no user id is a segment key;
 //! - the video's record carries the layout (`segments: {upload, spans}`); every segment carries
 //!   its `moment: {start_s, end_s}`, its `video`, the `upload` it belongs to, and the user `meta`
-//!   and `media` (so filters apply to it and a hit renders from it alone);
+//!   and `media` (so filters apply to it and a hit renders from it alone); only a segment has a
+//!   top-level `video` field (the Milvus backend counts videos by it);
 //! - a segment is current only while its `upload` is the video record's: a re-upload with fewer
 //!   segments replaces the video record and its first segments in one atomic `add_records`, so
 //!   the leftovers are invisible at once and removed right after ([`stale_keys`]);
@@ -19,6 +20,7 @@
 
 use super::{BlobVersion, NewRecord, StoreError, VectorStore};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 /// Between a video id and a segment index in a segment's key.
 pub const SEP: char = '\u{1f}';
@@ -166,6 +168,31 @@ pub fn is_current(key: &str, hit: &Value, video: &Value) -> bool {
     }
 }
 
+/// The segment keys among `ids`, grouped by their video.
+pub fn segments_by_video(ids: Vec<String>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for id in ids.into_iter().filter(|k| is_segment_key(k)) {
+        out.entry(video_of(&id).to_string()).or_default().push(id);
+    }
+    out
+}
+
+/// Which of `keys` (segment keys of one video) no upload owns any more, given the video's
+/// stored fields (`None`: no such video). A crash between a commit and its clean-up leaves
+/// them: a re-upload with fewer segments, or a delete, writes the video record first and
+/// removes the segments after. A segment below the current layout's count was rewritten by
+/// the same atomic write as the video record, so it is current; every other one is not.
+pub fn orphaned(video: Option<&Value>, keys: &[String]) -> Vec<String> {
+    let count = video.and_then(Layout::of).map_or(1, |l| l.spans.len());
+    keys.iter()
+        .filter(|k| {
+            let index = k.split_once(SEP).and_then(|(_, i)| i.parse::<usize>().ok());
+            index.is_none_or(|i| i >= count)
+        })
+        .cloned()
+        .collect()
+}
+
 /// Deletes a video and all its segments; `Ok(false)` when it was not there. The video's record
 /// goes first: its segments are no longer current from that instant, whatever happens next.
 pub fn delete_video(store: &dyn VectorStore, id: &str) -> Result<bool, StoreError> {
@@ -223,5 +250,25 @@ mod tests {
             vec![segment_key("v", 2)]
         );
         assert!(stale_keys("v", None, 1).is_empty());
+    }
+
+    #[test]
+    fn orphaned_segments_are_those_past_the_current_layout() {
+        let keys: Vec<String> = (1..5).map(|i| segment_key("v", i)).collect();
+        let mut ids = keys.clone();
+        ids.extend(["v".to_string(), "w".to_string(), segment_key("w", 1)]);
+        let groups = segments_by_video(ids);
+        assert_eq!(groups["v"].len(), 4);
+        assert_eq!(groups["w"], vec![segment_key("w", 1)]);
+        // No video record (a delete cut short): every segment is orphaned.
+        assert_eq!(orphaned(None, &keys), keys);
+        // Re-uploaded with 3 segments: 1 and 2 are current, 3 and 4 are left over.
+        let l = Layout::new(vec![(0.0, 12.0), (6.0, 18.0), (12.0, 20.0)]);
+        let v = records("v", json!({}), BlobVersion::fresh(), &l, vec![vec![1.0]; 3]);
+        assert_eq!(orphaned(Some(&v[0].meta), &keys), keys[2..].to_vec());
+        // Re-uploaded unsegmented: all of them; a key that is not a number is never current.
+        assert_eq!(orphaned(Some(&json!({"meta": null})), &keys), keys);
+        let odd = vec![format!("v{SEP}x")];
+        assert_eq!(orphaned(Some(&v[0].meta), &odd), odd);
     }
 }

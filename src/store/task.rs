@@ -343,6 +343,12 @@ impl TaskStore {
         idx.entries.keys().map(|k| k.to_string()).collect()
     }
 
+    /// How many live ids pass `keep`, without copying them out.
+    pub fn count_ids(&self, keep: impl Fn(&str) -> bool) -> usize {
+        let idx = self.inner.index.read();
+        idx.entries.keys().filter(|k| keep(k)).count()
+    }
+
     /// The `k` best hits for `query` (normalised here), best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>, StoreError> {
         self.search_with(query, k, SearchMode::Auto)

@@ -424,6 +424,7 @@ fn example_request(
             task: task.into(),
             k,
             filter: String::new(),
+            segments: 0,
         })),
     }];
     msgs.extend(bytes.chunks(64 << 10).map(|c| SearchByExampleRequest {
@@ -560,6 +561,7 @@ fn grpc_examples_match_http_and_go_through_the_task_adapter() {
                 query: "a clip".into(),
                 k: 2,
                 filter: String::new(),
+                segments: 0,
             })
             .await
             .unwrap()

@@ -140,6 +140,7 @@ fn filtered_search_over_http_and_grpc() {
         query: "a clip".into(),
         k: 10,
         filter: filter.into(),
+        segments: 0,
     };
     for (filter, want) in cases {
         let r = rt.block_on(c.search(req(filter))).unwrap().into_inner();

@@ -56,6 +56,7 @@ fn search_req(task: &str, query: &str, k: u32) -> SearchRequest {
         query: query.into(),
         k,
         filter: String::new(),
+        segments: 0,
     }
 }
 

@@ -793,6 +793,25 @@ impl VectorStore for MilvusStore {
         Ok(n as usize)
     }
 
+    fn count_videos(&self) -> Result<usize, StoreError> {
+        // Only a segment record has a top-level `video` field (store::moments), so one
+        // server-side count answers without listing ids. (Milvus 2.3's `like` matches prefixes
+        // only, so the separator in segment keys cannot be searched for.)
+        let name = self.collection.clone();
+        let level = self.shared.read_level();
+        let segment = Filter::parse(r#"{"exists": "video"}"#).expect("a valid filter");
+        let expr = format!(
+            "not ({})",
+            segment.to_milvus(&format!("{}[\"v\"]", rpc::F_META))
+        );
+        let n = self.shared.loaded(&name, || {
+            let (name, expr) = (name.clone(), expr.clone());
+            self.shared
+                .call(move |r| async move { r.count_where(&name, &expr, level).await })
+        })?;
+        Ok(n as usize)
+    }
+
     fn ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.live()?.into_iter().map(|(id, _)| id).collect())
     }

@@ -507,12 +507,22 @@ impl Rpc {
 
     /// Number of rows.
     pub async fn count(&self, name: &str, level: ConsistencyLevel) -> Result<u64, RpcError> {
+        self.count_where(name, "", level).await
+    }
+
+    /// `count(*)` of the rows passing the boolean expression `expr` ("" for all of them).
+    pub async fn count_where(
+        &self,
+        name: &str,
+        expr: &str,
+        level: ConsistencyLevel,
+    ) -> Result<u64, RpcError> {
         let r = self
             .c()
             .query(pb::QueryRequest {
                 base: base(MsgType::Retrieve),
                 collection_name: name.to_string(),
-                expr: String::new(),
+                expr: expr.to_string(),
                 output_fields: vec!["count(*)".to_string()],
                 consistency_level: level.into(),
                 ..Default::default()
