@@ -106,6 +106,38 @@ impl Server {
     }
 }
 
+/// One client, one `GET /search` at a time through an adapter task: `n` distinct ~30-word queries
+/// (each padded or cut to the task's 32 tokens: a text-tower pass with its adapter), then the same
+/// again (answered from the query cache).
+fn query_latency(s: &Server, task: &str, n: usize) {
+    let texts: Vec<String> = (0..n)
+        .map(|q| format!("query {q}: a person in a red coat walks a small dog along a wet street at night while cars pass slowly and rain falls on the shop windows behind them"))
+        .collect();
+    let p50 = || {
+        let mut l: Vec<f64> = texts
+            .iter()
+            .map(|t| {
+                let t0 = Instant::now();
+                ureq::get(&format!("{}/search", s.base))
+                    .query("task", task)
+                    .query("q", t)
+                    .query("k", "10")
+                    .call()
+                    .unwrap();
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        l.sort_by(|a, b| a.total_cmp(b));
+        (percentile(&l, 0.5), percentile(&l, 0.99))
+    };
+    let miss = p50();
+    let hit = p50();
+    println!(
+        "one GET /search at a time, adapter task, {n} distinct 32-token queries: p50 {:.1} ms (p99 {:.1} ms) through the text tower, p50 {:.2} ms (p99 {:.2} ms) from the query cache",
+        miss.0, miss.1, hit.0, hit.1
+    );
+}
+
 fn unix_us() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -235,6 +267,9 @@ fn main() {
                 "swap {i}: rename started at {renamed_us:.0} us since the epoch, served after {:.1} ms",
                 ms[ms.len() - 1]
             );
+        }
+        if debounce == "100" {
+            query_latency(&s, "swap", 30);
         }
         load.sort_by(|a, b| a.partial_cmp(b).unwrap());
         first.sort_by(|a, b| a.partial_cmp(b).unwrap());
