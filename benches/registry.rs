@@ -17,6 +17,8 @@ use mvserve::bench::random_adapter_file;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[path = "common/queries.rs"]
+mod queries;
 #[path = "common/server.rs"]
 mod server;
 use server::Server;
@@ -110,24 +112,16 @@ impl Server {
 /// (each padded or cut to the task's 32 tokens: a text-tower pass with its adapter), then the same
 /// again (answered from the query cache).
 fn query_latency(s: &Server, task: &str, n: usize) {
-    let texts: Vec<String> = (0..n)
-        .map(|q| format!("query {q}: a person in a red coat walks a small dog along a wet street at night while cars pass slowly and rain falls on the shop windows behind them"))
-        .collect();
+    let texts = queries::texts(n);
     let p50 = || {
-        let mut l: Vec<f64> = texts
-            .iter()
-            .map(|t| {
-                let t0 = Instant::now();
-                ureq::get(&format!("{}/search", s.base))
-                    .query("task", task)
-                    .query("q", t)
-                    .query("k", "10")
-                    .call()
-                    .unwrap();
-                t0.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        l.sort_by(|a, b| a.total_cmp(b));
+        let l = queries::sorted_ms(&texts, |t| {
+            ureq::get(&format!("{}/search", s.base))
+                .query("task", task)
+                .query("q", t)
+                .query("k", "10")
+                .call()
+                .unwrap();
+        });
         (percentile(&l, 0.5), percentile(&l, 0.99))
     };
     let miss = p50();
