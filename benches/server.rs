@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "common/queries.rs"]
+mod queries;
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -154,20 +157,11 @@ fn query_latency(model: &Arc<dyn TaskModel>, n: usize) -> (f64, f64) {
     let enc = Encoder::start(backbone(), EncoderConfig::default(), None);
     rt.block_on(enc.encode_text(model.clone(), "warm up"))
         .unwrap();
-    // About 30 words: the tokenizer pads or cuts every query to the task's 32 tokens either way.
-    let texts: Vec<String> = (0..n)
-        .map(|q| format!("query {q}: a person in a red coat walks a small dog along a wet street at night while cars pass slowly and rain falls on the shop windows behind them"))
-        .collect();
+    let texts = queries::texts(n);
     let p50 = || {
-        let mut l: Vec<f64> = texts
-            .iter()
-            .map(|t| {
-                let t0 = Instant::now();
-                rt.block_on(enc.encode_text(model.clone(), t)).unwrap();
-                t0.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        l.sort_by(|a, b| a.total_cmp(b));
+        let l = queries::sorted_ms(&texts, |t| {
+            rt.block_on(enc.encode_text(model.clone(), t)).unwrap();
+        });
         percentile(&l, 0.5)
     };
     let miss = p50();

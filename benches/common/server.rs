@@ -25,7 +25,10 @@ impl Server {
             .arg("--adapters-dir")
             .arg(data.join("adapters"))
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("MVSERVE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -230,6 +230,10 @@ impl Drop for AdapterModel {
     }
 }
 
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn candle_err(e: AdapterError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
@@ -315,12 +319,16 @@ impl FileLoader {
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.cache.dir.join(format!(".{task}.{n}.tmp"));
         std::fs::copy(path, &tmp).map_err(|e| format!("reading {name}: {e}"))?;
+        let t_copy = t0.elapsed();
+        let mut t_read = t_copy;
         let checked = (|| {
             let file = AdapterFile::read(&tmp)?;
+            t_read = t0.elapsed();
             file.check_backbone(&self.backbone, &self.dims)?;
             let adapter = file.adapter(&self.cache.device)?;
             Ok::<_, AdapterError>((file, adapter))
         })();
+        let t_tensors = t0.elapsed();
         let (file, adapter) = match checked {
             Ok(x) => x,
             Err(e) => {
@@ -356,6 +364,14 @@ impl FileLoader {
         };
         self.cache.insert(task, &digest, Arc::new(adapter));
         let seconds = t0.elapsed().as_secs_f64();
+        tracing::debug!(
+            task,
+            copy_ms = ms(t_copy),
+            validate_ms = ms(t_read - t_copy),
+            tensors_ms = ms(t_tensors - t_read),
+            total_ms = seconds * 1e3,
+            "adapter file loaded"
+        );
         self.cache.observer.loaded(task, seconds);
         let info = ModelInfo {
             kind: "adapter".into(),
@@ -380,7 +396,15 @@ impl AdapterLoader for FileLoader {
 
     fn keep_copy(&self, digest: &str, dst: &Path) -> Result<(), String> {
         let src = self.cache.copy_path(digest);
-        crate::store::durable::copy_file(&src, dst)
-            .map_err(|e| format!("keeping a copy of adapter {digest}: {e}"))
+        // A hard link shares the cache copy's bytes (never written in place: a new load of the
+        // same digest renames a new file over the name) instead of copying 14 MB; it is made
+        // durable the same way. Where no link can be made (another file system), a copy.
+        let tmp = dst.with_extension("link.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let kept = match std::fs::hard_link(&src, &tmp) {
+            Ok(()) => crate::store::durable::persist(&tmp, dst),
+            Err(_) => crate::store::durable::copy_file(&src, dst),
+        };
+        kept.map_err(|e| format!("keeping a copy of adapter {digest}: {e}"))
     }
 }

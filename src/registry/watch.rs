@@ -14,7 +14,7 @@
 
 use super::{valid_task_name, Generation, ModelInfo, Registry, Task, ADAPTER_COPY, CLIP_TASK};
 use crate::encode::TaskModel;
-use notify::event::ModifyKind;
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -125,15 +125,24 @@ impl Registry {
         info: ModelInfo,
     ) -> Result<Generation, String> {
         let digest = model.digest().to_string();
+        let t0 = Instant::now();
         let gen = match fresh {
             true => self.fresh_generation(task, number, model, info),
             false => self.open_generation(task, number, model, info),
         }
         .map_err(|e| e.to_string())?;
+        let t1 = t0.elapsed();
         let copy = self.generation_dir(task, number).join(ADAPTER_COPY);
         if !copy.exists() {
             loader.keep_copy(&digest, &copy)?;
         }
+        tracing::debug!(
+            task,
+            generation = number,
+            open_ms = t1.as_secs_f64() * 1e3,
+            copy_ms = (t0.elapsed() - t1).as_secs_f64() * 1e3,
+            "generation opened with its adapter copy"
+        );
         Ok(gen)
     }
 
@@ -295,7 +304,7 @@ impl Registry {
 }
 
 /// Called after each file change is applied (metrics, logs), with the time since the first
-/// event for the file (the debounce included: what an operator waits for).
+/// event for the file (the debounce included, when it applied: what an operator waits for).
 pub type OnOutcome = Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>;
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -304,8 +313,97 @@ pub struct AdapterWatcher {
     _thread: std::thread::JoinHandle<()>,
 }
 
-/// Watches `dir` and applies every change to `registry` on a background thread. Events are
-/// debounced (`debounce` after the last event for a file) so a file being written is read once.
+/// How a path in the folder changed.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Change {
+    /// Renamed into place: the file is whole (a rename is atomic), so it is loaded at once.
+    Arrived,
+    /// Created, written, removed or renamed away: it may still be being written, so it is loaded
+    /// once no event has come for it for the debounce.
+    Touched,
+}
+
+/// How each event kind is handled: `None` for the ones that never change an adapter.
+fn change_of(kind: &EventKind) -> Option<Change> {
+    match kind {
+        // Reading a file (ours included: loading it) raises access events, and a chmod raises
+        // metadata ones; neither changes the adapter, and reacting to our own reads would loop.
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => None,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Change::Arrived),
+        _ => Some(Change::Touched),
+    }
+}
+
+/// The paths a watcher event names, with how each changed.
+fn changes(ev: notify::Event) -> Vec<(PathBuf, Change)> {
+    let Some(change) = change_of(&ev.kind) else {
+        return Vec::new();
+    };
+    match ev.kind {
+        // [from, to] of one rename: the source is gone, the destination arrived (inotify also
+        // reports each alone; the watcher thread folds the repeats).
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if ev.paths.len() == 2 => {
+            let mut p = ev.paths.into_iter();
+            let from = p.next().map(|f| (f, Change::Touched));
+            let to = p.next().map(|t| (t, Change::Arrived));
+            from.into_iter().chain(to).collect()
+        }
+        _ => ev.paths.into_iter().map(|p| (p, change)).collect(),
+    }
+}
+
+/// The files waiting for their debounce, and when each was first and last touched.
+struct Debounce {
+    delay: Duration,
+    pending: BTreeMap<PathBuf, (Instant, Instant)>,
+}
+
+impl Debounce {
+    /// How long the thread may sleep before the next file is due.
+    fn wait(&self, now: Instant) -> Duration {
+        self.pending
+            .values()
+            .map(|(_, last)| (*last + self.delay).saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// Notes one change; returns when the file was first seen if it is to be loaded now.
+    fn note(&mut self, path: PathBuf, change: Change, now: Instant) -> Option<(PathBuf, Instant)> {
+        match change {
+            Change::Arrived => {
+                // What was pending for the path is superseded by the whole file now there.
+                let first = self.pending.remove(&path).map_or(now, |(first, _)| first);
+                Some((path, first))
+            }
+            Change::Touched => {
+                self.pending
+                    .entry(path)
+                    .and_modify(|(_, last)| *last = now)
+                    .or_insert((now, now));
+                None
+            }
+        }
+    }
+
+    /// The files whose debounce ran out by `now`, with when each was first seen.
+    fn due(&mut self, now: Instant) -> Vec<(PathBuf, Instant)> {
+        let due: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, last))| *last + self.delay <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|p| self.pending.remove(&p).map(|(first, _)| (p, first)))
+            .collect()
+    }
+}
+
+/// Watches `dir` and applies every change to `registry` on a background thread. A file renamed
+/// into the folder is loaded as soon as its event arrives; any other change (a file created or
+/// written in place, removed, renamed away) waits until `debounce` has passed without an event
+/// for that file, so a file being written is read once, whole.
 pub fn watch(
     registry: Arc<Registry>,
     loader: Arc<dyn AdapterLoader>,
@@ -314,19 +412,11 @@ pub fn watch(
     on_outcome: OnOutcome,
 ) -> notify::Result<AdapterWatcher> {
     std::fs::create_dir_all(dir).map_err(notify::Error::io)?;
-    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Change)>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            // Reading a file (ours included: loading it) raises access events, and a chmod raises
-            // metadata ones; neither changes the adapter, and reacting to our own reads would loop.
-            if matches!(
-                ev.kind,
-                EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
-            ) {
-                return;
-            }
-            for p in ev.paths {
-                let _ = tx.send(p);
+            for c in changes(ev) {
+                let _ = tx.send(c);
             }
         }
     })?;
@@ -334,26 +424,43 @@ pub fn watch(
     let thread = std::thread::Builder::new()
         .name("adapter-watch".into())
         .spawn(move || {
-            let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
+            let mut debounce = Debounce {
+                delay: debounce,
+                pending: BTreeMap::new(),
+            };
+            let apply = |path: &Path, first: Instant| {
+                if let Some(task) = task_of_path(path) {
+                    let waited_ms = first.elapsed().as_secs_f64() * 1e3;
+                    tracing::debug!(task, waited_ms, "applying a change of the adapter folder");
+                    let o = registry.apply_file(loader.as_ref(), &task, path);
+                    on_outcome(&task, &o, first.elapsed());
+                }
+            };
             loop {
-                let timeout = if pending.is_empty() {
-                    Duration::from_secs(3600)
-                } else {
-                    debounce
-                };
-                match rx.recv_timeout(timeout) {
-                    Ok(p) => {
-                        pending.entry(p).or_insert_with(Instant::now);
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                        for (p, since) in std::mem::take(&mut pending) {
-                            if let Some(task) = task_of_path(&p) {
-                                let o = registry.apply_file(loader.as_ref(), &task, &p);
-                                on_outcome(&task, &o, since.elapsed());
+                let mut now_ready: Vec<(PathBuf, Instant)> = Vec::new();
+                match rx.recv_timeout(debounce.wait(Instant::now())) {
+                    Ok((p, c)) => {
+                        // Take every event already queued with it, so one rename (reported
+                        // twice) is loaded once.
+                        let mut batch = vec![(p, c)];
+                        batch.extend(rx.try_iter());
+                        let now = Instant::now();
+                        for (p, c) in batch {
+                            if let Some((p, first)) = debounce.note(p, c, now) {
+                                if !now_ready.iter().any(|(q, _)| *q == p) {
+                                    now_ready.push((p, first));
+                                }
                             }
                         }
                     }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                for (p, first) in now_ready {
+                    apply(&p, first);
+                }
+                for (p, first) in debounce.due(Instant::now()) {
+                    apply(&p, first);
                 }
             }
         })

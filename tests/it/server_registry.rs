@@ -146,6 +146,73 @@ fn adapter_folder_is_watched_and_bad_files_never_replace_good_ones() {
     wait_for("the removal", || reg.get("sports").is_none());
 }
 
+/// A file renamed into the folder is whole, so it is loaded at once, without waiting for the
+/// debounce; a file written in place waits until it has been quiet for the debounce, so a
+/// half-written file (here one the loader would accept) is never loaded.
+#[test]
+fn a_renamed_file_is_loaded_at_once_and_one_written_in_place_only_when_quiet() {
+    use std::io::Write;
+    let (data, adapters) = news_dirs();
+    let dir = adapters.path();
+    let reg = registry(&data);
+    reg.scan(&FakeLoader, dir);
+    let debounce = Duration::from_secs(2);
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::<(String, Outcome)>::new()));
+    let _w = {
+        let seen = seen.clone();
+        watch(
+            reg.clone(),
+            Arc::new(FakeLoader),
+            dir,
+            debounce,
+            Arc::new(move |task: &str, o: &Outcome, _| seen.lock().push((task.into(), o.clone()))),
+        )
+        .unwrap()
+    };
+
+    // A rename swaps the model well before the debounce would have passed.
+    let t0 = std::time::Instant::now();
+    put(dir, "news.safetensors", "ok:news-2");
+    wait_for("the renamed file", || {
+        digest(&reg, "news").as_deref() == Some("ok:news-2")
+    });
+    assert!(
+        t0.elapsed() < debounce / 2,
+        "a rename took {:?} to be loaded (debounce {debounce:?})",
+        t0.elapsed()
+    );
+
+    // Written in place, in two parts with a pause shorter than the debounce: nothing is loaded
+    // until the file is whole and quiet.
+    let path = dir.join("sports.safetensors");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"ok:spo").unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(debounce / 2);
+    assert!(
+        reg.get("sports").is_none(),
+        "a half-written file was loaded"
+    );
+    f.write_all(b"rts-1").unwrap();
+    drop(f);
+    let last_write = std::time::Instant::now();
+    wait_for("the file written in place", || {
+        digest(&reg, "sports").as_deref() == Some("ok:sports-1")
+    });
+    assert!(
+        last_write.elapsed() >= debounce - Duration::from_millis(100),
+        "loaded {:?} after the last write (debounce {debounce:?})",
+        last_write.elapsed()
+    );
+    let sports: Vec<Outcome> = seen
+        .lock()
+        .iter()
+        .filter(|(t, _)| t == "sports")
+        .map(|(_, o)| o.clone())
+        .collect();
+    assert_eq!(sports, vec![Outcome::Added { generation: 0 }]);
+}
+
 /// A stand-in for decode + encode: the vector is the file's bytes folded into 32 values. It waits
 /// until the test releases it, so the test sees the old generation serve meanwhile.
 struct FoldEmbedder(Arc<std::sync::atomic::AtomicBool>);
