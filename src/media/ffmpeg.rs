@@ -309,7 +309,7 @@ fn run_frames(
                     read_err = Some(e);
                     break;
                 }
-                images.push(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes"));
+                images.push(budget.keep(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes")));
             }
             Err(_) => break, // end of output (fewer frames than asked, or ffmpeg failed)
         }

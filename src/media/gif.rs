@@ -65,7 +65,7 @@ pub fn decode(bytes: &[u8], spec: &SampleSpec, budget: &mut Budget) -> Result<De
             let rgba = frame.into_buffer();
             let (fw, fh) = rgba.dimensions();
             let rgb: Vec<u8> = rgba.pixels().flat_map(|p| [p[0], p[1], p[2]]).collect();
-            images.push(RgbImage::from_raw(fw, fh, rgb).expect("w*h*3 bytes"));
+            images.push(budget.keep(RgbImage::from_raw(fw, fh, rgb).expect("w*h*3 bytes")));
             next += 1;
             if next == chosen.len() {
                 break;

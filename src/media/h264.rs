@@ -645,7 +645,7 @@ impl Sink {
         self.outputs += 1;
         if let Some(&slot) = self.slot_of_rank.get(&rank) {
             if self.images[slot].is_none() {
-                self.images[slot] = Some(to_rgb(info, dst, budget)?);
+                self.images[slot] = Some(budget.keep(to_rgb(info, dst, budget)?));
                 self.remaining -= 1;
             }
         }
@@ -824,6 +824,7 @@ mod tests {
             limits: &limits,
             deadline: std::time::Instant::now(),
             stats: Default::default(),
+            shrink: None,
         };
         let mut out = Vec::new();
         let e = push_nal(&sps(6250, 6250), &mut out, &budget).unwrap_err();

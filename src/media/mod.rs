@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::backbone::preprocess::preprocess_into;
+use crate::backbone::preprocess::{preprocess_into, resize_crop};
 pub use detect::{detect, Container};
 
 /// Hard ceiling on either side of a frame, whatever `max_pixels` says (H.264 level 6.2 is 8192).
@@ -214,21 +214,28 @@ pub fn load_video_bytes_with(
 pub const MAX_TIMELINE_FRAMES: usize = 4096;
 
 /// Every candidate frame of a video (one per `1/fps` interval, spec section 10's first step),
-/// preprocessed once, so that segments of it can be cut without decoding anything twice.
+/// kept as the `size` x `size` RGB crop preprocessing reads (3 bytes a pixel, a quarter of the
+/// preprocessed floats and far less than a decoded frame), so segments of it can be cut
+/// without decoding anything twice. Each frame is cut as soon as it is decoded: a timeline's
+/// memory is `n x 3 x size^2` bytes plus one frame being decoded, whatever the video's
+/// resolution (at most [`MAX_TIMELINE_FRAMES`] x 150 KiB at 224 px).
 #[derive(Clone, Debug)]
 pub struct Timeline {
-    /// (n, 3, size, size) CLIP-normalised values, one block per candidate, in time order.
-    pub pixels: Vec<f32>,
+    /// The candidates' crops, in time order (length n).
+    frames: Vec<RgbImage>,
     /// Presentation time in seconds of each candidate (length n).
     pub timestamps: Vec<f64>,
     /// Side of each frame.
     pub size: u32,
-    /// JPEG of the frame the whole-video sampling of `frames` would take as its thumbnail.
-    pub thumbnail_jpeg: Vec<u8>,
     pub info: MediaInfo,
 }
 
 impl Timeline {
+    /// Bytes a timeline of `n` candidates at `size` holds.
+    pub fn bytes(n: usize, size: u32) -> u64 {
+        n as u64 * 3 * u64::from(size) * u64::from(size)
+    }
+
     /// The (F, 3, S, S) tensor and mask of the span `[start_s, end_s)`: its candidates, thinned
     /// to `frames` with the same uniform rule as a whole video (`sample::uniform`).
     pub fn span(&self, start_s: f64, end_s: f64, frames: usize) -> (Vec<f32>, Vec<bool>) {
@@ -248,9 +255,11 @@ impl Timeline {
         let chosen = sample::uniform(inside.len(), frames);
         let mut pixels = vec![0.0f32; frames * per];
         for (slot, &j) in chosen.iter().enumerate() {
-            let i = inside[j];
-            pixels[slot * per..(slot + 1) * per]
-                .copy_from_slice(&self.pixels[i * per..(i + 1) * per]);
+            preprocess_into(
+                &self.frames[inside[j]],
+                self.size,
+                &mut pixels[slot * per..(slot + 1) * per],
+            );
         }
         let mask = (0..frames).map(|i| i < chosen.len()).collect();
         (pixels, mask)
@@ -258,8 +267,8 @@ impl Timeline {
 }
 
 /// Decodes every 1-fps candidate of the video at `path` (at most [`MAX_TIMELINE_FRAMES`]) with
-/// the seeking decoder, so the work grows with the video's seconds, not its frames. `spec.frames`
-/// is F, which only picks the thumbnail here.
+/// the seeking decoder, so the work grows with the video's seconds, not its frames; each frame
+/// is cut to its preprocessing crop as it is decoded.
 pub fn load_timeline(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Timeline> {
     let bytes = read_limited(path, limits)?;
     let all = SampleSpec {
@@ -272,6 +281,7 @@ pub fn load_timeline(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Re
         limits,
         deadline: Instant::now() + limits.max_wall_time,
         stats: Stats::default(),
+        shrink: Some(spec.size),
     };
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         decode_any(&bytes, Some(path), &all, &mut budget, DecodeStrategy::Seek)
@@ -286,20 +296,10 @@ pub fn load_timeline(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Re
     if images.is_empty() {
         return Err(MediaError::Corrupt("no decodable video frames".into()));
     }
-    let s = spec.size as usize;
-    let per = 3 * s * s;
-    let mut pixels = vec![0.0f32; images.len() * per];
-    for (img, out) in images.iter().zip(pixels.chunks_mut(per)) {
-        preprocess_into(img, spec.size, out);
-    }
-    // The whole video's own thumbnail: the middle of the F frames it would sample.
-    let chosen = sample::uniform(images.len(), spec.frames);
-    let thumbnail_jpeg = jpeg(&images[chosen[(chosen.len() - 1) / 2]])?;
     Ok(Timeline {
-        pixels,
+        frames: images,
         timestamps,
         size: spec.size,
-        thumbnail_jpeg,
         info,
     })
 }
@@ -397,9 +397,20 @@ pub(crate) struct Budget<'a> {
     pub limits: &'a MediaLimits,
     pub deadline: Instant,
     pub stats: Stats,
+    /// When set, every frame a decoder keeps is cut at once to the `S` x `S` crop preprocessing
+    /// reads ([`resize_crop`]), so a timeline's frames never sit in memory at full size.
+    pub shrink: Option<u32>,
 }
 
 impl Budget<'_> {
+    /// A decoded frame as the caller keeps it (see `shrink`).
+    pub fn keep(&self, img: RgbImage) -> RgbImage {
+        match self.shrink {
+            Some(size) => resize_crop(&img, size),
+            None => img,
+        }
+    }
+
     /// Fails once the wall-time budget is spent.
     pub fn check_time(&self) -> Result<()> {
         if Instant::now() > self.deadline {
@@ -505,6 +516,7 @@ fn run(
         limits,
         deadline: Instant::now() + limits.max_wall_time,
         stats: Stats::default(),
+        shrink: None,
     };
     let decoded = catch_unwind(AssertUnwindSafe(|| {
         decode_any(bytes, path, spec, &mut budget, strategy)

@@ -73,12 +73,13 @@ pub fn plan(config: &ServeConfig, info: &Value, size: usize) -> Option<Vec<(f64,
     Some(spans)
 }
 
-/// What `media::load_timeline` holds at its peak for a video: every 1-fps candidate decoded
-/// (RGB, 3 bytes a pixel) and preprocessed (3 x size x size f32).
+/// What `media::load_timeline` holds at its peak for a video: every 1-fps candidate as its
+/// size x size RGB crop, and the frame being decoded at full size with its resized copy (RGB, 3
+/// bytes a pixel each, counted at full size).
 fn timeline_bytes(duration_s: f64, width: f64, height: f64, size: usize) -> u64 {
-    let frames = (duration_s.ceil() as u64 + 1).min(crate::media::MAX_TIMELINE_FRAMES as u64);
-    let per = (width * height * 3.0) as u64 + (3 * size * size * 4) as u64;
-    frames.saturating_mul(per)
+    let frames = (duration_s.ceil() as usize + 1).min(crate::media::MAX_TIMELINE_FRAMES);
+    let decoding = 2 * (width * height * 3.0) as u64;
+    Timeline::bytes(frames, size as u32).saturating_add(decoding)
 }
 
 /// One vector of `model` per span of `timeline`, in order. A full encoder queue is waited out
@@ -206,17 +207,25 @@ mod tests {
             ..ServeConfig::default()
         };
         let video = |s: f64, w: u32, h: u32| json!({"duration_s": s, "width": w, "height": h});
-        // 2 min at 360p: 121 x (691,200 + 602,112) bytes = 150 MiB, within the default 1 GiB.
-        let spans = plan(&config, &video(120.0, 640, 360), 224).unwrap();
-        assert_eq!(spans.first(), Some(&(0.0, 12.0)));
-        // 30 min at 360p: 2.2 GiB; 10 min at 1080p: 4 GiB.
-        assert_eq!(plan(&config, &video(1800.0, 640, 360), 224), None);
-        assert_eq!(plan(&config, &video(600.0, 1920, 1080), 224), None);
-        let roomy = ServeConfig {
-            segment_max_bytes: 4 << 30,
+        // Frames are kept as 224 px crops (147 KiB each): 30 min at 360p is 1,801 x 150,528
+        // bytes + 2 frames = 260 MiB; 10 min at 1080p 98 MiB; the longest timeline (4,096
+        // candidates) at 4K 635 MiB: all within the default 1 GiB.
+        for (s, w, h) in [(120.0, 640, 360), (1800.0, 640, 360), (600.0, 1920, 1080)] {
+            let spans = plan(&config, &video(s, w, h), 224).unwrap();
+            assert_eq!(spans.first(), Some(&(0.0, 12.0)));
+        }
+        assert!(plan(&config, &video(7200.0, 3840, 2160), 224).is_some());
+        assert_eq!(
+            timeline_bytes(1800.0, 640.0, 360.0, 224),
+            1801 * 150_528 + 2 * 691_200
+        );
+        // A smaller budget: 30 min at 360p no longer fits in 200 MiB; 2 min still does.
+        let tight = ServeConfig {
+            segment_max_bytes: 200 << 20,
             ..config.clone()
         };
-        assert!(plan(&roomy, &video(1800.0, 640, 360), 224).is_some());
+        assert_eq!(plan(&tight, &video(1800.0, 640, 360), 224), None);
+        assert!(plan(&tight, &video(120.0, 640, 360), 224).is_some());
         // Short or off: one vector, whatever the budget.
         assert_eq!(plan(&config, &video(30.0, 640, 360), 224), None);
         let off = ServeConfig {

@@ -102,3 +102,30 @@ fn seeking_decodes_a_fraction_of_a_long_video() {
         assert!(seek <= 12 * 52, "{name}: seeking decoded {seek}");
     }
 }
+
+/// A timeline keeps each candidate as its preprocessing crop, cut as it is decoded; the span of
+/// the whole video must give bit for bit the tensor of a plain decode (the same candidates, the
+/// same uniform choice of F), on every fixture and decoder path.
+#[test]
+fn a_timeline_span_of_the_whole_video_is_the_plain_decode() {
+    let mut names: Vec<&str> = IN_PROCESS.to_vec();
+    if have_ffmpeg("a_timeline_span_of_the_whole_video_is_the_plain_decode") {
+        names.extend(THROUGH_FFMPEG);
+    }
+    for name in names {
+        let path = fixture(name);
+        for frames in [12] {
+            let spec = SampleSpec {
+                frames,
+                ..Default::default()
+            };
+            let limits = MediaLimits::default();
+            let plain = mvserve::media::load_video(&path, &spec, &limits).unwrap();
+            let t = mvserve::media::load_timeline(&path, &spec, &limits).unwrap();
+            let end = t.timestamps.last().unwrap() + 1.0;
+            let (pixels, mask) = t.span(0.0, end, frames);
+            assert_eq!(mask, plain.mask, "{name}, {frames} frames: mask");
+            assert!(pixels == plain.pixels, "{name}, {frames} frames: pixels");
+        }
+    }
+}
