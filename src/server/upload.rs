@@ -8,9 +8,11 @@
 //! up front: a full server answers 503 at once), [`IndexBatch::open_video`] for each video, then
 //! [`Spool::write`] per chunk, [`IndexBatch::push`] when its bytes end, [`IndexBatch::commit`].
 //!
-//! Each video's files go into the store under a fresh blob version, so a re-upload of an id never
-//! overwrites the files of the record that is still acknowledged; if the commit fails they are
-//! discarded and the old record keeps its own.
+//! Each video's files go into the store under a fresh blob version (while its frames are
+//! encoded, so the fsyncs are off the critical path), so a re-upload of an id never overwrites
+//! the files of the record that is still acknowledged; if the commit fails, or the request is
+//! dropped, they are discarded and the old record keeps its own. The time of each stage is
+//! recorded in `mvserve_ingest_stage_seconds`.
 
 use super::service::{record, task_of, thumb_url};
 use super::{ApiError, AppState};
