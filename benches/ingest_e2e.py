@@ -108,6 +108,21 @@ def upload(port: int, path: Path, vid: str):
     return time.perf_counter() - t, json.loads(data)
 
 
+def stages(port: int):
+    """(sum, count) per stage of mvserve_ingest_stage_seconds (absent before the metric existed)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    out = {}
+    for line in text.splitlines():
+        for part, i in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("mvserve_ingest_stage_seconds" + part):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                out.setdefault(stage, [0.0, 0.0])[i] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[round((len(xs) - 1) * p)]
@@ -173,7 +188,9 @@ def main():
                 c.close()
             time.sleep(0.5)
         upload(port, clips[0], "warmup")
+        breakdown = []
         for clients in (1, a.clients):
+            before = stages(port)
             lat, frames = [], 0
             t = time.perf_counter()
             with cf.ThreadPoolExecutor(clients) as ex:
@@ -183,6 +200,10 @@ def main():
                     lat.append(s)
                     frames += sum(v["frames"] for v in r["indexed"])
             rows.append(row(f"mvserve serve over HTTP, {clients} client(s)", len(jobs), frames, time.perf_counter() - t, lat))
+            after = stages(port)
+            mean = {k: (v[0] - before.get(k, [0, 0])[0]) / max(v[1] - before.get(k, [0, 0])[1], 1)
+                    for k, v in after.items()}
+            breakdown.append((clients, mean))
     finally:
         srv.terminate()
         srv.wait(60)
@@ -194,6 +215,13 @@ def main():
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['videos_per_s']:.2f} | {r['frames_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['videos_per_s'] / base:.2f}x |")
+    if any(m for _, m in breakdown):
+        names = ["receive", "decode", "encode", "files", "store"]
+        print("\nmean ms per upload in each stage (mvserve_ingest_stage_seconds; files overlaps encode)")
+        print("| clients | " + " | ".join(names) + " |")
+        print("|---" * (len(names) + 1) + "|")
+        for clients, m in breakdown:
+            print(f"| {clients} | " + " | ".join(f"{m.get(n, float('nan')) * 1e3:.0f}" for n in names) + " |")
     print(json.dumps(rows))
 
 

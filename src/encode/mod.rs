@@ -525,40 +525,66 @@ fn run_video(backbone: &Backbone, jobs: Vec<VideoJob>, obs: &dyn EncodeObserver)
     let runs = runs(&jobs, |j| &j.model);
     let result = (|| -> Result<Vec<Vec<f32>>, EncodeError> {
         let s = backbone.clip.config.vision_config.image_size;
+        let per = 3 * s * s;
         let dev = &backbone.clip.device;
-        let rows: usize = jobs.iter().map(|j| j.mask.len()).sum();
-        let mut pixels = Vec::with_capacity(rows * 3 * s * s);
-        for j in &jobs {
-            pixels.extend_from_slice(&j.pixels);
-        }
-        let pixels = Tensor::from_vec(pixels, (rows, 3, s, s), dev)
-            .and_then(|t| t.to_dtype(backbone.clip.vision_dtype()))?;
-        // Per run: its mask (n, F) and its frame rows.
+        let slots: usize = jobs.iter().map(|j| j.mask.len()).sum();
+        let mut pixels = Vec::with_capacity(slots * per);
+        // Per run: its mask (n, F), and for each of its n * F slots the tower row pooling reads.
         let mut masks = Vec::with_capacity(runs.len());
+        let mut slot_rows = Vec::with_capacity(runs.len());
         let mut groups = Vec::with_capacity(runs.len());
         let mut row = 0;
         for &(first, n) in &runs {
             let f = jobs[first].model.frames();
-            let m: Vec<u8> = jobs[first..first + n]
+            let part = &jobs[first..first + n];
+            let m: Vec<u8> = part
                 .iter()
                 .flat_map(|j| j.mask.iter().map(|&b| b as u8))
                 .collect();
             let mask = Tensor::from_vec(m, (n, f), dev)?;
-            groups.push((row, n * f, jobs[first].model.video_hook(&mask)?));
+            let hook = jobs[first].model.video_hook(&mask)?;
+            let start = row;
+            let mut rows = Vec::with_capacity(n * f);
+            if hook.is_some() {
+                // An adapter sees all F slots of a video (its temporal parts mix them).
+                for j in part {
+                    pixels.extend_from_slice(&j.pixels);
+                }
+                rows.extend((start..start + n * f).map(|r| r as u32));
+                row += n * f;
+            } else {
+                // Without a hook every frame goes through the tower alone, so padded slots are
+                // not run at all (a 7 s clip costs 7 frames, not F); pooling masks them out and
+                // reads the video's first real row in their place.
+                for j in part {
+                    let first_real = row as u32;
+                    for (k, &real) in j.mask.iter().enumerate() {
+                        if real {
+                            pixels.extend_from_slice(&j.pixels[k * per..(k + 1) * per]);
+                            rows.push(row as u32);
+                            row += 1;
+                        } else {
+                            rows.push(first_real);
+                        }
+                    }
+                }
+            }
+            groups.push((start, row - start, hook));
             masks.push(mask);
-            row += n * f;
+            slot_rows.push(rows);
         }
+        let pixels = Tensor::from_vec(pixels, (row, 3, s, s), dev)
+            .and_then(|t| t.to_dtype(backbone.clip.vision_dtype()))?;
         let hook = mixed(&groups)?;
         let out = backbone.clip.vision.forward(&pixels, Some(&hook), false)?;
         let embeds = out.embeds.to_dtype(DType::F32)?;
         let mut vecs = Vec::with_capacity(jobs.len());
-        let mut row = 0;
-        for (i, &(first, n)) in runs.iter().enumerate() {
-            let f = jobs[first].model.frames();
-            let e = embeds.narrow(0, row, n * f)?;
-            row += n * f;
+        for (rows, mask) in slot_rows.into_iter().zip(&masks) {
+            let n = rows.len();
+            let idx = Tensor::from_vec(rows, n, dev)?;
+            let e = embeds.index_select(&idx, 0)?;
             // The pooling training and `embed` use, so a task serves the space it was trained in.
-            let pooled = pool_frames(&e, &masks[i])?;
+            let pooled = pool_frames(&e, mask)?;
             vecs.extend(pooled.to_vec2::<f32>()?);
         }
         Ok(vecs)

@@ -3,7 +3,7 @@
 //! filtered searches, searches by example), the
 //! encoder (batch sizes, queue waits, dropped jobs via [`EncodeObserver`]) and the scrape itself
 //! (queue depth, tasks, videos per task), and the adapter cache and watcher (loads, evictions,
-//! updates and how long they took).
+//! updates and how long they took), and the stages of an upload (`mvserve_ingest_stage_seconds`).
 
 use crate::encode::EncodeObserver;
 use crate::registry::adapters::CacheObserver;
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub videos_indexed: IntCounterVec,
     /// Segments stored for videos indexed as moments (each its own vector).
     pub segments_indexed: IntCounterVec,
+    /// Where an upload's time goes: receive, decode, encode, store (`IndexBatch::commit`).
+    pub ingest_stage: HistogramVec,
     pub example_searches: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub batch_size: HistogramVec,
@@ -125,6 +127,14 @@ impl Metrics {
                 "mvserve_segments_indexed_total",
                 "Segments indexed per task, for videos indexed as moments (--segment-seconds)",
                 &["task"],
+            ),
+            ingest_stage: hv(
+                "mvserve_ingest_stage_seconds",
+                "Seconds per uploaded video in each ingest stage: receive (body to disk), decode \
+                 (including the wait for a decode slot), encode (including the encoder queue), \
+                 store (blobs, log write)",
+                &["stage"],
+                LATENCY,
             ),
             example_searches: cv(
                 "mvserve_example_searches_total",

@@ -8,18 +8,20 @@
 //! up front: a full server answers 503 at once), [`IndexBatch::open_video`] for each video, then
 //! [`Spool::write`] per chunk, [`IndexBatch::push`] when its bytes end, [`IndexBatch::commit`].
 //!
-//! Each video's files go into the store under a fresh blob version, so a re-upload of an id never
-//! overwrites the files of the record that is still acknowledged; if the commit fails they are
-//! discarded and the old record keeps its own.
+//! Each video's files go into the store under a fresh blob version (while its frames are
+//! encoded, so the fsyncs are off the critical path), so a re-upload of an id never overwrites
+//! the files of the record that is still acknowledged; if the commit fails, or the request is
+//! dropped, they are discarded and the old record keeps its own. The time of each stage is
+//! recorded in `mvserve_ingest_stage_seconds`.
 
 use super::service::{record, task_of, thumb_url};
 use super::{ApiError, AppState};
 use crate::registry::{Generation, Task};
 use crate::store::moments::{self, Layout};
-use crate::store::{BlobKind, BlobVersion, NewRecord};
+use crate::store::{BlobKind, BlobVersion, NewRecord, VectorStore};
 use serde::Serialize;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -216,7 +218,9 @@ impl IndexBatch {
         Ok(())
     }
 
-    /// Decodes and encodes every video, then stores them all or none.
+    /// Decodes and encodes every video, then stores them all or none. A video's original and
+    /// thumbnail are put into the store (fsynced) while its frames are encoded, so the disk's
+    /// flushes are off the critical path; only the log write waits for the encode.
     pub async fn commit(self) -> Result<IndexResult, ApiError> {
         let IndexBatch {
             state,
@@ -233,11 +237,13 @@ impl IndexBatch {
                 "the request has no video",
             ));
         }
+        stage(&state, "receive", t0);
         let core = state.core()?;
         let size = core.encoder.backbone().image_size;
         let frames = gen.model.frames();
         let mut prepared = Vec::with_capacity(uploads.len());
         for up in uploads {
+            let t = Instant::now();
             let (_admitted, slot) = state.decode_slot(RETRY_UPLOAD_S).await?;
             let decoder = state.decoder.clone();
             let path = up.path.clone();
@@ -253,56 +259,65 @@ impl IndexBatch {
                 Ok::<_, super::ingest::DecodeError>((d, cut))
             })
             .await??;
-            let (vectors, layout) = match cut {
-                None => {
-                    let v = core
-                        .encoder
-                        .encode_video(gen.model.clone(), decoded.pixels, decoded.mask.clone())
-                        .await?;
-                    (vec![v], None)
-                }
-                Some((timeline, spans)) => {
-                    let vectors =
-                        super::moments::embed_spans(&core.encoder, &gen.model, &timeline, &spans)
+            stage(&state, "decode", t);
+            let super::ingest::DecodedVideo {
+                pixels,
+                mask,
+                thumbnail_jpeg,
+                info,
+            } = decoded;
+            let t = Instant::now();
+            let blobs = BlobVersion::fresh();
+            let files = {
+                let (st, store) = (state.clone(), gen.store.clone());
+                let (path, id, jpeg) = (up.path.clone(), up.id.clone(), thumbnail_jpeg);
+                tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    let r = stage_files(store, &path, id, &jpeg, blobs, &st.tmp_dir);
+                    stage(&st, "files", t);
+                    r
+                })
+            };
+            let encoded = async {
+                match cut {
+                    None => {
+                        let v = core
+                            .encoder
+                            .encode_video(gen.model.clone(), pixels, mask.clone())
                             .await?;
-                    (vectors, Some(Layout::new(spans)))
+                        Ok::<_, ApiError>((vec![v], None))
+                    }
+                    Some((timeline, spans)) => {
+                        let vectors = super::moments::embed_spans(
+                            &core.encoder,
+                            &gen.model,
+                            &timeline,
+                            &spans,
+                        )
+                        .await?;
+                        Ok((vectors, Some(Layout::new(spans))))
+                    }
                 }
             };
-            let id = match &up.id {
-                Some(id) => id.clone(),
-                None => {
-                    let path = up.path.clone();
-                    tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-                        let mut h = blake3::Hasher::new();
-                        h.update_reader(std::fs::File::open(path)?)?;
-                        Ok(h.finalize().to_hex()[..16].to_string())
-                    })
-                    .await?
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                }
-            };
-            let frames_used = decoded.mask.iter().filter(|&&m| m).count();
-            prepared.push((
-                up,
-                id,
-                vectors,
-                layout,
-                decoded.thumbnail_jpeg,
-                decoded.info,
-                frames_used,
-            ));
+            let (files, encoded) = tokio::join!(files, encoded);
+            // On an error the staged files (a guard) are dropped, which removes them.
+            let staged = files??;
+            let (vectors, layout) = encoded?;
+            stage(&state, "encode", t);
+            let frames_used = mask.iter().filter(|&&m| m).count();
+            prepared.push((up, staged, vectors, layout, info, frames_used));
         }
+        let t = Instant::now();
         let task_name = task.name.clone();
         let g = gen.clone();
-        let tmp_dir = state.tmp_dir.clone();
-        let t = task.clone();
+        let tk = task.clone();
         let indexed =
             tokio::task::spawn_blocking(move || -> Result<Vec<IndexedVideo>, ApiError> {
-                // The temporary files live until the blobs are moved into the store.
+                // The temporary files live until the request ends (their blobs are moved).
                 let _tmp = tmp;
                 // Writers hold the gate shared; a re-embedding cutover takes it exclusively.
-                let _gate = t.write_guard();
-                if t.current().number != g.number {
+                let _gate = tk.write_guard();
+                if tk.current().number != g.number {
                     return Err(ApiError::overloaded(
                         "the task's adapter changed while this upload was encoded; send it again",
                         RETRY_RESEND_S,
@@ -310,51 +325,21 @@ impl IndexBatch {
                 }
                 let mut items: Vec<NewRecord> = Vec::with_capacity(prepared.len());
                 let mut out = Vec::with_capacity(prepared.len());
-                // Files put so far; removed again unless the log write below succeeds.
-                let mut staged: Vec<(String, BlobVersion)> = Vec::new();
-                let discard = |staged: &[(String, BlobVersion)]| {
-                    for (id, v) in staged {
-                        if let Err(e) = g.store.discard_blobs(id, *v) {
-                            tracing::warn!(id, error = %e, "could not remove the files of a failed upload");
-                        }
-                    }
-                };
+                // Removed again (dropped) unless the log write below succeeds.
+                let mut staged = Vec::with_capacity(prepared.len());
                 // Segments of earlier uploads of these ids that the new records leave behind.
                 let mut stale: Vec<String> = Vec::new();
-                for (i, (up, id, vectors, layout, jpeg, info, frames_used)) in
-                    prepared.into_iter().enumerate()
-                {
-                    let old = match g.store.get(&id) {
-                        Ok(old) => old,
-                        Err(e) => {
-                            discard(&staged);
-                            return Err(e.into());
-                        }
-                    };
+                for (up, files, vectors, layout, info, frames_used) in prepared {
+                    let id = files.id.clone();
+                    let blobs = files.blobs;
+                    staged.push(files);
+                    let old = g.store.get(&id)?;
                     let segments = vectors.len();
-                    stale.extend(moments::stale_keys(&id, old.as_ref().map(|r| &r.meta), segments));
-                    let blobs = BlobVersion::fresh();
-                    staged.push((id.clone(), blobs));
-                    if let Err(e) = g.store.put_blob(&id, blobs, BlobKind::Original, &up.path) {
-                        discard(&staged);
-                        return Err(e.into());
-                    }
-                    if !jpeg.is_empty() {
-                        let tp = tmp_dir.join(format!("thumb-{}-{i}", std::process::id()));
-                        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
-                        let tp = tp.with_extension(n.to_string());
-                        // Not fsynced here: `put_blob` fsyncs it before the rename.
-                        if let Err(e) = std::fs::write(&tp, &jpeg) {
-                            let _ = std::fs::remove_file(&tp);
-                            discard(&staged);
-                            return Err(ApiError::internal(format!("writing thumbnail: {e}")));
-                        }
-                        if let Err(e) = g.store.put_blob(&id, blobs, BlobKind::Thumbnail, &tp) {
-                            let _ = std::fs::remove_file(&tp);
-                            discard(&staged);
-                            return Err(e.into());
-                        }
-                    }
+                    stale.extend(moments::stale_keys(
+                        &id,
+                        old.as_ref().map(|r| &r.meta),
+                        segments,
+                    ));
                     let stored = serde_json::json!({
                         "meta": up.meta,
                         "file_name": up.file_name,
@@ -380,9 +365,9 @@ impl IndexBatch {
                         })),
                     }
                 }
-                if let Err(e) = g.store.add_records(g.model.digest(), items) {
-                    discard(&staged);
-                    return Err(e.into());
+                g.store.add_records(g.model.digest(), items)?;
+                for s in &mut staged {
+                    s.keep();
                 }
                 // Already invisible (they are not the current upload's); this frees them.
                 for key in stale {
@@ -393,6 +378,7 @@ impl IndexBatch {
                 Ok(out)
             })
             .await??;
+        stage(&state, "store", t);
         state
             .metrics
             .videos_indexed
@@ -416,4 +402,84 @@ impl IndexBatch {
             indexed,
         })
     }
+}
+
+/// Records how long an ingest stage took (`mvserve_ingest_stage_seconds{stage}`).
+fn stage(state: &AppState, name: &str, since: Instant) {
+    state
+        .metrics
+        .ingest_stage
+        .with_label_values(&[name])
+        .observe(since.elapsed().as_secs_f64());
+}
+
+/// A video's files put into the store ahead of its record: removed when dropped, unless
+/// [`StagedFiles::keep`] was called once the record is in the log (so a failed encode, a failed
+/// log write and a request dropped midway all leave nothing behind).
+struct StagedFiles {
+    store: Arc<dyn VectorStore>,
+    id: String,
+    blobs: BlobVersion,
+    kept: bool,
+}
+
+impl StagedFiles {
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for StagedFiles {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Err(e) = self.store.discard_blobs(&self.id, self.blobs) {
+            tracing::warn!(id = %self.id, error = %e, "could not remove the files of a failed upload");
+        }
+    }
+}
+
+/// Moves the upload at `path` into the store as `id`'s original under `blobs` and writes its
+/// thumbnail next to it (both fsynced by `put_blob`); `id: None` gets a hash of the content.
+fn stage_files(
+    store: Arc<dyn VectorStore>,
+    path: &Path,
+    id: Option<String>,
+    jpeg: &[u8],
+    blobs: BlobVersion,
+    tmp_dir: &Path,
+) -> Result<StagedFiles, ApiError> {
+    let id = match id {
+        Some(id) => id,
+        None => {
+            let mut h = blake3::Hasher::new();
+            std::fs::File::open(path)
+                .and_then(|f| h.update_reader(f).map(|_| ()))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            h.finalize().to_hex()[..16].to_string()
+        }
+    };
+    let staged = StagedFiles {
+        store,
+        id,
+        blobs,
+        kept: false,
+    };
+    staged
+        .store
+        .put_blob(&staged.id, blobs, BlobKind::Original, path)?;
+    if !jpeg.is_empty() {
+        let n = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tp = tmp_dir.join(format!("thumb-{}-{n}", std::process::id()));
+        // Removes it when `put_blob` did not move it.
+        let _tmp = TmpFiles(vec![tp.clone()]);
+        // Not fsynced here: `put_blob` fsyncs it before the rename.
+        std::fs::write(&tp, jpeg)
+            .map_err(|e| ApiError::internal(format!("writing thumbnail: {e}")))?;
+        staged
+            .store
+            .put_blob(&staged.id, blobs, BlobKind::Thumbnail, &tp)?;
+    }
+    Ok(staged)
 }

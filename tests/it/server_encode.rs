@@ -190,6 +190,15 @@ fn mixed_batches_match_single_jobs() {
         .block_on(solo.encode_video(adapted.clone(), other, vec![true, false]))
         .unwrap();
     assert!(max_diff(&masked, &want[1]) < 1e-5);
+    // Likewise for plain CLIP, whose padded slots are not run through the tower at all.
+    let mut other = frames(3);
+    for v in &mut other[3 * s * s..] {
+        *v = 0.7;
+    }
+    let masked = rt
+        .block_on(solo.encode_video(clip.clone(), other, vec![true, false]))
+        .unwrap();
+    assert!(max_diff(&masked, &want[2]) < 1e-5);
     // Wrong shapes are refused before they reach the worker.
     let bad = rt.block_on(solo.encode_video(clip.clone(), vec![0.0; 10], vec![true, true]));
     assert!(bad.is_err());
