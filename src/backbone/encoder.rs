@@ -5,9 +5,7 @@
 //! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
 
 use super::kernels::FusedAttention;
-use super::ops::{
-    add3, bias_quick_gelu, cpu_kernels_for, softmax_last_dim, split_qkv_heads, LayerNorm, Linear,
-};
+use super::ops::{add3, cpu_kernels_for, softmax_last_dim, split_qkv_heads, LayerNorm, Linear};
 use super::weights::Weights;
 use super::{BackboneError, LoadResult};
 use candle_core::{DType, Module, Result, Tensor};
@@ -136,10 +134,7 @@ impl Mlp {
     /// x: (N, T, D) -> (N, T, D) before fc2's bias, which the caller folds into a sum.
     fn forward_no_out_bias(&self, x: &Tensor) -> Result<Tensor> {
         let h = match self.act {
-            Activation::QuickGelu => {
-                let bias = self.fc1.bias.as_ref().expect("fc1 has a bias");
-                bias_quick_gelu(&self.fc1.forward_no_bias(x)?, bias)?
-            }
+            Activation::QuickGelu => self.fc1.forward_bias_quick_gelu(x)?,
             Activation::Gelu => self.fc1.forward(x)?.gelu_erf()?,
         };
         self.fc2.forward_no_bias(&h)

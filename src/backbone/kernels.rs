@@ -66,19 +66,37 @@ pub fn matmul(
     n: usize,
     b_transposed: bool,
 ) {
-    assert!(dst.len() == m * n && a.len() == m * k && b.len() == k * n);
+    assert!(dst.len() == m * n);
+    // SAFETY: `dst` is an exclusive slice of exactly m * n values.
+    unsafe { matmul_raw(dst.as_mut_ptr(), a, b, m, k, n, b_transposed) }
+}
+
+/// [`matmul`] into raw memory.
+///
+/// # Safety
+/// `dst` must be valid for writes of m * n values and must not overlap `a` or `b`.
+unsafe fn matmul_raw(
+    dst: *mut f32,
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b_transposed: bool,
+) {
+    assert!(a.len() == m * k && b.len() == k * n);
     let (b_cs, b_rs) = match b_transposed {
         false => (1, n as isize),
         true => (k as isize, 1),
     };
-    // SAFETY: the three slices hold exactly the (m, n), (m, k) and (k, n) matrices the strides
-    // below describe, and `dst` does not alias the inputs (it is a `&mut`).
+    // SAFETY: `a` and `b` hold exactly the (m, k) and (k, n) matrices the strides below
+    // describe, and the caller guarantees `dst` is m * n writable values apart from them.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             false,
@@ -142,11 +160,69 @@ impl CustomOp2 for LinearNoBias {
             );
         }
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        matmul(&mut out, x, w, m, k, n, !self.transposed);
+        let out = matmul_new(x, w, m, k, n, !self.transposed);
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = n;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// [`matmul`] into a new buffer that is never zeroed: the GEMM overwrites all of it, and zeroing
+/// 7 MB (fc1's output at batch 12) first is a full extra pass over memory.
+fn matmul_new(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, b_transposed: bool) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for m * n values; with k > 0 and beta = 0 the GEMM writes every
+    // element of dst without reading it, so all m * n are initialised before `set_len`.
+    unsafe {
+        matmul_raw(out.as_mut_ptr(), a, b, m, k, n, b_transposed);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `x (.., k) -> quick_gelu(x W^T + bias) (.., n)`: the MLP's first layer with its bias and
+/// activation applied in place on the GEMM's output, one pass and no second buffer.
+pub struct LinearBiasQuickGelu {
+    pub transposed: bool,
+}
+
+impl CustomOp3 for LinearBiasQuickGelu {
+    fn name(&self) -> &'static str {
+        "linear-bias-quick-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, shape) = LinearNoBias {
+            transposed: self.transposed,
+        }
+        .cpu_fwd(s1, l1, s2, l2)?;
+        let bias = f32_slice(CustomOp3::name(self), s3, l3)?;
+        let CpuStorage::F32(mut out) = storage else {
+            unreachable!("linear-no-bias returns f32");
+        };
+        let n = bias.len();
+        if shape.dims().last() != Some(&n) || n == 0 {
+            candle_core::bail!("linear-bias-quick-gelu: a bias of {n} for {shape:?}");
+        }
+        // Blocks of about 16k values keep rayon's per-task overhead negligible.
+        let rows = (16384 / n).max(1);
+        out.par_chunks_mut(rows * n).for_each(|block| {
+            for row in block.chunks_exact_mut(n) {
+                super::vmath::bias_quick_gelu_row_in_place(row, bias);
+            }
+        });
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -242,7 +318,7 @@ impl FusedAttention {
                             *x += m;
                         }
                     }
-                    softmax_in_place(row);
+                    super::vmath::softmax_in_place(row);
                 }
                 unsafe {
                     gemm::gemm(
@@ -270,19 +346,6 @@ impl FusedAttention {
             },
         );
         Ok(out)
-    }
-}
-
-/// Softmax of one row the way candle's `softmax_last_dim` computes it (max, exp, sum, divide).
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in row.iter_mut() {
-        *x /= sum;
     }
 }
 
@@ -374,6 +437,26 @@ mod tests {
                 .apply_op2_no_bwd(weight, &LinearNoBias { transposed })
                 .unwrap();
             assert_eq!(got.dims(), &[3, 7, 24]);
+            assert!(max_diff(&got, &want) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn linear_bias_quick_gelu_matches_the_composite_in_both_layouts() {
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 40), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 0.5, (24, 40), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 24, &Device::Cpu).unwrap();
+        let z = x
+            .broadcast_matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let want = (&z * candle_nn::ops::sigmoid(&(&z * 1.702).unwrap()).unwrap()).unwrap();
+        let wt = w.t().unwrap().contiguous().unwrap();
+        for (weight, transposed) in [(&wt, true), (&w, false)] {
+            let got = x
+                .apply_op3_no_bwd(weight, &b, &LinearBiasQuickGelu { transposed })
+                .unwrap();
             assert!(max_diff(&got, &want) < 1e-4);
         }
     }

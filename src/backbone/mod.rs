@@ -14,6 +14,7 @@ pub mod preprocess;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
+pub mod vmath;
 pub mod weights;
 
 use candle_core::{DType, Device, Tensor};

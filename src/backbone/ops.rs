@@ -110,6 +110,28 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `quick_gelu(x W^T + b)`: on the CPU without gradients one GEMM whose output gets its bias
+    /// and activation in place, else [`bias_quick_gelu`] after the product.
+    pub fn forward_bias_quick_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let bias = self
+            .bias
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("bias + QuickGELU needs a bias".into()))?;
+        let fast = cpu_kernels_for(x)
+            && [x, &self.w, bias]
+                .iter()
+                .all(|t| t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op());
+        if fast {
+            let op = super::kernels::LinearBiasQuickGelu {
+                transposed: self.transposed,
+            };
+            return x.apply_op3_no_bwd(&self.w, bias, &op);
+        }
+        bias_quick_gelu(&self.forward_no_bias(x)?, bias)
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.forward_no_bias(x)?;
@@ -155,11 +177,6 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 const QUICK_GELU_ALPHA: f32 = 1.702;
-
-#[inline(always)]
-fn quick_gelu_scalar(x: f32) -> f32 {
-    x / (1.0 + (-QUICK_GELU_ALPHA * x).exp())
-}
 
 /// QuickGELU, `x * sigmoid(1.702 x)`, the activation of OpenAI CLIP and of every MV-Adapter.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
@@ -223,9 +240,7 @@ impl CustomOp2 for BiasQuickGelu {
             .zip(x.par_chunks(n * rows_per_task))
             .for_each(|(o, xs)| {
                 for (orow, xrow) in o.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
-                    for ((o, &x), &b) in orow.iter_mut().zip(xrow).zip(b) {
-                        *o = quick_gelu_scalar(x + b);
-                    }
+                    super::vmath::bias_quick_gelu_row(orow, xrow, b);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
