@@ -48,6 +48,9 @@ pub(super) struct Inner {
     /// Whether filtered searches may use the payload index (always kept up to date); off only to
     /// measure the walk over every record's meta against it.
     use_payload_index: AtomicBool,
+    /// Whether unfiltered graph searches use hnsw_rs's plain search; off by default (see
+    /// `Index::search_graph`), on only to measure it.
+    plain_graph_search: AtomicBool,
     pub(super) background: Mutex<Vec<JoinHandle<()>>>,
     /// Set once nothing will read this store again (a replaced generation): the directory is
     /// removed when the last handle is gone.
@@ -143,6 +146,7 @@ impl TaskStore {
                 snapshot_pending: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
                 use_payload_index: AtomicBool::new(true),
+                plain_graph_search: AtomicBool::new(false),
                 background: Mutex::new(Vec::new()),
                 remove_when_closed: AtomicBool::new(false),
                 _lock: lock,
@@ -397,7 +401,10 @@ impl TaskStore {
                 idx.search_filtered(&q, k, ef, small, f, payload)
             }
             None => ef
-                .and_then(|ef| idx.search_graph(&q, k, ef))
+                .and_then(|ef| {
+                    let plain = self.inner.plain_graph_search.load(Ordering::Relaxed);
+                    idx.search_graph(&q, k, ef, plain)
+                })
                 .unwrap_or_else(|| idx.search_exact(&q, k)),
         };
         Ok(found
@@ -419,6 +426,14 @@ impl TaskStore {
     #[doc(hidden)]
     pub fn set_payload_index(&self, on: bool) {
         self.inner.use_payload_index.store(on, Ordering::Relaxed);
+    }
+
+    /// Lets unfiltered graph searches use hnsw_rs's plain (unfiltered) search: it stops earlier,
+    /// for speed at the cost of recall, and may return fewer than `k` hits when tombstones are
+    /// among them. For benchmarks.
+    #[doc(hidden)]
+    pub fn set_plain_graph_search(&self, on: bool) {
+        self.inner.plain_graph_search.store(on, Ordering::Relaxed);
     }
 
     /// Whether an HNSW graph is built and in use for searches above the threshold.
