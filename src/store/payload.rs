@@ -384,7 +384,7 @@ mod tests {
 
     fn meta(i: usize) -> Value {
         let lang = ["en", "de", "fr"][i % 3];
-        json!({"m": {"lang": lang}, "n": (i % 5) as i64 - 1, "ok": i % 2 == 0, "u": format!("file{i}")})
+        json!({"m": {"lang": lang}, "n": (i % 5) as i64 - 1, "ok": i.is_multiple_of(2), "u": format!("file{i}")})
     }
 
     #[test]

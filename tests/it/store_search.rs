@@ -229,7 +229,7 @@ fn payload_index_answers_as_the_meta_scan_through_deletes_compaction_and_reopen(
     let meta = |i: usize, gen: usize| {
         let lang = ["en", "de", "fr"][i % 3];
         json!({"meta": {"lang": lang, "year": 2000 + i % 25, "gen": gen},
-               "m100": i % 100, "m1000": i % 1000, "flag": i % 2 == 0, "name": format!("f{i}")})
+               "m100": i % 100, "m1000": i % 1000, "flag": i.is_multiple_of(2), "name": format!("f{i}")})
     };
     let filters: Vec<Filter> = [
         r#"{"eq": ["m100", 0]}"#,
