@@ -5,6 +5,7 @@
 //!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss] [--filtered]`
 //! `--filtered` adds metadata-filtered search (50%, 1% and 0.1% of the vectors passing) beside
 //! unfiltered search on the same store, graph built, default planning (`exact_threshold` 20,000).
+//! `--plain` adds hnsw_rs's plain search (no filter closure) beside the default at each ef.
 //! Data: unit vectors in 512-d of two kinds (see `clustered` and `uniform`); queries are drawn
 //! from the same distribution but are not in the data set.
 
@@ -29,6 +30,7 @@ struct Args {
     kinds: Vec<String>,
     faiss: bool,
     filtered: bool,
+    plain: bool,
 }
 
 fn parse_args() -> Args {
@@ -41,6 +43,7 @@ fn parse_args() -> Args {
         kinds: vec!["clustered".into(), "uniform".into()],
         faiss: true,
         filtered: false,
+        plain: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,6 +69,11 @@ fn parse_args() -> Args {
             }
             "--filtered" => {
                 a.filtered = true;
+                i += 1;
+                continue;
+            }
+            "--plain" => {
+                a.plain = true;
                 i += 1;
                 continue;
             }
@@ -220,7 +228,9 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
 
     // (ef, recall, queries/s)
     let mut ours = Vec::new();
-    for &ef in &args.efs {
+    // (ef, recall, queries/s) of hnsw_rs's plain search, timed right after the default one.
+    let mut plain = Vec::new();
+    let graph_run = |ef: usize| {
         let t = Instant::now();
         let got: Vec<Vec<u32>> = (0..args.queries)
             .map(|i| {
@@ -232,7 +242,26 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
             })
             .collect();
         let qps = args.queries as f64 / t.elapsed().as_secs_f64();
-        ours.push((ef, recall(&got, &truth), qps));
+        (ef, recall(&got, &truth), qps)
+    };
+    for &ef in &args.efs {
+        ours.push(graph_run(ef));
+        if args.plain {
+            store.set_plain_graph_search(true);
+            plain.push(graph_run(ef));
+            store.set_plain_graph_search(false);
+        }
+    }
+    if args.plain {
+        println!("hnsw_rs plain search (no filter closure, so HNSW's usual early stop) vs the default (filter closure), same store, timed back to back:");
+        println!("| ef_search | plain recall@10 | plain queries/s | default recall@10 | default queries/s | plain / default |");
+        println!("|---|---|---|---|---|---|");
+        for (&(ef, pr, pq), &(_, dr, dq)) in plain.iter().zip(&ours) {
+            println!(
+                "| {ef} | {pr:.4} | {pq:.0} | {dr:.4} | {dq:.0} | {:.2}x |",
+                pq / dq
+            );
+        }
     }
     if args.filtered {
         filtered(args, &store, &queries, &pool);
@@ -280,10 +309,14 @@ fn meta(i: usize) -> serde_json::Value {
 }
 
 /// Filtered against unfiltered search on the same store (graph built, `SearchMode::Auto`, one
-/// thread), with recall@10 against the exact filtered scan.
+/// thread), with recall@10 against the exact filtered scan; each filter timed with the payload
+/// index and without it (the filter evaluated on every record's meta), alternately, `ROUNDS`
+/// times.
 fn filtered(args: &Args, store: &TaskStore, queries: &[f32], pool: &rayon::ThreadPool) {
+    const ROUNDS: usize = 2;
     let q = |i: usize| &queries[i * DIM..(i + 1) * DIM];
-    let time = |f: Option<&Filter>| {
+    let time = |f: Option<&Filter>, payload: bool| {
+        store.set_payload_index(payload);
         pool.install(|| {
             let t = Instant::now();
             for i in 0..args.queries {
@@ -293,36 +326,55 @@ fn filtered(args: &Args, store: &TaskStore, queries: &[f32], pool: &rayon::Threa
             args.queries as f64 / t.elapsed().as_secs_f64()
         })
     };
-    let base = time(None);
+    let base: Vec<f64> = (0..ROUNDS).map(|_| time(None, true)).collect();
+    let base_mean = base.iter().sum::<f64>() / ROUNDS as f64;
     println!(
-        "filtered search, n={} ({} queries, 1 thread, Auto, exact_threshold {}):",
+        "filtered search, n={} ({} queries, 1 thread, Auto, exact_threshold {}), {ROUNDS} rounds each, payload index on / off alternately:",
         args.n,
         args.queries,
         store.config().exact_threshold
     );
     println!(
-        "| filter | passing | queries/s | ms/query | vs unfiltered | recall@10 vs exact filtered |"
+        "| filter | passing | payload index | queries/s (each round) | ms/query (mean) | vs unfiltered | recall@10 vs exact filtered |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "| none | 100% | {base:.0} | {:.3} | 1.00x | - |",
-        1000.0 / base
+        "| none | 100% | - | {} | {:.3} | 1.00x | - |",
+        rounds(&base),
+        1000.0 / base_mean
     );
     for (key, share) in [("m2", "50%"), ("m100", "1%"), ("m1000", "0.1%")] {
         let f = Filter::parse(&format!(r#"{{"eq": ["{key}", 0]}}"#)).unwrap();
-        let qps = time(Some(&f));
-        let ids = |mode| -> Vec<Vec<u32>> {
-            (0..args.queries)
-                .map(|i| ids_of(&store.search_filtered(q(i), K, mode, Some(&f)).unwrap()))
-                .collect()
-        };
-        let r = recall(&ids(SearchMode::Auto), &ids(SearchMode::Exact));
-        println!(
-            "| `{{\"eq\": [\"{key}\", 0]}}` | {share} | {qps:.0} | {:.3} | {:.2}x | {r:.4} |",
-            1000.0 / qps,
-            qps / base
-        );
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            on.push(time(Some(&f), true));
+            off.push(time(Some(&f), false));
+        }
+        for (payload, qps) in [(true, &on), (false, &off)] {
+            store.set_payload_index(payload);
+            let ids = |mode| -> Vec<Vec<u32>> {
+                (0..args.queries)
+                    .map(|i| ids_of(&store.search_filtered(q(i), K, mode, Some(&f)).unwrap()))
+                    .collect()
+            };
+            let r = recall(&ids(SearchMode::Auto), &ids(SearchMode::Exact));
+            let mean = qps.iter().sum::<f64>() / ROUNDS as f64;
+            println!(
+                "| `{{\"eq\": [\"{key}\", 0]}}` | {share} | {} | {} | {:.3} | {:.2}x | {r:.4} |",
+                if payload { "on" } else { "off" },
+                rounds(qps),
+                1000.0 / mean,
+                mean / base_mean
+            );
+        }
     }
+    store.set_payload_index(true);
 }
 
 struct FaissResult {

@@ -76,8 +76,9 @@ pub struct Filter {
     expr: Expr,
 }
 
+/// The store's payload index reads the tree to find candidates (`payload`).
 #[derive(Debug, Clone, PartialEq)]
-enum Expr {
+pub(super) enum Expr {
     Eq(Path, Scalar),
     Ne(Path, Scalar),
     In(Path, Vec<Scalar>),
@@ -92,7 +93,7 @@ enum Expr {
 type Path = Vec<String>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Ord {
+pub(super) enum Ord {
     Lt,
     Lte,
     Gt,
@@ -100,7 +101,7 @@ enum Ord {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Scalar {
+pub(super) enum Scalar {
     Str(String),
     Num(Number),
     Bool(bool),
@@ -129,6 +130,10 @@ impl Filter {
     pub fn under(mut self, key: &str) -> Filter {
         self.expr.prefix(key);
         self
+    }
+
+    pub(super) fn expr(&self) -> &Expr {
+        &self.expr
     }
 
     /// Whether the record whose metadata is `meta` passes.

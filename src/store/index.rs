@@ -14,6 +14,7 @@ use hnsw_rs::prelude::{DistDot, Hnsw};
 use rayon::prelude::*;
 
 use super::filter::Filter;
+use super::payload::{Candidates, PayloadIndex};
 
 /// hnsw_rs's own cap on layers.
 const MAX_LAYERS: usize = 16;
@@ -50,6 +51,8 @@ pub(crate) struct Index {
     pub dead: usize,
     /// When present it covers every slot (inserts keep it up to date).
     pub graph: Option<Arc<Graph>>,
+    /// Live slots by metadata value; kept in step by `insert`, `remove` and `take_payload`.
+    payload: PayloadIndex,
 }
 
 impl Index {
@@ -62,7 +65,19 @@ impl Index {
             vectors: Vec::new(),
             dead: 0,
             graph: None,
+            payload: PayloadIndex::default(),
         }
+    }
+
+    /// Moves `old`'s payload index over to this index, which a rebuild made from `old`'s slots
+    /// `old_of_new` (ascending, and covering every live slot).
+    pub(crate) fn take_payload(&mut self, old: &mut Index, old_of_new: &[usize]) {
+        let mut new_of_old = vec![u32::MAX; old.slots.len()];
+        for (new, &o) in old_of_new.iter().enumerate() {
+            new_of_old[o] = new as u32;
+        }
+        self.payload = std::mem::take(&mut old.payload);
+        self.payload.renumber(&new_of_old);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -95,6 +110,7 @@ impl Index {
             alive: true,
         });
         self.vectors.extend_from_slice(vector);
+        self.payload.add(slot, &meta);
         self.entries.insert(
             id,
             Entry {
@@ -112,6 +128,7 @@ impl Index {
             return false;
         };
         self.slots[e.slot].alive = false;
+        self.payload.remove(e.slot, &e.meta);
         self.dead += 1;
         if self.entries.is_empty() {
             // An empty store may start a new embedding space (a new adapter generation).
@@ -162,11 +179,13 @@ impl Index {
     }
 
     /// Top-k among live records whose meta passes `filter`, best first, planned like Qdrant's
-    /// cardinality-based search: the number of passing records is estimated from a sample; if
-    /// it is under `small` (or there is no graph, or `ef` is `None`), the passing records are
-    /// scanned exactly. Otherwise the graph is searched with the filter applied inside it, and
-    /// should it return fewer than `k` (hnsw_rs finds few when few points pass), the exact scan
-    /// answers after all; so `k` hits come back whenever `k` records pass.
+    /// cardinality-based search. The payload index (when `use_payload` and it can answer the
+    /// filter) gives the candidate slots and so their count; otherwise the count is estimated
+    /// from a sample. If it is under `small` (or there is no graph, or `ef` is `None`), the
+    /// passing records are scanned exactly. Otherwise the graph is searched with the filter
+    /// applied inside it (a bitset lookup when the index answered exactly), and should it return
+    /// fewer than `k` (hnsw_rs finds few when few points pass), the exact scan answers after all;
+    /// so `k` hits come back whenever `k` records pass.
     pub(crate) fn search_filtered(
         &self,
         q: &[f32],
@@ -174,6 +193,7 @@ impl Index {
         ef: Option<usize>,
         small: usize,
         filter: &Filter,
+        use_payload: bool,
     ) -> Vec<(usize, f32)> {
         let passes = |s: usize| {
             self.slots.get(s).is_some_and(|slot| slot.alive)
@@ -182,6 +202,12 @@ impl Index {
                     .get(&self.slots[s].id)
                     .is_some_and(|e| e.slot == s && filter.matches(&e.meta))
         };
+        if let Some(c) = use_payload
+            .then(|| self.payload.candidates(filter))
+            .flatten()
+        {
+            return self.search_candidates(q, k, ef, small, &c, &passes);
+        }
         if let (Some(ef), Some(graph)) = (ef, &self.graph) {
             if self.estimate_passing(&passes) >= small {
                 let hits = self.graph_top_k(graph, q, k, ef, &|d: &usize| passes(*d));
@@ -203,6 +229,37 @@ impl Index {
             pass.map(|(_, e)| e.slot).collect()
         };
         self.scan_top_k(q, k, slots.len(), |i| Some(slots[i]))
+    }
+
+    /// `search_filtered` once the payload index named the candidates: every record that passes
+    /// is among them, and when they are not `exact` each is checked with `passes`.
+    fn search_candidates(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        small: usize,
+        c: &Candidates,
+        passes: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Vec<(usize, f32)> {
+        let check = |s: usize| c.exact || passes(s);
+        if let (Some(ef), Some(graph)) = (ef, &self.graph) {
+            if c.slots.len() >= small {
+                let mut bits = vec![0u64; self.slots.len().div_ceil(64)];
+                for &s in &c.slots {
+                    bits[s as usize / 64] |= 1 << (s % 64);
+                }
+                let keep = |d: &usize| {
+                    bits.get(d / 64).is_some_and(|w| w >> (d % 64) & 1 == 1) && check(*d)
+                };
+                let hits = self.graph_top_k(graph, q, k, ef, &keep);
+                if hits.len() >= k {
+                    return hits;
+                }
+            }
+        }
+        let slot = |i: usize| Some(c.slots[i] as usize).filter(|&s| check(s));
+        self.scan_top_k(q, k, c.slots.len(), slot)
     }
 
     /// About how many live slots pass: all of them counted in a small store, else a fixed
@@ -228,12 +285,26 @@ impl Index {
     }
 
     /// Approximate top-k through the graph, skipping tombstones; `None` when there is no graph.
-    pub(crate) fn search_graph(&self, q: &[f32], k: usize, ef: usize) -> Option<Vec<(usize, f32)>> {
+    /// `plain` (benchmarks only) uses hnsw_rs's unfiltered search and drops tombstones from its
+    /// answer afterwards, so it may return fewer than `k`.
+    pub(crate) fn search_graph(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        plain: bool,
+    ) -> Option<Vec<(usize, f32)>> {
         let graph = self.graph.as_ref()?;
+        if plain {
+            let mut found = graph.search(q, k, ef.max(k));
+            found.retain(|n| self.slots.get(n.d_id).is_some_and(|s| s.alive));
+            return Some(self.hits(q, k, found));
+        }
         let alive = |d: &usize| self.slots.get(*d).is_some_and(|s| s.alive);
-        // Always pass the filter, even with no tombstones: hnsw_rs's filtered search explores
-        // further than its plain one, and skipping it cut recall@10 on 20k uniform 512-d vectors
-        // (M 24, ef 256) from 0.996 to 0.81.
+        // Always pass the filter, even with no tombstones: hnsw_rs's filtered search does not
+        // stop at HNSW's usual condition (the nearest candidate farther than the worst kept) but
+        // empties its candidate heap, so it visits more nodes for higher recall; skipping it cut
+        // recall@10 on 20k uniform 512-d vectors (M 24, ef 256) from 0.996 to 0.81.
         Some(self.graph_top_k(graph, q, k, ef, &alive))
     }
 
@@ -247,7 +318,15 @@ impl Index {
         keep: &dyn Fn(&usize) -> bool,
     ) -> Vec<(usize, f32)> {
         let filter: Option<&dyn hnsw_rs::filter::FilterT> = Some(&keep);
-        let found = graph.search_filter(q, k, ef.max(k), filter);
+        self.hits(q, k, graph.search_filter(q, k, ef.max(k), filter))
+    }
+
+    fn hits(
+        &self,
+        q: &[f32],
+        k: usize,
+        found: Vec<hnsw_rs::prelude::Neighbour>,
+    ) -> Vec<(usize, f32)> {
         // DistDot reports 1 - dot (clamped at 0); give callers the similarity back.
         let mut hits: Vec<(usize, f32)> = found
             .into_iter()

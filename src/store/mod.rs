@@ -13,11 +13,11 @@
 //!
 //! Files, split by concern as Qdrant splits a segment: `task` (the `TaskStore` API and the state
 //! behind it), `maintenance` (background threads, snapshots), `rebuild` (tombstone compaction and
-//! the HNSW build), `types` and `error` (the values the API takes and returns), `lock` (the
-//! directory lock), `failpoint` (test fault injection), `durable` (the one fsync-and-rename
-//! sequence); the formats and structures under them (`wal`, `snapshot`, `index`, `blob`,
-//! `codec`); `check` (offline check and repair); `backend` (the interface both backends
-//! implement) and `milvus`.
+//! the HNSW build), `payload` (the metadata index that filters use), `types` and `error` (the
+//! values the API takes and returns), `lock` (the directory lock), `failpoint` (test fault
+//! injection), `durable` (the one fsync-and-rename sequence); the formats and structures under
+//! them (`wal`, `snapshot`, `index`, `blob`, `codec`); `check` (offline check and repair);
+//! `backend` (the interface both backends implement) and `milvus`.
 
 mod backend;
 mod blob;
@@ -33,6 +33,7 @@ mod lock;
 mod maintenance;
 pub mod milvus;
 pub mod moments;
+mod payload;
 mod rebuild;
 mod snapshot;
 mod task;

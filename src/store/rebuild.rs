@@ -94,6 +94,7 @@ impl Inner {
             fresh.slots.push(slot);
         }
         fresh.entries = std::mem::take(&mut idx.entries);
+        fresh.take_payload(&mut idx, &copied);
         for (new_slot, s) in fresh.slots.iter().enumerate() {
             if s.alive {
                 if let Some(e) = fresh.entries.get_mut(&s.id) {

@@ -45,6 +45,12 @@ pub(super) struct Inner {
     pub(super) snapshot_lock: Mutex<()>,
     pub(super) snapshot_pending: AtomicBool,
     pub(super) closing: AtomicBool,
+    /// Whether filtered searches may use the payload index (always kept up to date); off only to
+    /// measure the walk over every record's meta against it.
+    use_payload_index: AtomicBool,
+    /// Whether unfiltered graph searches use hnsw_rs's plain search; off by default (see
+    /// `Index::search_graph`), on only to measure it.
+    plain_graph_search: AtomicBool,
     pub(super) background: Mutex<Vec<JoinHandle<()>>>,
     /// Set once nothing will read this store again (a replaced generation): the directory is
     /// removed when the last handle is gone.
@@ -139,6 +145,8 @@ impl TaskStore {
                 snapshot_lock: Mutex::new(()),
                 snapshot_pending: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
+                use_payload_index: AtomicBool::new(true),
+                plain_graph_search: AtomicBool::new(false),
                 background: Mutex::new(Vec::new()),
                 remove_when_closed: AtomicBool::new(false),
                 _lock: lock,
@@ -395,10 +403,14 @@ impl TaskStore {
                     SearchMode::Graph { .. } => 0, // the graph first, however few pass
                     _ => cfg.exact_threshold,
                 };
-                idx.search_filtered(&q, k, ef, small, f)
+                let payload = self.inner.use_payload_index.load(Ordering::Relaxed);
+                idx.search_filtered(&q, k, ef, small, f, payload)
             }
             None => ef
-                .and_then(|ef| idx.search_graph(&q, k, ef))
+                .and_then(|ef| {
+                    let plain = self.inner.plain_graph_search.load(Ordering::Relaxed);
+                    idx.search_graph(&q, k, ef, plain)
+                })
                 .unwrap_or_else(|| idx.search_exact(&q, k)),
         };
         Ok(found
@@ -413,6 +425,21 @@ impl TaskStore {
                 })
             })
             .collect())
+    }
+
+    /// Turns the payload index off (or back on) for filtered searches, which then evaluate the
+    /// filter on every record's meta: for benchmarks and tests that compare the two.
+    #[doc(hidden)]
+    pub fn set_payload_index(&self, on: bool) {
+        self.inner.use_payload_index.store(on, Ordering::Relaxed);
+    }
+
+    /// Lets unfiltered graph searches use hnsw_rs's plain (unfiltered) search: it stops earlier,
+    /// for speed at the cost of recall, and may return fewer than `k` hits when tombstones are
+    /// among them. For benchmarks.
+    #[doc(hidden)]
+    pub fn set_plain_graph_search(&self, on: bool) {
+        self.inner.plain_graph_search.store(on, Ordering::Relaxed);
     }
 
     /// Whether an HNSW graph is built and in use for searches above the threshold.

@@ -212,3 +212,88 @@ fn filtered_search_returns_k_passing_hits_through_the_graph() {
         }
     }
 }
+
+/// The payload index answers filtered searches exactly as evaluating the filter on every
+/// record's meta does, through replaces, deletes, a compaction (which renumbers slots) and a
+/// reopen (which rebuilds the index from the snapshot and the log).
+#[test]
+fn payload_index_answers_as_the_meta_scan_through_deletes_compaction_and_reopen() {
+    const N: usize = 3000;
+    const DIM: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        exact_threshold: 1000,
+        snapshot_every: 0,
+        ..StoreConfig::default()
+    };
+    let meta = |i: usize, gen: usize| {
+        let lang = ["en", "de", "fr"][i % 3];
+        json!({"meta": {"lang": lang, "year": 2000 + i % 25, "gen": gen},
+               "m100": i % 100, "m1000": i % 1000, "flag": i.is_multiple_of(2), "name": format!("f{i}")})
+    };
+    let filters: Vec<Filter> = [
+        r#"{"eq": ["m100", 0]}"#,
+        r#"{"eq": ["m1000", 7]}"#,
+        r#"{"eq": ["flag", true]}"#,
+        r#"{"in": ["meta.lang", ["de", "fr"]]}"#,
+        r#"{"and": [{"eq": ["meta.lang", "en"]}, {"gte": ["meta.year", 2020]}]}"#,
+        r#"{"and": [{"eq": ["meta.gen", 1]}, {"ne": ["m100", 3]}]}"#,
+        r#"{"or": [{"lt": ["meta.year", 2001.5]}, {"eq": ["name", "f17"]}]}"#,
+        r#"{"eq": ["meta.gen", 1]}"#,
+    ]
+    .iter()
+    .map(|t| Filter::parse(t).unwrap())
+    .collect();
+    let mut rng = Rng(11);
+    let queries: Vec<Vec<f32>> = (0..5).map(|_| rng.vector(DIM)).collect();
+    let compare = |store: &TaskStore, when: &str| {
+        for f in &filters {
+            for q in &queries {
+                for mode in [SearchMode::Exact, SearchMode::Auto] {
+                    store.set_payload_index(false);
+                    let want = store.search_filtered(q, 10, mode, Some(f)).unwrap();
+                    store.set_payload_index(true);
+                    let got = store.search_filtered(q, 10, mode, Some(f)).unwrap();
+                    if mode == SearchMode::Exact {
+                        assert_eq!(ids(&got), ids(&want), "{when}: {f:?}");
+                    }
+                    assert!(got.iter().all(|h| f.matches(&h.meta)), "{when}: {f:?}");
+                    assert_eq!(got.len(), want.len(), "{when}: {f:?} {mode:?}");
+                }
+            }
+        }
+    };
+    {
+        let store = TaskStore::open(dir.path(), DIM, cfg.clone()).unwrap();
+        let batch = (0..N)
+            .map(|i| (format!("v{i}"), rng.vector(DIM), meta(i, 0)))
+            .collect();
+        store.add_batch("dig", batch).unwrap();
+        store.wait_for_maintenance();
+        compare(&store, "after adds");
+        // Replace every 7th with new meta, delete every 5th.
+        for i in (0..N).step_by(7) {
+            store
+                .add(&format!("v{i}"), &rng.vector(DIM), "dig", meta(i, 1))
+                .unwrap();
+        }
+        for i in (0..N).step_by(5) {
+            store.delete(&format!("v{i}")).unwrap();
+        }
+        compare(&store, "after replaces and deletes");
+        store.compact().unwrap();
+        compare(&store, "after compaction");
+        store.snapshot().unwrap();
+        // Changes after the snapshot come back from the log.
+        for i in (1..N).step_by(11) {
+            store.delete(&format!("v{i}")).unwrap();
+        }
+        store
+            .add("v1", &rng.vector(DIM), "dig", meta(1, 1))
+            .unwrap();
+        compare(&store, "after more deletes");
+    }
+    let store = TaskStore::open(dir.path(), DIM, cfg).unwrap();
+    store.wait_for_maintenance();
+    compare(&store, "after reopen");
+}
