@@ -89,32 +89,56 @@ unsafe fn matmul_raw(
         false => (1, n as isize),
         true => (k as isize, 1),
     };
-    // SAFETY: `a` and `b` hold exactly the (m, k) and (k, n) matrices the strides below
-    // describe, and the caller guarantees `dst` is m * n writable values apart from them.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m, n, k),
-        )
+    // One block of columns `cols` of the product: dst[.., cols] = a · B[.., cols].
+    let block = |dst: *mut f32, cols: std::ops::Range<usize>, par: Parallelism| {
+        // SAFETY: `a` and `b` hold exactly the (m, k) and (k, n) matrices the strides describe;
+        // column j of B starts at `j * b_cs` and of dst at `j`, all inside the buffers, and the
+        // caller guarantees `dst` is m * n writable values apart from `a` and `b`.
+        unsafe {
+            gemm::gemm(
+                m,
+                cols.len(),
+                k,
+                dst.add(cols.start),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr().offset(cols.start as isize * b_cs),
+                b_cs,
+                b_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m < SHORT_M && n >= threads * MIN_SPLIT_COLS {
+        // `gemm` splits its work by row blocks, so a product with few rows (a text query's 32
+        // tokens) ran on one thread; here each thread takes a share of the columns instead.
+        let out = SharedOut(dst);
+        let per = n.div_ceil(threads);
+        (0..threads).into_par_iter().for_each(|t| {
+            let cols = (t * per).min(n)..((t + 1) * per).min(n);
+            if !cols.is_empty() {
+                block(out.at(0), cols, Parallelism::None);
+            }
+        });
+    } else {
+        block(dst, 0..n, parallelism(m, n, k));
     }
 }
+
+/// Products with fewer rows than this are split by columns across threads (see `matmul_raw`).
+const SHORT_M: usize = 64;
+/// The fewest columns a thread takes in such a split.
+const MIN_SPLIT_COLS: usize = 128;
 
 fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
