@@ -113,6 +113,13 @@ pub struct ServeArgs {
     /// are segmented one at a time.
     #[arg(long, env = "MVSERVE_SEGMENT_MAX_MB", default_value_t = defaults().segment_max_bytes >> MIB_SHIFT)]
     pub segment_max_mb: u64,
+    /// With --segment-seconds: how many seconds decoding one video's 1-fps frames may take (the
+    /// work grows with its length); past it the upload is refused (422 corrupt_media, timed
+    /// out). Keep it under --request-timeout-s, which also covers encoding the segments.
+    #[arg(long, env = "MVSERVE_SEGMENT_MAX_DECODE_SECONDS",
+          default_value_t = defaults().segment_decode_time.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub segment_max_decode_seconds: u64,
     /// Longest accepted video, in seconds.
     #[arg(long, env = "MVSERVE_MAX_VIDEO_SECONDS", default_value_t = defaults().max_video_seconds)]
     pub max_video_seconds: f64,
@@ -190,6 +197,7 @@ impl ServeArgs {
             segment_seconds: self.segment_seconds,
             segment_min_seconds: self.segment_min_seconds,
             segment_max_bytes: self.segment_max_mb << MIB_SHIFT,
+            segment_decode_time: Duration::from_secs(self.segment_max_decode_seconds),
             max_video_seconds: self.max_video_seconds,
             decode_workers: self.decode_workers,
             encoder: mvserve::encode::EncoderConfig {

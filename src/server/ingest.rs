@@ -83,6 +83,9 @@ pub struct MediaDecoder {
     /// Held while a timeline is decoded and preprocessed: one at a time, so the memory that
     /// `--segment-max-mb` bounds per video is also the bound for all of them.
     pub timeline_gate: parking_lot::Mutex<()>,
+    /// The wall-time budget of one timeline (`--segment-max-decode-seconds`) in place of
+    /// `limits.max_wall_time`: a timeline's work grows with the video's length.
+    pub timeline_wall_time: std::time::Duration,
 }
 
 /// The typed error of a failed load of the file at `path` (which its message never names).
@@ -129,8 +132,12 @@ impl VideoDecoder for MediaDecoder {
             fps: self.fps,
             size: size as u32,
         };
+        let limits = MediaLimits {
+            max_wall_time: self.timeline_wall_time,
+            ..self.limits.clone()
+        };
         let _one_at_a_time = self.timeline_gate.lock();
-        media::load_timeline(path, &spec, &self.limits).map_err(|e| decode_error(e, path))
+        media::load_timeline(path, &spec, &limits).map_err(|e| decode_error(e, path))
     }
 }
 
@@ -151,4 +158,33 @@ pub fn decode_still(
     let f =
         media::still::load_still(&bytes, &spec, max_bytes).map_err(|e| decode_error(e, path))?;
     Ok(f.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A timeline has its own wall-time budget: with none left it times out, while the plain
+    /// decode of the same file, under the upload's budget, does not.
+    #[test]
+    fn a_timeline_has_its_own_time_budget() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/videos/video740.mp4");
+        let decoder = |timeline_wall_time| MediaDecoder {
+            limits: MediaLimits::default(),
+            fps: 1.0,
+            timeline_gate: parking_lot::Mutex::new(()),
+            timeline_wall_time,
+        };
+        let none_left = decoder(Duration::ZERO);
+        assert!(none_left.decode(&path, 4, 32).is_ok());
+        match none_left.decode_timeline(&path, 4, 32) {
+            Err(DecodeError::Corrupt(m)) => assert!(m.contains("timed out"), "{m}"),
+            other => panic!("expected a timeout, got {:?}", other.map(|t| t.timestamps)),
+        }
+        let t = decoder(Duration::from_secs(60))
+            .decode_timeline(&path, 4, 32)
+            .unwrap();
+        assert!(t.timestamps.len() >= 10, "{:?}", t.timestamps);
+    }
 }

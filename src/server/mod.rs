@@ -92,10 +92,15 @@ pub struct ServeConfig {
     pub segment_seconds: u32,
     /// Videos shorter than this stay one vector even with `segment_seconds` on.
     pub segment_min_seconds: f64,
-    /// The most memory one video's segmenting may take (its decoded 1-fps frames and their
-    /// tensors, estimated from its size and length before decoding); a video over it stays one
-    /// vector. One video is segmented at a time, so this bounds segmenting's memory in all.
+    /// The most memory one video's segmenting may take (its 1-fps frames as preprocessing crops
+    /// and the frame being decoded, estimated from its size and length before decoding); a video
+    /// over it stays one vector. One video is segmented at a time, so this bounds segmenting's
+    /// memory in all.
     pub segment_max_bytes: u64,
+    /// How long decoding one video's 1-fps timeline may take. Its work grows with the video's
+    /// length (a candidate every second, each decoded from its key frame), so it has its own
+    /// budget rather than the per-upload one (`media::MediaLimits::max_wall_time`, 60 s).
+    pub segment_decode_time: Duration,
     /// Videos decoded at once; more wait, up to `decode_queue`, then 503.
     pub decode_workers: usize,
     pub decode_queue: usize,
@@ -153,6 +158,7 @@ impl Default for ServeConfig {
             max_video_seconds: 1800.0,
             adapter_cache: CacheConfig::default(),
             watch_debounce: Duration::from_millis(100),
+            segment_decode_time: Duration::from_secs(240),
             drain_timeout: Duration::from_secs(30),
             max_concurrent_uploads: 8,
             max_connections: 512,
@@ -653,6 +659,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         },
         fps: 1.0,
         timeline_gate: parking_lot::Mutex::new(()),
+        timeline_wall_time: config.segment_decode_time,
     });
     let state = Arc::new(AppState {
         decode_admission: Semaphore::new(config.decode_workers + config.decode_queue),
