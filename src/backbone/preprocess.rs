@@ -45,14 +45,8 @@ pub fn preprocess_into(img: &RgbImage, size: u32, out: &mut [f32]) {
         3 * s * s,
         "output buffer must hold 3 x size x size values"
     );
-    let (w, h) = resized_dims(img.width(), img.height(), size);
-    let resized;
-    let src = if (w, h) == img.dimensions() {
-        img
-    } else {
-        resized = resize_bicubic(img, w, h);
-        &resized
-    };
+    let src = shortest_side_to(img, size);
+    let (w, h) = src.dimensions();
     let top = (h - size) / 2;
     let left = (w - size) / 2;
     let raw = src.as_raw();
@@ -75,15 +69,19 @@ pub fn preprocess_into(img: &RgbImage, size: u32, out: &mut [f32]) {
 /// values preprocessing `img` gives, at a fraction of the memory of a large frame (a video's
 /// timeline keeps its frames this way).
 pub fn resize_crop(img: &RgbImage, size: u32) -> RgbImage {
+    let src = shortest_side_to(img, size);
+    let (w, h) = src.dimensions();
+    image::imageops::crop_imm(&*src, (w - size) / 2, (h - size) / 2, size, size).to_image()
+}
+
+/// `img` with its shortest side resized to `size` (bicubic), or `img` itself when it already is.
+fn shortest_side_to(img: &RgbImage, size: u32) -> std::borrow::Cow<'_, RgbImage> {
     let (w, h) = resized_dims(img.width(), img.height(), size);
-    let resized;
-    let src = if (w, h) == img.dimensions() {
-        img
+    if (w, h) == img.dimensions() {
+        std::borrow::Cow::Borrowed(img)
     } else {
-        resized = resize_bicubic(img, w, h);
-        &resized
-    };
-    image::imageops::crop_imm(src, (w - size) / 2, (h - size) / 2, size, size).to_image()
+        std::borrow::Cow::Owned(resize_bicubic(img, w, h))
+    }
 }
 
 /// Preprocesses one RGB image, returning (3, size, size) values.
