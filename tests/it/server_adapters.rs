@@ -17,15 +17,6 @@ fn install(dir: &Path, file: &Path, task: &str) {
     std::fs::rename(&staged, dir.join(format!("{task}.safetensors"))).unwrap();
 }
 
-/// The value of one sample in the Prometheus text, 0 when absent.
-fn metric(s: &Server, sample: &str) -> f64 {
-    let (_, body) = s.get("/metrics");
-    let text = body.as_str().unwrap().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn search(s: &Server, task: &str) -> Value {
     let (st, v) = s.get(&format!("/search?task={task}&q=a+man+is+driving&k=5"));
     assert_eq!(st, 200, "{v}");

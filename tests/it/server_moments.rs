@@ -281,14 +281,6 @@ fn moments_story(s: &Server, task: &str, clips: &Clips) {
     assert_eq!(s.get(&format!("/videos/{task}/long")).0, 404);
 }
 
-fn metric(s: &Server, sample: &str) -> f64 {
-    let (_, body) = s.get("/metrics");
-    let text = body.as_str().unwrap().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn long_videos_are_found_by_moment_on_the_embedded_store() {
     let tmp = tempfile::tempdir().unwrap();

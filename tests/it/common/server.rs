@@ -187,6 +187,15 @@ pub fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value)
     )
 }
 
+/// The value of one sample (`name{labels}`) in the server's `/metrics` text, 0 when absent.
+pub fn metric(s: &Server, sample: &str) -> f64 {
+    let (_, body) = s.get("/metrics");
+    let text = body.as_str().unwrap().to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn json_of(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     let resp = match r {
         Ok(r) => r,
