@@ -362,21 +362,26 @@ impl TextAdapter {
         &self.down
     }
 
-    /// f: the MLP output (N, L, d), L exactly the configured words. Returns `s * A(f)` (N, L, d).
+    /// f: the MLP output (N, T, d), T at most the configured words. Returns `s * A(f)` (N, T, d).
+    ///
+    /// The authors pad every text to the words and add the whole positional table; every step
+    /// here is per token or causal, so the first T positions' outputs do not depend on the
+    /// padding after them, and texts cut after their longest EOT (`TextBatch`) give the same
+    /// EOT features with less work.
     pub fn forward(&self, f: &Tensor) -> Result<Tensor> {
         let (_, l, _) = f.dims3()?;
         let words = self.pos.dim(0)?;
-        if l != words {
+        if l > words {
             candle_core::bail!(
-                "the text adapter needs texts padded to exactly {words} tokens (its positional \
-                 table has {words} rows), got {l}"
+                "the text adapter takes texts of at most {words} tokens (its positional table has \
+                 {words} rows), got {l}"
             );
         }
         let z = self
             .down
             .forward_no_bias(f)?
             .broadcast_add(&self.down.bias)?
-            .broadcast_add(&self.pos)?;
+            .broadcast_add(&self.pos.narrow(0, 0, l)?)?;
         let z = self.ln_pre.forward(&z)?;
         let mask = causal_mask(l, z.dtype(), z.device())?;
         let z = quick_gelu(&self.trm.forward(&z, Some(&mask))?)?;

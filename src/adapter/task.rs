@@ -169,11 +169,12 @@ impl TaskAdapter {
         })
     }
 
-    /// The hook for texts padded to `len` tokens (must equal the configured words).
+    /// The hook for texts of `len` tokens: the configured words, or fewer when a batch is cut
+    /// after its longest EOT (see `TextAdapter::forward`).
     pub fn text_hook(&self, len: usize) -> std::result::Result<TextHook<'_>, AdapterError> {
-        if len != self.config.words {
+        if len > self.config.words {
             return Err(AdapterError::Input(format!(
-                "this adapter needs texts padded to exactly {} tokens, got {len}",
+                "this adapter takes texts of at most {} tokens, got {len}",
                 self.config.words
             )));
         }

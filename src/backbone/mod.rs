@@ -25,7 +25,7 @@ use std::path::PathBuf;
 pub use device::{DeviceError, DeviceSpec};
 pub use encoder::BlockHook;
 pub use text::TextTower;
-pub use tokenizer::{ClipTokenizer, TextTokens, DEFAULT_TEXT_LEN};
+pub use tokenizer::{ClipTokenizer, TextBatch, TextTokens, DEFAULT_TEXT_LEN};
 pub use vision::{TowerOutput, VisionTower};
 pub use weights::{ModelFiles, ModelSource, Weights, DEFAULT_MODEL_ID};
 
@@ -314,19 +314,35 @@ impl Backbone {
         })
     }
 
-    /// L2-normalised text embeddings, (N, projection_dim), texts padded to `len` tokens.
+    /// L2-normalised text embeddings, (N, projection_dim), texts of at most `len` tokens (cut
+    /// after the batch's longest EOT: see [`Backbone::text_batch`]).
     pub fn embed_texts(
         &self,
         texts: &[&str],
         len: usize,
         hook: Option<&dyn BlockHook>,
     ) -> Result<Tensor, BackboneError> {
-        let (ids, eot) = self.tokenize_batch(texts, len)?;
+        let (ids, eot) = self.text_batch(texts, len)?;
         let out = self.clip.text.forward(&ids, &eot, hook, false)?;
         Ok(l2_normalize(&out.embeds)?)
     }
 
-    /// (N, L) ids and (N,) EOT positions on the model's device.
+    /// (N, T) ids and (N,) EOT positions on the model's device, for an embedding pass: T is the
+    /// longest row's EOT + 1 (at most `len`), the padding after it is cut (see [`TextBatch`]).
+    pub fn text_batch(
+        &self,
+        texts: &[&str],
+        len: usize,
+    ) -> Result<(Tensor, Tensor), BackboneError> {
+        let rows = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, len))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TextBatch::new(&rows).tensors(&self.clip.device)?)
+    }
+
+    /// (N, L) ids and (N,) EOT positions on the model's device: the authors' layout, every row
+    /// padded to all L positions (what training and the parity fixtures use).
     pub fn tokenize_batch(
         &self,
         texts: &[&str],

@@ -13,7 +13,7 @@ mod query_cache;
 pub use query_cache::{QueryCache, QueryCacheStats};
 
 use crate::adapter::{pool_frames, AdapterError, MixedHook};
-use crate::backbone::{l2_normalize, Backbone, BackboneError, BlockHook};
+use crate::backbone::{l2_normalize, Backbone, BackboneError, BlockHook, TextBatch};
 use candle_core::{DType, Tensor};
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
@@ -486,19 +486,13 @@ fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
             let first = runs[r].0;
             let last = runs[r_end - 1].0 + runs[r_end - 1].1;
             let part = &jobs[first..last];
-            let mut ids = Vec::with_capacity(part.len() * len);
-            let mut eot = Vec::with_capacity(part.len());
-            for j in part {
-                let tok = backbone
-                    .tokenizer
-                    .encode(&j.text, len)
-                    .map_err(|e| EncodeError::Untokenizable(Arc::new(e)))?;
-                ids.extend(tok.ids.iter().copied());
-                ids.extend(std::iter::repeat_n(0u32, len - tok.ids.len()));
-                eot.push(tok.eot as u32);
-            }
-            let ids = Tensor::from_vec(ids, (part.len(), len), dev)?;
-            let eot = Tensor::from_vec(eot, part.len(), dev)?;
+            let tokens = part
+                .iter()
+                .map(|j| backbone.tokenizer.encode(&j.text, len))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EncodeError::Untokenizable(Arc::new(e)))?;
+            // Cut after the longest EOT: same embeddings, less work (see `TextBatch`).
+            let (ids, eot) = TextBatch::new(&tokens).tensors(dev)?;
             let mut groups = Vec::with_capacity(r_end - r);
             for &(s, n) in &runs[r..r_end] {
                 groups.push((s - first, n, jobs[s].model.text_hook()?));

@@ -374,12 +374,12 @@ fn inputs_that_do_not_fit_are_clear_errors() {
     let b = tiny();
     let c = tiny_config(&b, Tying::DownIn);
     let (a, _) = TaskAdapter::trainable(&c, AdapterInit::Random, None, &Device::Cpu).unwrap();
-    let e = a.text_hook(16).err().unwrap().to_string();
-    assert!(e.contains("exactly 32 tokens"), "{e}");
+    let e = a.text_hook(33).err().unwrap().to_string();
+    assert!(e.contains("at most 32 tokens"), "{e}");
     let too_many = Tensor::ones((1, 5), DType::F32, &Device::Cpu).unwrap();
     assert!(a.video_hook(&too_many).is_err());
-    // The module itself refuses a wrong text length even without the hook's check.
-    let f = Tensor::zeros((1, 16, 64), DType::F32, &Device::Cpu).unwrap();
+    // The module itself refuses a text longer than its positional table without the hook's check.
+    let f = Tensor::zeros((1, 33, 64), DType::F32, &Device::Cpu).unwrap();
     assert!(a.text_layer(0).unwrap().forward(&f).is_err());
     // A frame mask that does not match the batch.
     let mask = Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap();
@@ -461,4 +461,51 @@ fn without_the_cross_frame_part_the_video_embedding_ignores_frame_order() {
     let mut c = tiny_config(&b, Tying::DownIn);
     c.video_trm = false;
     assert!(c.validate().is_err());
+}
+
+/// Texts cut after the batch's longest EOT (what serving does, `TextBatch`) embed as the authors'
+/// layout padded to all 32 positions does, with a trained-looking (random) adapter: the tower and
+/// the text adapter are causal or per token, so the padding never reaches an EOT feature.
+#[test]
+fn texts_cut_after_their_longest_eot_embed_as_padded_texts() {
+    let b = tiny();
+    let texts = [
+        "a dog runs left",
+        "a car turns right at night",
+        "two people talk",
+    ];
+    let (ids, eot) = b.tokenize_batch(&texts, 32).unwrap();
+    let cut = b.text_batch(&texts, 32).unwrap();
+    let longest = eot.to_vec1::<u32>().unwrap().into_iter().max().unwrap() as usize + 1;
+    assert_eq!(cut.0.dims(), &[3, longest]);
+    assert!(longest < 32);
+    for tying in [Tying::DownIn, Tying::None] {
+        let c = tiny_config(&b, tying);
+        let t = TaskAdapter::init_tensors(&c, AdapterInit::Random, &Device::Cpu).unwrap();
+        let a = TaskAdapter::from_tensors(&c, t, &Device::Cpu).unwrap();
+        let padded = b
+            .clip
+            .text
+            .forward(&ids, &eot, Some(&a.text_hook(32).unwrap()), false)
+            .unwrap()
+            .embeds;
+        let short = b
+            .clip
+            .text
+            .forward(&cut.0, &cut.1, Some(&a.text_hook(longest).unwrap()), false)
+            .unwrap()
+            .embeds;
+        let d = max_diff(&padded, &short);
+        assert!(d < 1e-5, "{tying:?}: {d}");
+        let plain = b.clip.text.forward(&ids, &eot, None, false).unwrap().embeds;
+        assert!(
+            max_diff(&plain, &padded) > 1e-3,
+            "the adapter must change the embedding"
+        );
+    }
+    // And through the whole embedding path.
+    let whole = b.embed_texts(&texts, 32, None).unwrap();
+    let plain = b.clip.text.forward(&ids, &eot, None, false).unwrap().embeds;
+    let plain = mvserve::backbone::l2_normalize(&plain).unwrap();
+    assert!(max_diff(&whole, &plain) < 1e-5);
 }
