@@ -16,7 +16,11 @@ impl Server {
     /// `/readyz` answers 200 (a full-size model takes a while to load: up to 10 minutes).
     pub fn start(model: &Path, data: &Path, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data.join("adapters")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mvserve"))
+        // MVSERVE_BENCH_BIN: another build of the server (an A/B against an older commit in one
+        // run); this build's binary by default.
+        let bin = std::env::var_os("MVSERVE_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_mvserve").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--port", "0"])
             .arg("--model-dir")
             .arg(model)
