@@ -78,10 +78,11 @@ def main():
                   f"{statistics.median(one[k]) * 1e3:.0f} | {', '.join(f'{x:.3f}' for x in many[k])} |")
         print(f"B/A: 1 client {sum(one['A']) / sum(one['B']):.3f}x; {a.clients} clients "
               f"{sum(many['B']) / sum(many['A']):.3f}x")
-        st = stages(servers["B"][1])
-        if st:
-            print("B's mean ms per upload and stage (all uploads, both modes): " + ", ".join(
-                f"{k} {v[0] / max(v[1], 1) * 1e3:.0f}" for k, v in sorted(st.items())))
+        for k in ("A", "B"):
+            st = stages(servers[k][1])
+            if st:
+                print(f"{k}'s mean ms per upload and stage (all uploads, both modes): " + ", ".join(
+                    f"{s} {v[0] / max(v[1], 1) * 1e3:.0f}" for s, v in sorted(st.items())))
     finally:
         for srv, _, data in servers.values():
             srv.terminate()

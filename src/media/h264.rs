@@ -4,10 +4,14 @@
 //! the SPS check that refuses absurd or unsupported streams *before* OpenH264 sees them (OpenH264
 //! allocates from SPS dimensions and a C abort cannot be caught), the decode loop over the raw
 //! `DecodeFrame2` API with the end-of-stream flush (the safe API of openh264-rs fails on B-frames,
-//! openh264-rs#50), and YUV 4:2:0 to RGB conversion (BT.601 limited range, as ffmpeg's default).
+//! openh264-rs#50), the decode plan (one decoder run per GOP that holds chosen frames, the runs
+//! shared over up to two threads, pictures no other picture refers to skipped unless chosen), and
+//! YUV 4:2:0 to RGB conversion (BT.601 limited range, as ffmpeg's default).
 //! Does not own demuxing or sampling policy.
 
+use std::collections::HashMap;
 use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::RgbImage;
 use openh264::decoder::{Decoder, DecoderConfig, Flush};
@@ -307,6 +311,46 @@ fn is_idr(data: &[u8], nal_length_size: Option<usize>) -> bool {
     }
 }
 
+/// Whether no other picture can refer to this access unit: it holds a coded slice and every NAL
+/// unit in it has `nal_ref_idc` 0 (no parameter set, no IDR, no reference picture). Such a
+/// picture can be left out of decoding without changing any other picture (H.264 7.4.1: a
+/// picture with `nal_ref_idc` 0 is not used for inter prediction; 8.2.1 and 7.4.3: `frame_num`
+/// and the POC state advance only on reference pictures). A malformed packet is not one.
+fn is_disposable(data: &[u8], nal_length_size: Option<usize>) -> bool {
+    let mut slices = 0;
+    let mut check = |nal: &[u8]| match nal.first() {
+        Some(&b) if b & 0x60 == 0 => {
+            if b & 0x1F == 1 {
+                slices += 1;
+            }
+            true
+        }
+        _ => false,
+    };
+    let all = match nal_length_size {
+        Some(n) => {
+            let mut rest = data;
+            let mut ok = true;
+            while ok && !rest.is_empty() {
+                if rest.len() < n {
+                    ok = false;
+                    break;
+                }
+                let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+                rest = &rest[n..];
+                match rest.get(..len) {
+                    Some(nal) => ok = check(nal),
+                    None => ok = false,
+                }
+                rest = rest.get(len..).unwrap_or(&[]);
+            }
+            ok
+        }
+        None => split_annexb(data).into_iter().all(check),
+    };
+    all && slices > 0
+}
+
 /// The SPS and PPS NAL units carried inside a packet (in-band parameter sets, as in Annex-B AVI).
 fn inband_parameter_sets(data: &[u8], nal_length_size: Option<usize>) -> Vec<Vec<u8>> {
     let is_ps = |nal: &&[u8]| nal.first().is_some_and(|b| matches!(b & 0x1F, 7 | 8));
@@ -337,6 +381,16 @@ fn inband_parameter_sets(data: &[u8], nal_length_size: Option<usize>) -> Vec<Vec
 /// picture to come out of the reorder buffer and flush it (H.264 reorders at most 16 frames).
 const REORDER_SLACK: usize = 32;
 
+/// Most decoders (threads) one video's runs are spread over. An upload's decode is one stage of
+/// its ingest; the encoder's pool has the machine's other cores, and with several uploads at once
+/// their decodes overlap each other anyway, so two is where a single upload stops gaining.
+const MAX_DECODE_THREADS: usize = 2;
+
+/// Largest frame (pixels) decoded by two decoders at once: two decoders at 1080p hold less memory
+/// than the one decoder a frame at the `max_pixels` default (4K UHD) may already need, so running
+/// two never raises what one upload's decode can take.
+const PARALLEL_MAX_PIXELS: u64 = 1920 * 1088;
+
 /// Decodes the chosen frames of `stream`.
 pub fn decode(
     bytes: &[u8],
@@ -361,17 +415,11 @@ pub fn decode(
     order.sort_by(|&a, &b| stream.packets[a].pts.total_cmp(&stream.packets[b].pts));
     let pts_sorted: Vec<f64> = order.iter().map(|&i| stream.packets[i].pts).collect();
     let chosen = sample::choose(&pts_sorted, spec.fps, spec.frames);
-    let mut sink = Sink {
-        slot_of_rank: chosen
-            .iter()
-            .enumerate()
-            .map(|(slot, &r)| (r, slot))
-            .collect(),
-        images: vec![None; chosen.len()],
-        remaining: chosen.len(),
-        outputs: 0,
-        pts_known: stream.pts_known,
-    };
+    let slot_of_rank: HashMap<usize, usize> = chosen
+        .iter()
+        .enumerate()
+        .map(|(slot, &r)| (r, slot))
+        .collect();
     let mut rank = vec![0usize; n];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r;
@@ -381,74 +429,67 @@ pub fn decode(
     // packet k holds exactly the pictures of rank k.. up to the next IDR.
     let mut targets: Vec<(usize, usize)> = chosen.iter().map(|&r| (order[r], r)).collect();
     targets.sort_unstable();
-
-    let mut feeder = Feeder {
+    let runs = plan_runs(&targets, strategy, bytes, &stream);
+    // Parameter sets for a decoder that starts past the first packet: Annex-B streams carry their
+    // SPS/PPS in-band, usually in the first access unit only.
+    let seek_sets = runs.iter().any(|r| r.key > 0).then(|| {
+        let p = &stream.packets[0];
+        let first = &bytes[p.offset..p.offset + p.len];
+        let mut sets = stream.parameter_sets.clone();
+        sets.extend(inband_parameter_sets(first, stream.nal_length_size));
+        sets
+    });
+    let job = Job {
         bytes,
         stream: &stream,
         rank: &rank,
-        annexb: Vec::new(),
-        errors: 0,
+        slot_of_rank: &slot_of_rank,
+        slots: chosen.len(),
+        seek_sets: seek_sets.as_deref().unwrap_or(&[]),
+        strategy,
+        // Dropping a picture no other picture refers to is exact (H.264 8.2.1: frame_num and the
+        // picture order count advance on reference pictures only); without presentation times
+        // the sink ranks pictures by counting them, so every picture must come out.
+        skip_disposable: strategy == DecodeStrategy::Seek && stream.pts_known,
+        failed: AtomicBool::new(false),
     };
-    // Parameter sets for a decoder that starts past the first packet: Annex-B streams carry their
-    // SPS/PPS in-band, usually in the first access unit only.
-    let mut seek_sets: Option<Vec<Vec<u8>>> = None;
-    let mut keys = KeyScan {
-        index: stream.keyframes.as_deref(),
-        next: 0,
-        scanned_to: 0,
-        last_idr: 0,
+    let budget: &Budget = budget;
+    let threads = if u64::from(stream.width) * u64::from(stream.height) <= PARALLEL_MAX_PIXELS {
+        std::thread::available_parallelism()
+            .map_or(1, |p| p.get())
+            .min(MAX_DECODE_THREADS)
+    } else {
+        1
     };
-    let mut segment: Option<Segment> = None;
-    for &(target, r) in &targets {
-        if sink.has(r) {
-            continue;
+    let shares = share_runs(&runs, threads);
+    // The first share on this thread, the others on scoped threads; a panic on one of them
+    // resumes here, where `media::run` turns it into `Corrupt` like any decoder panic.
+    let results: Vec<Result<Sink>> = std::thread::scope(|scope| {
+        let others: Vec<_> = shares[1..]
+            .iter()
+            .map(|share| scope.spawn(|| job.decode_runs(share, budget)))
+            .collect();
+        let mut results = vec![job.decode_runs(&shares[0], budget)];
+        for h in others {
+            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
-        let key = match strategy {
-            DecodeStrategy::Seek => keys.last_idr_at_or_before(target, bytes, &stream),
-            DecodeStrategy::Sequential => 0,
-        };
-        // A decoder already at or past the key frame goes on; otherwise start over at the key.
-        if segment.as_ref().is_none_or(|s| s.next < key) {
-            let headers = if key == 0 {
-                stream.parameter_sets.clone()
-            } else {
-                seek_sets
-                    .get_or_insert_with(|| {
-                        let p = &stream.packets[0];
-                        let first = &bytes[p.offset..p.offset + p.len];
-                        let mut sets = stream.parameter_sets.clone();
-                        sets.extend(inband_parameter_sets(first, stream.nal_length_size));
-                        sets
-                    })
-                    .clone()
-            };
-            segment = Some(Segment::start(key, headers, &mut sink)?);
-        }
-        let seg = segment.as_mut().expect("started above");
-        let stop_at = match strategy {
-            DecodeStrategy::Seek => (target + 1 + REORDER_SLACK).min(n),
-            DecodeStrategy::Sequential => n,
-        };
-        while !sink.has(r) && seg.next < stop_at {
-            budget.check_time()?;
-            feeder.feed(seg, &mut sink, budget)?;
-        }
-        if !sink.has(r) {
-            // The picture is still buffered (end of stream, or a decoder that holds more than
-            // the slack): a flush lets it out, and this decoder is done.
-            let seg = segment.take().expect("present");
-            seg.drain(&mut sink, budget)?;
-            if strategy == DecodeStrategy::Sequential {
-                break; // the whole stream has been fed: nothing more will come out
+        results
+    });
+    let mut images: Vec<Option<RgbImage>> = vec![None; chosen.len()];
+    let mut errors = 0;
+    for sink in results {
+        let sink = sink?;
+        errors += sink.errors;
+        for (slot, img) in sink.images.into_iter().enumerate() {
+            if img.is_some() && images[slot].is_none() {
+                images[slot] = img;
             }
         }
     }
-    drop(segment);
-    let errors = feeder.errors;
 
     let mut timestamps = Vec::new();
     let mut out = Vec::new();
-    for (slot, img) in sink.images.into_iter().enumerate() {
+    for (slot, img) in images.into_iter().enumerate() {
         if let Some(img) = img {
             timestamps.push(pts_sorted[chosen[slot]]);
             out.push(img);
@@ -524,6 +565,163 @@ impl KeyScan<'_> {
     }
 }
 
+/// One decoder's work: start at the IDR packet `key` and decode until each target is out.
+#[derive(Debug)]
+struct Run {
+    key: usize,
+    /// (packet in decode order, presentation rank) of the chosen frames of this GOP, ascending.
+    targets: Vec<(usize, usize)>,
+}
+
+/// Groups the targets (ascending in decode order) by the key frame each is decoded from: seeking,
+/// the last confirmed IDR at or before it (one run per GOP holding chosen frames); sequential,
+/// one run from the first packet.
+fn plan_runs(
+    targets: &[(usize, usize)],
+    strategy: DecodeStrategy,
+    bytes: &[u8],
+    stream: &Stream,
+) -> Vec<Run> {
+    let mut keys = KeyScan {
+        index: stream.keyframes.as_deref(),
+        next: 0,
+        scanned_to: 0,
+        last_idr: 0,
+    };
+    let mut runs: Vec<Run> = Vec::new();
+    for &(target, r) in targets {
+        let key = match strategy {
+            DecodeStrategy::Seek => keys.last_idr_at_or_before(target, bytes, stream),
+            DecodeStrategy::Sequential => 0,
+        };
+        match runs.last_mut() {
+            Some(run) if run.key == key => run.targets.push((target, r)),
+            _ => runs.push(Run {
+                key,
+                targets: vec![(target, r)],
+            }),
+        }
+    }
+    runs
+}
+
+/// Splits the runs over at most `threads` decoders, balancing the packets each decodes (longest
+/// run first to the least loaded); each share keeps decode order. Always at least one share.
+fn share_runs(runs: &[Run], threads: usize) -> Vec<Vec<&Run>> {
+    let cost = |r: &Run| r.targets.last().map_or(0, |&(t, _)| t + 1 - r.key);
+    let threads = threads.clamp(1, runs.len().max(1));
+    let mut by_cost: Vec<&Run> = runs.iter().collect();
+    by_cost.sort_by_key(|r| std::cmp::Reverse(cost(r)));
+    let mut shares: Vec<Vec<&Run>> = vec![Vec::new(); threads];
+    let mut load = vec![0usize; threads];
+    for run in by_cost {
+        let least = (0..threads).min_by_key(|&w| load[w]).expect("threads >= 1");
+        load[least] += cost(run);
+        shares[least].push(run);
+    }
+    for share in &mut shares {
+        share.sort_by_key(|r| r.key);
+    }
+    shares.retain(|s| !s.is_empty());
+    if shares.is_empty() {
+        shares.push(Vec::new());
+    }
+    shares
+}
+
+/// What every decoder of one video reads (shared by reference between its threads).
+struct Job<'a> {
+    bytes: &'a [u8],
+    stream: &'a Stream,
+    /// Presentation rank of each packet (decode order).
+    rank: &'a [usize],
+    /// Output slot of each chosen rank.
+    slot_of_rank: &'a HashMap<usize, usize>,
+    slots: usize,
+    /// Parameter sets fed to a decoder that starts past the first packet.
+    seek_sets: &'a [Vec<u8>],
+    strategy: DecodeStrategy,
+    /// Whether access units that no picture refers to and that hold no chosen frame are skipped.
+    skip_disposable: bool,
+    /// Set by the first decoder that fails, so the others stop early.
+    failed: AtomicBool,
+}
+
+impl Job<'_> {
+    /// Decodes `runs` with one decoder at a time on this thread; the sink holds the chosen
+    /// frames of these runs only.
+    fn decode_runs(&self, runs: &[&Run], budget: &Budget) -> Result<Sink> {
+        let r = self.decode_runs_inner(runs, budget);
+        if r.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn decode_runs_inner(&self, runs: &[&Run], budget: &Budget) -> Result<Sink> {
+        let n = self.stream.packets.len();
+        let mut sink = Sink {
+            slot_of_rank: runs
+                .iter()
+                .flat_map(|run| run.targets.iter())
+                .map(|&(_, r)| (r, self.slot_of_rank[&r]))
+                .collect(),
+            images: vec![None; self.slots],
+            remaining: runs.iter().map(|run| run.targets.len()).sum(),
+            outputs: 0,
+            pts_known: self.stream.pts_known,
+            errors: 0,
+        };
+        let mut feeder = Feeder {
+            bytes: self.bytes,
+            stream: self.stream,
+            rank: self.rank,
+            annexb: Vec::new(),
+            errors: 0,
+            skip_disposable: self.skip_disposable,
+        };
+        for run in runs {
+            let mut segment: Option<Segment> = None;
+            for &(target, r) in &run.targets {
+                if sink.has(r) {
+                    continue;
+                }
+                if segment.is_none() {
+                    let headers = if run.key == 0 {
+                        self.stream.parameter_sets.clone()
+                    } else {
+                        self.seek_sets.to_vec()
+                    };
+                    segment = Some(Segment::start(run.key, headers, &mut sink)?);
+                }
+                let seg = segment.as_mut().expect("started above");
+                let stop_at = match self.strategy {
+                    DecodeStrategy::Seek => (target + 1 + REORDER_SLACK).min(n),
+                    DecodeStrategy::Sequential => n,
+                };
+                while !sink.has(r) && seg.next < stop_at {
+                    if self.failed.load(Ordering::Relaxed) {
+                        return Ok(sink); // another decoder failed: its error is the answer
+                    }
+                    budget.check_time()?;
+                    feeder.feed(seg, &mut sink, budget)?;
+                }
+                if !sink.has(r) {
+                    // The picture is still buffered (end of stream, or a decoder that holds more
+                    // than the slack): a flush lets it out, and this decoder is done.
+                    let seg = segment.take().expect("present");
+                    seg.drain(&mut sink, budget)?;
+                    if self.strategy == DecodeStrategy::Sequential {
+                        break; // the whole stream has been fed: nothing more will come out
+                    }
+                }
+            }
+        }
+        sink.errors = feeder.errors;
+        Ok(sink)
+    }
+}
+
 /// One decoder run over consecutive packets, from a key frame on.
 struct Segment {
     decoder: Decoder,
@@ -548,7 +746,7 @@ impl Segment {
     }
 
     /// End of stream: reordered (B-frame) pictures still in the buffer come out only on a flush.
-    fn drain(mut self, sink: &mut Sink, budget: &mut Budget) -> Result<()> {
+    fn drain(mut self, sink: &mut Sink, budget: &Budget) -> Result<()> {
         if sink.remaining == 0 {
             return Ok(());
         }
@@ -577,14 +775,26 @@ struct Feeder<'a> {
     rank: &'a [usize],
     annexb: Vec<u8>,
     errors: usize,
+    /// Skip access units no picture refers to unless the sink still waits for their picture.
+    skip_disposable: bool,
 }
 
 impl Feeder<'_> {
     /// Feeds the segment's next packet and hands any picture that comes out to the sink.
-    fn feed(&mut self, seg: &mut Segment, sink: &mut Sink, budget: &mut Budget) -> Result<()> {
+    fn feed(&mut self, seg: &mut Segment, sink: &mut Sink, budget: &Budget) -> Result<()> {
         let i = seg.next;
         seg.next += 1;
         let p = &self.stream.packets[i];
+        if self.skip_disposable
+            && seg.headers.is_empty()
+            && !sink.waits_for(self.rank[i])
+            && is_disposable(
+                &self.bytes[p.offset..p.offset + p.len],
+                self.stream.nal_length_size,
+            )
+        {
+            return Ok(());
+        }
         let mut au = Vec::new();
         for ps in std::mem::take(&mut seg.headers) {
             push_nal(&ps, &mut au, budget)?;
@@ -619,12 +829,14 @@ impl Feeder<'_> {
 
 /// Where decoded pictures go: the chosen ones are converted and kept, the rest only counted.
 struct Sink {
-    slot_of_rank: std::collections::HashMap<usize, usize>,
+    slot_of_rank: HashMap<usize, usize>,
     images: Vec<Option<RgbImage>>,
     remaining: usize,
     /// Presentation rank of the next picture out, for streams without presentation times.
     outputs: usize,
     pts_known: bool,
+    /// Access units the decoder refused (counted once this sink's decoding is over).
+    errors: usize,
 }
 
 impl Sink {
@@ -634,7 +846,14 @@ impl Sink {
             .is_some_and(|&slot| self.images[slot].is_some())
     }
 
-    fn take(&mut self, info: &SBufferInfo, dst: &[*mut u8; 3], budget: &mut Budget) -> Result<()> {
+    /// Whether the picture of `rank` is one this sink keeps and does not have yet.
+    fn waits_for(&self, rank: usize) -> bool {
+        self.slot_of_rank
+            .get(&rank)
+            .is_some_and(|&slot| self.images[slot].is_none())
+    }
+
+    fn take(&mut self, info: &SBufferInfo, dst: &[*mut u8; 3], budget: &Budget) -> Result<()> {
         budget.count_frame()?;
         let rank = if self.pts_known {
             // The rank we passed in as the input timestamp, carried through reordering.
@@ -830,6 +1049,72 @@ mod tests {
         let e = push_nal(&sps(6250, 6250), &mut out, &budget).unwrap_err();
         assert_eq!(e.code(), "too_large");
         assert!(out.is_empty());
+    }
+
+    /// AVCC access unit of NAL units (4-byte lengths).
+    fn avcc(nals: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for nal in nals {
+            out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+            out.extend_from_slice(nal);
+        }
+        out
+    }
+
+    #[test]
+    fn only_non_reference_slices_are_disposable() {
+        let b_slice: &[u8] = &[0x01, 0x9e]; // nal_ref_idc 0, type 1
+        let sei: &[u8] = &[0x06, 0x05];
+        let p_slice: &[u8] = &[0x41, 0x9a]; // nal_ref_idc 2, type 1
+        let idr: &[u8] = &[0x65, 0x88];
+        assert!(is_disposable(&avcc(&[b_slice]), Some(4)));
+        assert!(is_disposable(&avcc(&[sei, b_slice]), Some(4)));
+        assert!(!is_disposable(&avcc(&[p_slice]), Some(4)));
+        assert!(!is_disposable(&avcc(&[sei, idr]), Some(4)));
+        assert!(!is_disposable(&avcc(&[b_slice, p_slice]), Some(4)));
+        assert!(!is_disposable(&avcc(&[sei]), Some(4)), "no slice");
+        assert!(!is_disposable(&avcc(&[b_slice, &[]]), Some(4)), "empty NAL");
+        let mut cut = avcc(&[b_slice]);
+        cut[3] = 9; // length past the end
+        assert!(!is_disposable(&cut, Some(4)));
+        assert!(!is_disposable(&[], Some(4)));
+        let annexb = [0, 0, 0, 1, 0x06, 0x05, 0, 0, 1, 0x01, 0x9e];
+        assert!(is_disposable(&annexb, None));
+        let annexb = [0, 0, 0, 1, 0x21, 0x9e]; // nal_ref_idc 1
+        assert!(!is_disposable(&annexb, None));
+    }
+
+    fn run(key: usize, targets: &[usize]) -> Run {
+        Run {
+            key,
+            targets: targets.iter().map(|&t| (t, t)).collect(),
+        }
+    }
+
+    #[test]
+    fn runs_are_shared_by_packets_to_decode() {
+        // Costs: 10, 3, 8, 2 packets.
+        let runs = [
+            run(0, &[2, 9]),
+            run(10, &[12]),
+            run(20, &[27]),
+            run(30, &[31]),
+        ];
+        let shares = share_runs(&runs, 2);
+        assert_eq!(shares.len(), 2);
+        let keys = |s: &Vec<&Run>| s.iter().map(|r| r.key).collect::<Vec<_>>();
+        // 10 + 2 against 8 + 3; each share in decode order.
+        assert_eq!(keys(&shares[0]), vec![0, 30]);
+        assert_eq!(keys(&shares[1]), vec![10, 20]);
+        assert_eq!(share_runs(&runs, 1).len(), 1);
+        assert_eq!(share_runs(&runs, 8).len(), 4, "never more shares than runs");
+        let one = share_runs(&runs[..1], 2);
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            share_runs(&[], 2).len(),
+            1,
+            "an empty plan still has one share"
+        );
     }
 
     #[test]

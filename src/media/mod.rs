@@ -27,6 +27,7 @@ pub mod still;
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
@@ -345,7 +346,7 @@ pub fn probe(
             ok: true,
             info: Some(frames.info),
             sampled_timestamps: Some(frames.timestamps),
-            frames_decoded: Some(stats.frames_decoded),
+            frames_decoded: Some(stats.frames_decoded.into_inner()),
             error: None,
             elapsed_ms,
         },
@@ -386,13 +387,15 @@ fn too_large_bytes(len: u64, limits: &MediaLimits) -> MediaError {
     ))
 }
 
-/// Counters that are not part of the result but useful to `probe` and tests.
-#[derive(Clone, Copy, Debug, Default)]
+/// Counters that are not part of the result but useful to `probe` and tests. Atomic because the
+/// H.264 decoder may run two decoders of one video on two threads against one [`Budget`].
+#[derive(Debug, Default)]
 pub(crate) struct Stats {
-    pub frames_decoded: u64,
+    pub frames_decoded: AtomicU64,
 }
 
-/// Shared state of one load: limits, the deadline and the counters.
+/// Shared state of one load: limits, the deadline and the counters. Shared by reference between
+/// the threads of one decode (its methods take `&self`), so the limits hold for them together.
 pub(crate) struct Budget<'a> {
     pub limits: &'a MediaLimits,
     pub deadline: Instant,
@@ -421,9 +424,9 @@ impl Budget<'_> {
     }
 
     /// Counts one decoded frame against `max_frames_decoded`.
-    pub fn count_frame(&mut self) -> Result<()> {
-        self.stats.frames_decoded += 1;
-        if self.stats.frames_decoded > self.limits.max_frames_decoded {
+    pub fn count_frame(&self) -> Result<()> {
+        let n = self.stats.frames_decoded.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > self.limits.max_frames_decoded {
             return Err(MediaError::TooLarge(format!(
                 "more than {} decoded frames",
                 self.limits.max_frames_decoded
