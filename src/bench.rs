@@ -30,6 +30,8 @@ pub struct BackboneBench {
     pub text_ms_32: f64,
     pub batch: usize,
     pub dtype: String,
+    /// f32, or int8 for the encoders' linear layers.
+    pub precision: String,
 }
 
 /// Times the vision tower on `batch` random images and the text tower on one 32-token text,
@@ -80,7 +82,75 @@ pub fn backbone(clip: &Clip, batch: usize, iters: usize) -> candle_core::Result<
         text_ms_32: text_best * 1e3,
         batch,
         dtype: format!("{dtype:?}").to_lowercase(),
+        precision: clip.precision().to_string(),
     })
+}
+
+/// How close two versions of one model (f32 and int8) embed the same inputs: the cosine of each
+/// pair of embeddings, over random images and texts.
+#[derive(Debug, Serialize)]
+pub struct Agreement {
+    pub images: usize,
+    pub texts: usize,
+    pub image_cos_min: f64,
+    pub image_cos_max: f64,
+    pub text_cos_min: f64,
+    pub text_cos_max: f64,
+}
+
+/// Cosines of `a`'s and `b`'s embeddings of `images` random images (N(0, 1) pixels, as the
+/// benchmark's) and `texts` texts of random tokens (lengths 4 to 32, BOS and EOT in place).
+pub fn agreement(
+    a: &Clip,
+    b: &Clip,
+    images: usize,
+    texts: usize,
+) -> candle_core::Result<Agreement> {
+    use rand::{Rng, SeedableRng};
+    let dev = &a.device;
+    let s = a.config.vision_config.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (images, 3, s, s), dev)?;
+    let ea = a.vision.forward(&pixels, None, false)?.embeds;
+    let eb = b.vision.forward(&pixels, None, false)?.embeds;
+    let (image_cos_min, image_cos_max) = cos_range(&ea, &eb)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (mut ids, mut eot) = (Vec::new(), Vec::new());
+    for _ in 0..texts {
+        let n = rng.random_range(4..=32usize);
+        ids.push(49406u32);
+        ids.extend((1..n - 1).map(|_| rng.random_range(300..49000u32)));
+        ids.push(49407);
+        ids.extend(std::iter::repeat_n(0u32, 32 - n));
+        eot.push(n as u32 - 1);
+    }
+    let ids = Tensor::from_vec(ids, (texts, 32), dev)?;
+    let eot = Tensor::from_vec(eot, texts, dev)?;
+    let ta = a.text.forward(&ids, &eot, None, false)?.embeds;
+    let tb = b.text.forward(&ids, &eot, None, false)?.embeds;
+    let (text_cos_min, text_cos_max) = cos_range(&ta, &tb)?;
+    Ok(Agreement {
+        images,
+        texts,
+        image_cos_min,
+        image_cos_max,
+        text_cos_min,
+        text_cos_max,
+    })
+}
+
+/// The smallest and largest cosine between matching rows of two (N, D) matrices.
+pub fn cos_range(a: &Tensor, b: &Tensor) -> candle_core::Result<(f64, f64)> {
+    let a: Vec<Vec<f32>> = a.to_dtype(DType::F32)?.to_vec2()?;
+    let b: Vec<Vec<f32>> = b.to_dtype(DType::F32)?.to_vec2()?;
+    let mut range = (f64::MAX, f64::MIN);
+    for (x, y) in a.iter().zip(&b) {
+        let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+        let nx: f64 = x.iter().map(|&p| (p as f64).powi(2)).sum::<f64>().sqrt();
+        let ny: f64 = y.iter().map(|&q| (q as f64).powi(2)).sum::<f64>().sqrt();
+        let c = dot / (nx * ny);
+        range = (range.0.min(c), range.1.max(c));
+    }
+    Ok(range)
 }
 
 /// Full-size ViT-B/32 with random weights in `dtype`.

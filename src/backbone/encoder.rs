@@ -209,6 +209,33 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Gives every block's four linear layers (QKV, attention output, fc1, fc2) their int8 copy
+    /// (`--precision int8`); attention itself, the layer norms and the hook stay in f32.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        self.linears().try_for_each(Linear::quantize_int8)
+    }
+
+    /// Whether the blocks' linear layers have their int8 copies.
+    pub fn is_int8(&self) -> bool {
+        self.blocks.first().is_some_and(|b| b.attn.qkv.has_int8())
+    }
+
+    /// Drops the int8 copies: every product in f32 again.
+    pub fn drop_int8(&mut self) {
+        self.linears().for_each(Linear::drop_int8)
+    }
+
+    fn linears(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.blocks.iter_mut().flat_map(|b| {
+            [
+                &mut b.attn.qkv,
+                &mut b.attn.out,
+                &mut b.mlp.fc1,
+                &mut b.mlp.fc2,
+            ]
+        })
+    }
+
     pub fn load(w: &mut Weights, prefix: &str, d: &EncoderDims) -> LoadResult<Self> {
         let blocks = (0..d.layers)
             .map(|i| Block::load(w, &format!("{prefix}.layers.{i}"), d))

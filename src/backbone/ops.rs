@@ -11,11 +11,13 @@
 //! runs on the GPU. [`with_composite_ops`] forces that route on the CPU too, so tests can check it
 //! against the fused one without a GPU.
 
+use super::int8::{Epilogue, Int8LinearOp, QuantizedLinear};
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 use std::cell::Cell;
+use std::sync::Arc;
 
 thread_local! {
     static FUSED_CPU_KERNELS: Cell<bool> = const { Cell::new(true) };
@@ -48,6 +50,10 @@ pub(super) fn cpu_kernels_for(x: &Tensor) -> bool {
 /// and contiguous, from load on: the layout the GEMM reads its right-hand side in, so no call
 /// gathers it through a strided view again. Trainable layers (adapters) keep PyTorch's layout, so
 /// a weight updated in place is read as it is.
+///
+/// A frozen layer may also carry an int8 copy of its weight ([`Linear::quantize_int8`]): then
+/// its CPU products without gradients go through `int8`, and everything else (composite ops, a
+/// GPU, tracked inputs) still uses the f32 weight, which is kept.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// (out, in) as stored by PyTorch, or W^T (in, out) contiguous when `transposed`.
@@ -55,6 +61,8 @@ pub struct Linear {
     transposed: bool,
     /// (out,)
     pub bias: Option<Tensor>,
+    /// W^T in int8, shared by the clones of a tower.
+    int8: Option<Arc<QuantizedLinear>>,
 }
 
 impl Linear {
@@ -64,6 +72,7 @@ impl Linear {
             w: weight,
             transposed: false,
             bias,
+            int8: None,
         }
     }
 
@@ -73,7 +82,37 @@ impl Linear {
             w: weight.t()?.contiguous()?,
             transposed: true,
             bias,
+            int8: None,
         })
+    }
+
+    /// Adds the int8 copy of a frozen f32 CPU layer's weight (see [`super::int8`]).
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        if !self.transposed || self.w.dtype() != DType::F32 || !self.w.device().is_cpu() {
+            candle_core::bail!("only a frozen f32 layer on the CPU has an int8 path");
+        }
+        let (k, n) = self.w.dims2()?;
+        let w: Vec<f32> = self.w.flatten_all()?.to_vec1()?;
+        let bias: Option<Vec<f32>> = self.bias.as_ref().map(|b| b.to_vec1()).transpose()?;
+        self.int8 = Some(Arc::new(QuantizedLinear::new(&w, k, n, bias.as_deref())));
+        Ok(())
+    }
+
+    pub fn has_int8(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// Drops the int8 copy (if any): f32 products again.
+    pub fn drop_int8(&mut self) {
+        self.int8 = None;
+    }
+
+    /// Whether `x` goes through the int8 copy: there is one and the fused CPU route is open.
+    fn int8_for(&self, x: &Tensor) -> Option<&QuantizedLinear> {
+        let q = self.int8.as_deref()?;
+        let ok =
+            cpu_kernels_for(x) && x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op();
+        ok.then_some(q)
     }
 
     /// The weight as (out, in) (a transposed view for a frozen layer).
@@ -86,6 +125,13 @@ impl Linear {
 
     /// x W^T without the bias: (.., in) -> (.., out).
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(layer) = self.int8_for(x) {
+            let op = Int8LinearOp {
+                layer,
+                epilogue: Epilogue::NoBias,
+            };
+            return x.apply_op1_no_bwd(&op);
+        }
         let fast = cpu_kernels_for(x)
             && [x, &self.w]
                 .iter()
@@ -118,6 +164,13 @@ impl Linear {
             .bias
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("bias + QuickGELU needs a bias".into()))?;
+        if let Some(layer) = self.int8_for(x) {
+            let op = Int8LinearOp {
+                layer,
+                epilogue: Epilogue::BiasQuickGelu,
+            };
+            return x.apply_op1_no_bwd(&op);
+        }
         let fast = cpu_kernels_for(x)
             && [x, &self.w, bias]
                 .iter()

@@ -4,7 +4,7 @@ use super::DeviceArgs;
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::{Subcommand, ValueEnum};
-use mvserve::backbone::DeviceSpec;
+use mvserve::backbone::{DeviceSpec, Precision};
 use mvserve::media::DEFAULT_FRAMES;
 use std::path::PathBuf;
 
@@ -26,6 +26,13 @@ pub enum BenchCommand {
         /// Also time the CPU in the same process (same batch, f32) and print the ratio.
         #[arg(long)]
         compare_cpu: bool,
+        /// int8: time the int8 path against f32 on the same random model in the same process
+        /// (alternating, --rounds times) and report the cosine of their embeddings.
+        #[arg(long, default_value_t = Precision::F32)]
+        precision: Precision,
+        /// With --precision int8: f32 / int8 timings alternated this many times.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Print JSON only.
         #[arg(long)]
         json: bool,
@@ -73,6 +80,51 @@ impl From<Dtype> for DType {
     }
 }
 
+/// `bench backbone --precision int8`: the same random ViT-B/32 in f32 and int8 (sharing the f32
+/// weights), timed alternately `rounds` times in this process, then the cosine of their
+/// embeddings of random images and texts.
+fn int8_vs_f32(batch: usize, iters: usize, rounds: usize, json: bool) -> Result<()> {
+    let f32_model = mvserve::bench::random_vit_b_32(DType::F32, &candle_core::Device::Cpu)?;
+    let int8_model = f32_model.with_precision(Precision::Int8)?;
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let f = mvserve::bench::backbone(&f32_model, batch, iters)?;
+        let q = mvserve::bench::backbone(&int8_model, batch, iters)?;
+        if !json {
+            println!(
+                "round {}: f32 {:.2} images/s, text {:.2} ms; int8 {:.2} images/s, text {:.2} ms; int8 / f32 {:.2}x images/s, {:.2}x text",
+                round + 1,
+                f.images_per_s,
+                f.text_ms_32,
+                q.images_per_s,
+                q.text_ms_32,
+                q.images_per_s / f.images_per_s,
+                f.text_ms_32 / q.text_ms_32
+            );
+        }
+        runs.push(serde_json::json!({"f32_images_per_s": f.images_per_s, "int8_images_per_s": q.images_per_s, "f32_text_ms_32": f.text_ms_32, "int8_text_ms_32": q.text_ms_32, "images_ratio": q.images_per_s / f.images_per_s, "text_ratio": f.text_ms_32 / q.text_ms_32}));
+    }
+    let agreement = mvserve::bench::agreement(&f32_model, &int8_model, 16, 16)?;
+    let kernel = mvserve::backbone::int8::kernel_name();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"batch": batch, "iters": iters, "int8_kernel": kernel, "rounds": runs, "agreement": agreement})
+        );
+    } else {
+        println!(
+            "int8 kernel {kernel}; cosine int8 vs f32 over {} random images: min {:.5}, max {:.5}; over {} random texts: min {:.5}, max {:.5}",
+            agreement.images,
+            agreement.image_cos_min,
+            agreement.image_cos_max,
+            agreement.texts,
+            agreement.text_cos_min,
+            agreement.text_cos_max
+        );
+    }
+    Ok(())
+}
+
 /// Side of the square sgemm that `bench backbone` times as the machine's reference rate.
 const SGEMM_N: usize = 2048;
 
@@ -84,8 +136,19 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             dtype,
             device,
             compare_cpu,
+            precision,
+            rounds,
             json,
         } => {
+            if precision == Precision::Int8 {
+                if compare_cpu || !matches!(device.device, DeviceSpec::Cpu) {
+                    bail!("--precision int8 is a CPU path: leave out --device and --compare-cpu");
+                }
+                if !matches!(dtype, Dtype::F32) {
+                    bail!("--precision int8 quantises the f32 model: leave out --dtype");
+                }
+                return int8_vs_f32(batch, iters, rounds.max(1), json);
+            }
             let (dtype, device) = (DType::from(dtype), device.device);
             let run = |spec: DeviceSpec, dtype: DType| -> Result<mvserve::bench::BackboneBench> {
                 let clip = mvserve::bench::random_vit_b_32(dtype, &spec.open()?)?;

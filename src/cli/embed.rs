@@ -1,6 +1,6 @@
 //! `mvserve embed`: the embedding of one text, image, video file or folder of frames, as JSON.
 
-use super::ModelArgs;
+use super::{ModelArgs, PrecisionArgs};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Text to embed.
     #[arg(long, conflicts_with_all = ["image", "video"])]
     pub text: Option<String>,
@@ -35,7 +37,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let backbone = args.model.load()?;
+    let backbone = args.model.load_at(args.precision.precision)?;
     let clip = &backbone.clip;
     let loaded = match &args.adapter {
         Some(p) => {

@@ -1,6 +1,6 @@
 //! `mvserve eval`: retrieval metrics of a test set, zero-shot or through a task's adapter.
 
-use super::{DataArgs, ModelArgs};
+use super::{DataArgs, ModelArgs, PrecisionArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use mvserve::backbone::DEFAULT_TEXT_LEN;
@@ -12,6 +12,8 @@ use std::path::PathBuf;
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// The test set.
     #[command(flatten)]
     pub dataset: DataArgs,
@@ -43,7 +45,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if let Some(n) = a.limit {
         ds.videos.truncate(n);
     }
-    let backbone = a.model.load()?;
+    let backbone = a.model.load_at(a.precision.precision)?;
     let loaded = match &a.adapter {
         Some(p) => Some(mvserve::embed::load_adapter(p, &backbone.clip)?),
         None => None,

@@ -17,7 +17,7 @@ mod train;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
-use mvserve::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_MODEL_ID};
+use mvserve::backbone::{Backbone, DeviceSpec, ModelSource, Precision, DEFAULT_MODEL_ID};
 use mvserve::eval::data::{Dataset, DatasetFormat};
 use std::path::PathBuf;
 
@@ -90,6 +90,15 @@ impl DeviceArgs {
     }
 }
 
+/// The backbone's precision on the CPU (`serve`, `embed`, `eval`).
+#[derive(Args, Debug, Clone)]
+pub struct PrecisionArgs {
+    /// f32, or int8: the encoders' linear layers as int8 products (CPU with AVX-512 VNNI only;
+    /// refused at startup elsewhere). Embeddings within cosine 0.999 of f32.
+    #[arg(long, env = "MVSERVE_PRECISION", default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
 /// Where the CLIP backbone comes from.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -111,12 +120,19 @@ impl ModelArgs {
         }
     }
 
-    /// Loads the backbone on `--device`.
+    /// Loads the backbone on `--device`, in f32.
     pub fn load(&self) -> Result<Backbone> {
+        self.load_at(Precision::F32)
+    }
+
+    /// Loads the backbone on `--device` at `precision` (int8 is checked against the CPU here,
+    /// before any work).
+    pub fn load_at(&self, precision: Precision) -> Result<Backbone> {
         let device = self.device.open()?;
         let t0 = std::time::Instant::now();
-        let b = Backbone::load(&self.source(), &device)?;
-        tracing::info!(model = %b.files.name, digest = %b.clip.id.digest, device = %self.device.device, ms = t0.elapsed().as_millis() as u64, "backbone loaded");
+        let mut b = Backbone::load(&self.source(), &device)?;
+        b.set_precision(precision)?;
+        tracing::info!(model = %b.files.name, digest = %b.clip.id.digest, device = %self.device.device, %precision, ms = t0.elapsed().as_millis() as u64, "backbone loaded");
         Ok(b)
     }
 }

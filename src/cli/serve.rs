@@ -2,7 +2,7 @@
 //! `ServeConfig::default()`'s (through [`defaults`]), so the library states each one once; a new
 //! flag is a field here and a line in [`ServeArgs::config`].
 
-use super::ModelArgs;
+use super::{ModelArgs, PrecisionArgs};
 use anyhow::Result;
 use clap::Args;
 use mvserve::server::role::{files_root, Role, StoreSpec};
@@ -21,6 +21,8 @@ const MIB_SHIFT: u32 = 20;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Where tasks keep their vectors, uploads and thumbnails.
     #[arg(long, env = "MVSERVE_DATA_DIR", default_value_os_t = defaults().data_dir)]
     pub data_dir: PathBuf,
@@ -183,6 +185,7 @@ impl ServeArgs {
             blob_dir: self.blob_dir,
             model: self.model.source(),
             device: self.model.device.device,
+            precision: self.precision.precision,
             data_dir: self.data_dir,
             adapters_dir: self.adapters_dir,
             bind: self.bind,

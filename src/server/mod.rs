@@ -26,7 +26,7 @@ pub mod service;
 pub mod upload;
 
 use crate::adapter::BackboneDims;
-use crate::backbone::{Backbone, DeviceSpec, ModelSource, DEFAULT_TEXT_LEN};
+use crate::backbone::{Backbone, DeviceSpec, ModelSource, Precision, DEFAULT_TEXT_LEN};
 use crate::encode::{ClipModel, Encoder, EncoderConfig};
 use crate::registry::adapters::{AdapterCache, CacheConfig, FileLoader};
 use crate::registry::follow::Follower;
@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub model: ModelSource,
     /// Where the backbone (and every adapter) computes.
     pub device: DeviceSpec,
+    /// The backbone's precision on the CPU (int8: the encoders' linear layers; both towers).
+    pub precision: Precision,
     pub data_dir: PathBuf,
     pub adapters_dir: PathBuf,
     /// `None`: 127.0.0.1 without auth, 0.0.0.0 with auth.
@@ -136,6 +138,7 @@ impl Default for ServeConfig {
         Self {
             model: ModelSource::Hub(crate::backbone::DEFAULT_MODEL_ID.to_string()),
             device: DeviceSpec::Cpu,
+            precision: Precision::F32,
             data_dir: "data".into(),
             adapters_dir: "adapters".into(),
             bind: None,
@@ -455,9 +458,12 @@ fn load_core(
     runtime: tokio::runtime::Handle,
 ) -> Result<Core> {
     let t0 = Instant::now();
-    let backbone = Backbone::load(&config.model, device).context("loading the backbone")?;
+    let mut backbone = Backbone::load(&config.model, device).context("loading the backbone")?;
+    backbone
+        .set_precision(config.precision)
+        .context("setting the backbone's precision")?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, device = %config.device, ms = load_ms as u64, "backbone loaded");
+    tracing::info!(model = %backbone.files.name, digest = %backbone.clip.id.digest, device = %config.device, precision = %config.precision, ms = load_ms as u64, "backbone loaded");
     let dim = backbone.clip.config.projection_dim;
     let digest = format!("clip:{}", backbone.clip.id.digest);
     // Adapters are built on the backbone's device (their tensors meet its activations).

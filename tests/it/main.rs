@@ -25,6 +25,7 @@ mod device;
 mod encode_paths;
 mod eval_cli;
 mod eval_data;
+mod int8_parity;
 mod layout;
 mod media_ffprobe_limit;
 mod media_hostile;

@@ -77,6 +77,36 @@ fn score(b: &Backbone, adapter: Option<&TaskAdapter>, ds: &Dataset, groups: &[us
     }
 }
 
+/// `--precision int8` on the same held-out split and adapter: R@1 and direction within noise of
+/// f32's (one clip of 128 is 0.8 points; allowed: 3 clips either way for R@1). Where the CPU has
+/// no VNNI the int8 backbone is refused (checked in `int8_parity`), so there is nothing to score.
+fn int8_retrieves_as_f32(
+    f32_scores: &Scores,
+    adapter: &TaskAdapter,
+    test: &Dataset,
+    groups: &[usize],
+) {
+    if mvserve::backbone::int8::int8_support().is_err() {
+        return;
+    }
+    let mut q = crate::common::tiny_backbone();
+    q.set_precision(mvserve::backbone::Precision::Int8).unwrap();
+    let s = score(&q, Some(adapter), test, groups);
+    println!("temporal, int8: {s:?} (f32: {f32_scores:?})");
+    assert!(
+        (s.r1 - f32_scores.r1).abs() <= 3.0 * 100.0 / 128.0 + 1e-9,
+        "int8 R@1 {} vs f32 {}",
+        s.r1,
+        f32_scores.r1
+    );
+    assert!(
+        (s.direction - f32_scores.direction).abs() <= 5.0,
+        "int8 direction {} vs f32 {}",
+        s.direction,
+        f32_scores.direction
+    );
+}
+
 #[test]
 fn trained_adapters_beat_zero_shot_and_temporal_adaptation_tells_direction() {
     // CANDLE_NUM_THREADS holds for the whole process (and the timing is this test's alone).
@@ -132,6 +162,9 @@ fn trained_adapters_beat_zero_shot_and_temporal_adaptation_tells_direction() {
             .unwrap();
         let h = t.history();
         let s = score(&b, Some(t.adapter()), &test, &groups);
+        if temporal {
+            int8_retrieves_as_f32(&s, t.adapter(), &test, &groups);
+        }
         println!(
             "{}: {s:?}; loss {:.3} -> {:.3}, {:.0} pairs/s, {:.0} s",
             if temporal {
