@@ -222,7 +222,7 @@ impl Blocks<'_> {
                 self.budget.limits.max_frames_decoded
             )));
         }
-        if n % TIME_CHECK_EVERY == 0 {
+        if n.is_multiple_of(TIME_CHECK_EVERY) {
             self.budget.check_time()?;
         }
         Ok(Some(()))
