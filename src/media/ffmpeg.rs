@@ -4,8 +4,9 @@
 //! Owns: finding the programs (`MVSERVE_FFMPEG`, else `PATH`), running them with an argument list
 //! (never a shell), the demuxer forced to the format detected from the bytes, only the `file`
 //! protocol, a wall-time limit (the child is killed) and an output size limit; reading the packet
-//! times from `ffprobe` to choose frames exactly as the native path does, then reading only the
-//! chosen frames as raw RGB from `ffmpeg`'s stdout, stopping it after the last one.
+//! times from `ffprobe` (or, for Matroska, from the file's block headers through [`super::mkv`]
+//! when they can be read exactly) to choose frames exactly as the native path does, then reading
+//! only the chosen frames as raw RGB from `ffmpeg`'s stdout, stopping it after the last one.
 //! Without the programs, such a file is `MediaError::Unsupported` with a hint on enabling them.
 
 use std::io::{BufRead, Read, Write};
@@ -281,6 +282,82 @@ const SEEK_MIN_PACKETS: usize = 2000;
 /// early keeps the key frame of the chosen frame's own GOP.
 const SEEK_MARGIN_S: f64 = 1.0;
 
+/// Most chosen frames one seeking ffmpeg run reads (one input, so one open of the file, each).
+const SEEK_BATCH: usize = 16;
+
+/// The arguments of one ffmpeg run that reads the frames at `pts[i]` for each `i` of `batch`:
+/// one input per frame, each opened with the demuxer and protocol forced and seeked (by the
+/// stream's own timestamps) to the last key frame `SEEK_MARGIN_S` before it; its chain keeps the
+/// frames up to just past the target (`trim`, which also ends that input's decoding there), picks
+/// the target by timestamp (`select`, as the single pass does) and at most one frame; `concat`
+/// puts them out in `batch` order. An input that misses its frame puts out none, so the run
+/// gives fewer frames than asked.
+fn seek_args(
+    input: &str,
+    demux: &str,
+    batch: &[usize],
+    pts: &[f64],
+    t0: f64,
+    tol: f64,
+) -> Vec<String> {
+    let mut a: Vec<String> = ["-v", "error", "-nostdin", "-copyts"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut graph = String::new();
+    for (k, &i) in batch.iter().enumerate() {
+        let from = (pts[i] - SEEK_MARGIN_S).max(t0);
+        a.extend(
+            [
+                "-protocol_whitelist",
+                "file",
+                "-f",
+                demux,
+                "-noautorotate",
+                "-seek_timestamp",
+                "1",
+                "-noaccurate_seek",
+                "-ss",
+                &format!("{from:.6}"),
+                "-i",
+                input,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        graph.push_str(&format!(
+            "[{k}:v:0]trim=end={:.6},select='lt(abs(t-{:.6})\\,{tol:.6})',trim=end_frame=1[v{k}];",
+            pts[i] + tol,
+            pts[i]
+        ));
+    }
+    for k in 0..batch.len() {
+        graph.push_str(&format!("[v{k}]"));
+    }
+    graph.push_str(&format!("concat=n={}:v=1:a=0[out]", batch.len()));
+    let n = batch.len().to_string();
+    a.extend(
+        [
+            "-filter_complex",
+            &graph,
+            "-map",
+            "[out]",
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            &n,
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    a
+}
+
 /// Containers whose demuxer seeks through an index (so a seek lands on a key frame at or before
 /// the target). The others (MPEG-TS/PS, FLV, Ogg, raw H.264) bisect or scan and are read in one
 /// pass.
@@ -322,6 +399,53 @@ fn run_frames(
         return Err(e);
     }
     Ok((images, status, err))
+}
+
+/// Runs ffprobe on the first video stream: its codec and size, the container's duration and,
+/// with `packets`, every packet's time (read line by line, at most `max_frames_decoded`).
+fn run_probe(
+    ffprobe: &Path,
+    common: &[String],
+    input: &str,
+    packets: bool,
+    format: &str,
+    budget: &Budget,
+) -> Result<Probe> {
+    let entries = if packets {
+        "stream=codec_name,width,height:format=duration:packet=pts_time,dts_time"
+    } else {
+        "stream=codec_name,width,height:format=duration"
+    };
+    let mut args = common.to_vec();
+    args.extend(
+        [
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            entries,
+            "-of",
+            "compact=p=1:nk=0",
+            input,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let mut child = Child::spawn(ffprobe, &args, budget.deadline)?;
+    let probe = read_probe(&mut child.stdout, budget.limits.max_frames_decoded);
+    let (status, timed_out, err) = child.finish();
+    // Over the frame limit, the child was stopped before it finished: that, not its exit, is the
+    // answer.
+    let probe = match probe {
+        Err(e @ MediaError::TooLarge(_)) => return Err(e),
+        _ if timed_out => return Err(MediaError::TimedOut(budget.limits.max_wall_time)),
+        p => p?,
+    };
+    if !status.is_some_and(|s| s.success()) {
+        return Err(MediaError::Corrupt(format!(
+            "ffprobe could not read the {format}: {err}"
+        )));
+    }
+    Ok(probe)
 }
 
 /// Decodes through ffprobe + ffmpeg, or explains how to enable them.
@@ -383,38 +507,28 @@ pub fn decode(
         a
     };
 
-    // 1. Stream facts and packet times (no decoding), read as they are printed.
-    let args = {
-        let mut a = common(&[]);
-        a.extend(
-            [
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "stream=codec_name,width,height:format=duration:packet=pts_time,dts_time",
-                "-of",
-                "compact=p=1:nk=0",
-                &input,
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a
+    // 1. Stream facts and packet times (no decoding), read as they are printed. A Matroska file's
+    // packet times come from its own block headers when they can be read exactly (`mkv`): then
+    // ffprobe is asked for the stream facts only, not to list every packet of the file.
+    let index = match (strategy, container) {
+        (DecodeStrategy::Seek, Container::Matroska) => super::mkv::frame_times(bytes, budget)?,
+        _ => None,
     };
-    let mut child = Child::spawn(&ffprobe, &args, budget.deadline)?;
-    let probe = read_probe(&mut child.stdout, budget.limits.max_frames_decoded);
-    let (status, timed_out, err) = child.finish();
-    // Over the frame limit, the child was stopped before it finished: that, not its exit, is the
-    // answer.
-    let probe = match probe {
-        Err(e @ MediaError::TooLarge(_)) => return Err(e),
-        _ if timed_out => return Err(MediaError::TimedOut(budget.limits.max_wall_time)),
-        p => p?,
-    };
-    if !status.is_some_and(|s| s.success()) {
-        return Err(MediaError::Corrupt(format!(
-            "ffprobe could not read the {format}: {err}"
-        )));
+    let mut probe = run_probe(
+        &ffprobe,
+        &common(&[]),
+        &input,
+        index.is_none(),
+        &format,
+        budget,
+    )?;
+    if let Some(times) = index {
+        if probe.codec.as_deref() == Some(times.codec) {
+            probe.pts = times.pts;
+        } else {
+            // Not the track ffprobe calls `v:0`, or another codec than the ID says: list.
+            probe = run_probe(&ffprobe, &common(&[]), &input, true, &format, budget)?;
+        }
     }
     let codec = probe
         .codec
@@ -465,21 +579,9 @@ pub fn decode(
             .join("+");
         format!("select='{expr}'")
     };
-    // Input options (`-f demux` from `common`, then any seek) must precede `-i`.
-    let frames_args = |seek: Option<f64>, filter: String, k: usize| {
-        let seek = seek.map(|t| format!("{t:.6}"));
+    // Input options (`-f demux` from `common`) must precede `-i`.
+    let frames_args = |filter: String, k: usize| {
         let mut v = vec!["-nostdin", "-copyts", "-noautorotate"];
-        if let Some(t) = &seek {
-            // Seek by the stream's own timestamps (as ffprobe printed them) to the last key frame
-            // before `t`, and keep every decoded frame: `select` below picks by timestamp.
-            v.extend([
-                "-seek_timestamp",
-                "1",
-                "-noaccurate_seek",
-                "-ss",
-                t.as_str(),
-            ]);
-        }
         let k = k.to_string();
         v.extend([
             "-i",
@@ -505,38 +607,26 @@ pub fn decode(
     let dims = (w as u32, h as u32);
     let mut images = Vec::new();
     if strategy == DecodeStrategy::Seek && seeks_well(container) && n > SEEK_MIN_PACKETS {
-        // One short run per chosen frame, each decoding from the key frame before it. Any frame
-        // missed this way (a seek that landed past it) sends the whole video through the single
-        // pass below, so the frames are the same either way.
-        for &i in &chosen {
-            let from = (pts[i] - SEEK_MARGIN_S).max(t0);
-            let (mut got, _, _) = run_frames(
-                &ffmpeg,
-                &frames_args(Some(from), select(&[i]), 1),
-                1,
-                dims,
-                budget,
-            )?;
-            match got.pop() {
-                Some(img) => images.push(img),
-                None => {
-                    images.clear();
-                    break;
-                }
+        // Each chosen frame read from the key frame before it, SEEK_BATCH of them per ffmpeg run
+        // (one input each: starting the program costs more than the decoding). Any frame missed
+        // this way (a seek that landed past it) sends the whole video through the single pass
+        // below, so the frames are the same either way.
+        for batch in chosen.chunks(SEEK_BATCH) {
+            let args = seek_args(&input, demux, batch, &pts, t0, tol);
+            let (got, _, _) = run_frames(&ffmpeg, &args, batch.len(), dims, budget)?;
+            if got.len() < batch.len() {
+                images.clear();
+                break;
             }
+            images.extend(got);
         }
     }
     let k = chosen.len();
     let (status, err) = if images.len() == k {
         (None, String::new())
     } else {
-        let (got, status, err) = run_frames(
-            &ffmpeg,
-            &frames_args(None, select(&chosen), k),
-            k,
-            dims,
-            budget,
-        )?;
+        let (got, status, err) =
+            run_frames(&ffmpeg, &frames_args(select(&chosen), k), k, dims, budget)?;
         images = got;
         (status, err)
     };
@@ -620,5 +710,139 @@ mod tests {
             10,
         );
         assert_eq!(e.unwrap_err().code(), "corrupt_media");
+    }
+
+    fn limits_budget(limits: &crate::media::MediaLimits) -> Budget<'_> {
+        Budget {
+            limits,
+            deadline: Instant::now() + Duration::from_secs(120),
+            stats: crate::media::Stats::default(),
+            shrink: None,
+        }
+    }
+
+    /// ffprobe's packet times of `path`, in file order, as the listing path reads them.
+    fn listed(ffprobe: &Path, path: &Path, budget: &Budget) -> Vec<f64> {
+        let common: Vec<String> = [
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-f",
+            "matroska",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let input = format!("file:{}", path.display());
+        run_probe(ffprobe, &common, &input, true, "mkv", budget)
+            .unwrap()
+            .pts
+    }
+
+    /// The Matroska block-header walk (`mkv`) against ffprobe's listing, which it replaces on the
+    /// seeking path: the same times in the same order, to the last bit, on the WebM fixtures and
+    /// on Matroska files made from the H.264 fixtures (B-frames: times out of file order; NTSC
+    /// rates; an interleaved audio track); and on mutated copies (block times changed, blocks
+    /// of the video track renumbered, laced), where the walk must either agree or fall back.
+    #[test]
+    fn matroska_walk_equals_ffprobe_listing() {
+        let (Some(ffmpeg), Some(ffprobe)) = (tool("ffmpeg"), tool("ffprobe")) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ffmpeg is needed under CI"
+            );
+            eprintln!("NOTICE: matroska_walk_equals_ffprobe_listing: no ffmpeg, skipped");
+            return;
+        };
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/videos");
+        let dir = std::env::temp_dir().join(format!("mvserve-mkv-walk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = vec![
+            fixtures.join("gop2s.webm"),
+            fixtures.join("big_buck_bunny_432_433.webm"),
+        ];
+        let make = |name: &str, args: &[&str]| {
+            let out = dir.join(name);
+            let ok = Command::new(&ffmpeg)
+                .args(["-v", "error", "-y"])
+                .args(args)
+                .arg(&out)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ffmpeg could not make {name}");
+            out
+        };
+        let src = |n: &str| fixtures.join(n).display().to_string();
+        files.push(make(
+            "bframes.mkv",
+            &["-i", &src("gop2s_bframes.mp4"), "-c", "copy"],
+        ));
+        files.push(make(
+            "ntsc.mkv",
+            &["-i", &src("video7020.mp4"), "-c", "copy"],
+        ));
+        files.push(make(
+            "audio.mkv",
+            &[
+                "-i",
+                &src("gop2s_bframes.mp4"),
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=duration=90",
+                "-map",
+                "1:a",
+                "-map",
+                "0:v",
+                "-c:v",
+                "copy",
+                "-c:a",
+                "pcm_s16le",
+            ],
+        ));
+        let limits = crate::media::MediaLimits::default();
+        let budget = limits_budget(&limits);
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            let walked = super::super::mkv::frame_times(&bytes, &budget)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{}: the walk fell back", f.display()));
+            let list = listed(&ffprobe, f, &budget);
+            assert_eq!(walked.pts.len(), list.len(), "{}", f.display());
+            assert!(walked.pts == list, "{}: times differ", f.display());
+        }
+        // Mutations of the B-frame file: every 97th SimpleBlock's time, track or flags changed.
+        let bytes = std::fs::read(dir.join("bframes.mkv")).unwrap();
+        let blocks: Vec<usize> = (0..bytes.len() - 8)
+            .filter(|&i| bytes[i] == 0xA3 && bytes[i + 1] & 0x80 != 0 && bytes[i + 2] == 0x81)
+            .collect();
+        assert!(blocks.len() > 1000, "{} blocks found", blocks.len());
+        let (mut agreed, mut fell_back) = (0, 0);
+        for (k, &at) in blocks.iter().enumerate().step_by(97) {
+            let mut m = bytes.clone();
+            let time = at + 3; // id, 1-byte size, track 0x81, then the 16-bit time
+            match k % 3 {
+                0 => m[time] ^= 0x7F,     // a time far off (maybe negative)
+                1 => m[at + 2] = 0x82,    // another track's block
+                _ => m[time + 2] |= 0x02, // laced
+            }
+            let path = dir.join("mutated.mkv");
+            std::fs::write(&path, &m).unwrap();
+            match super::super::mkv::frame_times(&m, &budget).unwrap() {
+                Some(walked) => {
+                    let list = listed(&ffprobe, &path, &budget);
+                    assert!(walked.pts == list, "mutation at {at}: times differ");
+                    agreed += 1;
+                }
+                None => fell_back += 1,
+            }
+        }
+        assert!(
+            agreed > 0 && fell_back > 0,
+            "{agreed} agreed, {fell_back} fell back"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

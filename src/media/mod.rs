@@ -20,11 +20,12 @@ mod detect;
 mod ffmpeg;
 mod gif;
 mod h264;
+mod input;
+pub(crate) mod mkv;
 mod mp4;
 pub mod sample;
 pub mod still;
 
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,7 +102,9 @@ pub enum DecodeStrategy {
     /// Decode only around what is sampled. In-process H.264: for each chosen frame, start at the
     /// last IDR picture at or before it (from the container's index: MP4 `stss`, AVI `idx1`,
     /// each confirmed in the bytes) and decode up to it, going on with the same decoder when the
-    /// next chosen frame is in the same GOP. ffmpeg: one seek per chosen frame for long videos.
+    /// next chosen frame is in the same GOP. ffmpeg: one seek per chosen frame for long videos,
+    /// and a Matroska file's frame times read from its block headers rather than listed by
+    /// ffprobe (which demuxes the whole file; `Sequential` still lists them).
     /// The work grows with the number of samples and the GOP length, not the video's length.
     #[default]
     Seek,
@@ -191,7 +194,7 @@ pub type Result<T, E = MediaError> = std::result::Result<T, E>;
 
 /// Decodes, samples and preprocesses the video at `path`. The format is detected from the bytes.
 pub fn load_video(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Frames> {
-    let bytes = read_limited(path, limits)?;
+    let bytes = input::open(path, limits)?;
     run(&bytes, Some(path), spec, limits, DecodeStrategy::Seek).map(|(frames, _)| frames)
 }
 
@@ -271,7 +274,7 @@ impl Timeline {
 /// the seeking decoder, so the work grows with the video's seconds, not its frames; each frame
 /// is cut to its preprocessing crop as it is decoded.
 pub fn load_timeline(path: &Path, spec: &SampleSpec, limits: &MediaLimits) -> Result<Timeline> {
-    let bytes = read_limited(path, limits)?;
+    let bytes = input::open(path, limits)?;
     let all = SampleSpec {
         frames: MAX_TIMELINE_FRAMES,
         ..spec.clone()
@@ -337,7 +340,7 @@ pub fn probe(
 ) -> ProbeReport {
     let start = Instant::now();
     let result =
-        read_limited(path, limits).and_then(|b| run(&b, Some(path), spec, limits, strategy));
+        input::open(path, limits).and_then(|b| run(&b, Some(path), spec, limits, strategy));
     let elapsed_ms = start.elapsed().as_secs_f64() * 1e3;
     let file = path.display().to_string();
     match result {
@@ -363,21 +366,6 @@ pub fn probe(
             elapsed_ms,
         },
     }
-}
-
-/// Reads at most `max_bytes` (refusing larger files before reading them).
-fn read_limited(path: &Path, limits: &MediaLimits) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > limits.max_bytes {
-        return Err(too_large_bytes(len, limits));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(limits.max_bytes + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limits.max_bytes {
-        return Err(too_large_bytes(bytes.len() as u64, limits));
-    }
-    Ok(bytes)
 }
 
 fn too_large_bytes(len: u64, limits: &MediaLimits) -> MediaError {

@@ -39,10 +39,13 @@ fn load(bytes: &[u8], frames: usize, strategy: DecodeStrategy) -> Result<Frames,
 }
 
 fn assert_same(name: &str, frames: usize) {
-    let bytes = std::fs::read(fixture(name)).unwrap();
-    let seq = load(&bytes, frames, DecodeStrategy::Sequential)
+    assert_same_bytes(name, &std::fs::read(fixture(name)).unwrap(), frames);
+}
+
+fn assert_same_bytes(name: &str, bytes: &[u8], frames: usize) {
+    let seq = load(bytes, frames, DecodeStrategy::Sequential)
         .unwrap_or_else(|e| panic!("{name}: sequential decode failed: {e}"));
-    let seek = load(&bytes, frames, DecodeStrategy::Seek)
+    let seek = load(bytes, frames, DecodeStrategy::Seek)
         .unwrap_or_else(|e| panic!("{name}: seeking decode failed: {e}"));
     let what = format!("{name}, {frames} frames");
     assert_eq!(seek.timestamps, seq.timestamps, "{what}: timestamps");
@@ -75,6 +78,82 @@ fn seeking_gives_the_sequential_frames_through_ffmpeg() {
             assert_same(name, frames);
         }
     }
+}
+
+/// H.264 with B-frames in Matroska (the 90 s fixture remuxed, 2,250 packets: over the seeking
+/// threshold), alone and with an audio track: the seeking path reads the frame times from the
+/// block headers and the frames in batched ffmpeg runs; the sequential one lists every packet with
+/// ffprobe and decodes in one pass. Then copies whose block times were rewritten (times that
+/// lie, some negative): both paths must still agree (the walk reads what ffmpeg reads, or falls
+/// back to the listing), frames or the same error.
+#[test]
+fn seeking_gives_the_sequential_frames_on_long_matroska() {
+    if !have_ffmpeg("seeking_gives_the_sequential_frames_on_long_matroska") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mvserve-seek-mkv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("gop2s_bframes.mp4");
+    let remux = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let ok = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&src)
+            .args(extra)
+            .arg(&out)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ffmpeg could not make {name}");
+        std::fs::read(&out).unwrap()
+    };
+    let plain = remux("plain.mkv", &["-c", "copy"]);
+    let audio = remux(
+        "audio.mkv",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=90",
+            "-map",
+            "0:v",
+            "-map",
+            "1:a",
+            "-c:v",
+            "copy",
+            "-c:a",
+            "pcm_s16le",
+        ],
+    );
+    for (name, bytes) in [("plain.mkv", &plain), ("audio.mkv", &audio)] {
+        for frames in [12, 5] {
+            assert_same_bytes(name, bytes, frames);
+        }
+    }
+    // SimpleBlocks of track 1 (ID 0xA3, a 1-byte size, track 0x81): rewrite some times.
+    let blocks: Vec<usize> = (0..plain.len() - 8)
+        .filter(|&i| plain[i] == 0xA3 && plain[i + 1] & 0x80 != 0 && plain[i + 2] == 0x81)
+        .collect();
+    assert!(blocks.len() > 2000, "{} blocks", blocks.len());
+    for (k, &at) in blocks.iter().enumerate().skip(300).step_by(700) {
+        let mut m = plain.clone();
+        m[at + 3] ^= if k % 2 == 0 { 0x80 } else { 0x01 };
+        let seq = load(&m, 12, DecodeStrategy::Sequential);
+        let seek = load(&m, 12, DecodeStrategy::Seek);
+        match (seq, seek) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.timestamps, b.timestamps, "block {at}: timestamps");
+                assert!(a.pixels == b.pixels, "block {at}: pixels");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "block {at}"),
+            (a, b) => panic!(
+                "block {at}: sequential {:?}, seeking {:?}",
+                a.err(),
+                b.err()
+            ),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Frames decoded by the in-process decoder (`probe` reports the count).
