@@ -7,7 +7,7 @@
 //! (`common::alone_in_process`); `layout` checks that every file here is a module of this binary.
 
 // As in the server binary: tensor buffers come and go every layer; mimalloc reuses them
-// (train_synth measured with it).
+// (adapter_training measured with it).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -17,6 +17,7 @@ mod adapter_cli;
 mod adapter_file;
 mod adapter_model;
 mod adapter_parity;
+mod adapter_training;
 mod backbone_parity;
 mod cli_embed;
 mod deploy_k8s;
@@ -53,4 +54,3 @@ mod store_durability;
 mod store_search;
 mod synth;
 mod train;
-mod train_synth;
