@@ -254,6 +254,7 @@ async fn read_form(
 ) -> Result<upload::IndexResult, ApiError> {
     let mut next_id: Option<String> = None;
     let mut next_meta: Option<Value> = None;
+    let mut videos = 0usize;
     let idle = form.idle;
     while let Some(mut field) = form.next_field().await? {
         let name = field.name().unwrap_or("").to_string();
@@ -294,6 +295,7 @@ async fn read_form(
                         file_name,
                     )
                     .await?;
+                videos += 1;
             }
             other => {
                 return Err(ApiError::bad_request(
@@ -302,6 +304,18 @@ async fn read_form(
                 ))
             }
         }
+    }
+    // Fields after the last video would describe nothing; ignoring them would store the video
+    // without the id or meta its sender meant for it.
+    // (With no video at all, `commit` answers missing_video.)
+    if let Some(name) = [("id", next_id.is_some()), ("meta", next_meta.is_some())]
+        .into_iter()
+        .find_map(|(n, left)| (left && videos > 0).then_some(n))
+    {
+        return Err(ApiError::bad_request(
+            "bad_multipart",
+            format!("the {name} field has no video after it (id and meta describe the video that follows them)"),
+        ));
     }
     batch.commit().await
 }

@@ -123,6 +123,22 @@ fn hostile_fields_are_refused_with_json_errors_and_change_nothing() {
             "bad_meta",
         ),
         (
+            "an id after the last video (it would describe nothing)",
+            vec![
+                Part::Text("id", "first"),
+                Part::File("a.mp4", clip.clone()),
+                Part::Text("id", "3.9876733761596744e+16"),
+            ],
+            400,
+            "bad_multipart",
+        ),
+        (
+            "meta after the last video",
+            vec![Part::File("a.mp4", clip.clone()), Part::Text("meta", "{}")],
+            400,
+            "bad_multipart",
+        ),
+        (
             "a number out of range",
             vec![
                 Part::Text("id", "x"),
@@ -142,7 +158,7 @@ fn hostile_fields_are_refused_with_json_errors_and_change_nothing() {
     let many: Vec<Part> = (0..49).map(|_| Part::Text("id", "p")).collect();
     let (st, body) = s.post_form("/index?task=clip", &many, None);
     assert_eq!(st, 413, "{body}");
-    for id in ["deep", "named", "x", "p"] {
+    for id in ["deep", "named", "x", "p", "first"] {
         assert_eq!(s.get(&format!("/videos/clip/{id}")).0, 404, "{id}");
     }
     let (_, tasks) = s.get("/tasks");
