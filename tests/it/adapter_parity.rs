@@ -197,30 +197,7 @@ fn down_out_matches_the_authors_code() {
 fn embeddings(ckpt: &str, tying: Tying) -> [Tensor; 4] {
     let bb = common::tiny_backbone();
     let clip = &bb.clip;
-    let inputs = load("mv-adapter-official/inputs.safetensors");
-    let tensors = read_checkpoint(&fixture(ckpt)).unwrap();
-    let opts = ImportOptions {
-        tying: Some(tying),
-        ..Default::default()
-    };
-    let (config, tensors) = import(tensors, BackboneDims::of(&clip.config), &opts).unwrap();
-    let adapter = TaskAdapter::from_tensors(&config, tensors, &Device::Cpu).unwrap();
-    let video = inputs["video"].reshape((8, 3, 64, 64)).unwrap();
-    let mask = inputs["video_mask"].to_dtype(DType::F32).unwrap();
-    let hook = adapter.video_hook(&mask).unwrap();
-    let frames = clip
-        .vision
-        .forward(&video, Some(&hook), false)
-        .unwrap()
-        .embeds;
-    let video_embed = pool_frames(&frames, &mask).unwrap();
-    let ids = inputs["input_ids"].to_dtype(DType::U32).unwrap();
-    let eot = inputs["input_ids"].argmax(1).unwrap();
-    let text = clip
-        .text
-        .forward(&ids, &eot, Some(&adapter.text_hook(32).unwrap()), false)
-        .unwrap()
-        .embeds;
+    let [frames, video_embed, text] = common::official_adapter_outputs(clip, ckpt, tying);
     let sim = (l2_normalize(&text)
         .unwrap()
         .matmul(&video_embed.t().unwrap())

@@ -7,8 +7,7 @@
 use crate::common::{self, fixture};
 
 use candle_core::{DType, Device, Tensor};
-use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
-use mvserve::adapter::{pool_frames, BackboneDims, TaskAdapter, Tying};
+use mvserve::adapter::Tying;
 use mvserve::backbone::{int8, Clip, ClipConfig, Precision};
 use mvserve::bench::cos_range;
 use std::collections::HashMap;
@@ -96,31 +95,7 @@ fn tiny_clip_towers_in_int8_stay_within_cosine_0_999() {
 
 /// Frame, video and text embeddings through the authors'-code fixture's adapter.
 fn adapted(clip: &Clip, tying: Tying) -> [Tensor; 3] {
-    let inputs = load("mv-adapter-official/inputs.safetensors");
-    let ckpt = read_checkpoint(&fixture("mv-adapter-official/weights.safetensors")).unwrap();
-    let opts = ImportOptions {
-        tying: Some(tying),
-        ..Default::default()
-    };
-    let (config, tensors) = import(ckpt, BackboneDims::of(&clip.config), &opts).unwrap();
-    let adapter = TaskAdapter::from_tensors(&config, tensors, &Device::Cpu).unwrap();
-    let video = inputs["video"].reshape((8, 3, 64, 64)).unwrap();
-    let mask = inputs["video_mask"].to_dtype(DType::F32).unwrap();
-    let hook = adapter.video_hook(&mask).unwrap();
-    let frames = clip
-        .vision
-        .forward(&video, Some(&hook), false)
-        .unwrap()
-        .embeds;
-    let video_embed = pool_frames(&frames, &mask).unwrap();
-    let ids = inputs["input_ids"].to_dtype(DType::U32).unwrap();
-    let eot = inputs["input_ids"].argmax(1).unwrap();
-    let text = clip
-        .text
-        .forward(&ids, &eot, Some(&adapter.text_hook(32).unwrap()), false)
-        .unwrap()
-        .embeds;
-    [frames, video_embed, text]
+    common::official_adapter_outputs(clip, "mv-adapter-official/weights.safetensors", tying)
 }
 
 #[test]

@@ -28,6 +28,47 @@ pub fn tiny_clip() -> PathBuf {
     fixture("tiny-clip")
 }
 
+/// The authors'-code fixture (`mv-adapter-official/inputs.safetensors`) through `clip` (in any
+/// precision) with the fixture checkpoint `ckpt` imported under `tying`: frame features (8, D),
+/// video embeddings (2, D) (meanP over the mask) and text embeddings (N, D), unnormalised.
+pub fn official_adapter_outputs(
+    clip: &mvserve::backbone::Clip,
+    ckpt: &str,
+    tying: mvserve::adapter::Tying,
+) -> [Tensor; 3] {
+    use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
+    use mvserve::adapter::{pool_frames, BackboneDims, TaskAdapter};
+    let inputs = candle_core::safetensors::load(
+        fixture("mv-adapter-official/inputs.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tensors = read_checkpoint(&fixture(ckpt)).unwrap();
+    let opts = ImportOptions {
+        tying: Some(tying),
+        ..Default::default()
+    };
+    let (config, tensors) = import(tensors, BackboneDims::of(&clip.config), &opts).unwrap();
+    let adapter = TaskAdapter::from_tensors(&config, tensors, &Device::Cpu).unwrap();
+    let video = inputs["video"].reshape((8, 3, 64, 64)).unwrap();
+    let mask = inputs["video_mask"].to_dtype(DType::F32).unwrap();
+    let hook = adapter.video_hook(&mask).unwrap();
+    let frames = clip
+        .vision
+        .forward(&video, Some(&hook), false)
+        .unwrap()
+        .embeds;
+    let video_embed = pool_frames(&frames, &mask).unwrap();
+    let ids = inputs["input_ids"].to_dtype(DType::U32).unwrap();
+    let eot = inputs["input_ids"].argmax(1).unwrap();
+    let text = clip
+        .text
+        .forward(&ids, &eot, Some(&adapter.text_hook(32).unwrap()), false)
+        .unwrap()
+        .embeds;
+    [frames, video_embed, text]
+}
+
 /// The tiny fixture backbone, loaded on the CPU.
 pub fn tiny_backbone() -> Backbone {
     Backbone::load(&ModelSource::Dir(tiny_clip()), &Device::Cpu).unwrap()
