@@ -391,7 +391,7 @@ impl Backbone {
             .iter()
             .map(|t| self.tokenizer.encode(t, len))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(TextBatch::new(&rows).tensors(&self.clip.device)?)
+        Ok(TextBatch::new(&rows).into_tensors(&self.clip.device)?)
     }
 
     /// (N, L) ids and (N,) EOT positions on the model's device: the authors' layout, every row

@@ -103,23 +103,14 @@ impl TextBatch {
         }
     }
 
-    /// Tokens per row after the cut.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
     /// (N, T) u32 ids and (N,) u32 EOT positions.
-    pub fn tensors(
-        &self,
+    pub fn into_tensors(
+        self,
         device: &candle_core::Device,
     ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
         Ok((
-            candle_core::Tensor::from_vec(self.ids.clone(), (self.rows, self.len), device)?,
-            candle_core::Tensor::from_vec(self.eot.clone(), self.rows, device)?,
+            candle_core::Tensor::from_vec(self.ids, (self.rows, self.len), device)?,
+            candle_core::Tensor::from_vec(self.eot, self.rows, device)?,
         ))
     }
 }
@@ -136,11 +127,11 @@ mod tests {
             TextTokens { ids, eot: n - 1 }
         };
         let b = TextBatch::new(&[row(3, 8), row(5, 8), row(2, 8)]);
-        assert_eq!(b.len(), 5);
+        assert_eq!((b.rows, b.len), (3, 5));
         assert_eq!(b.ids, [1, 2, 3, 0, 0, 1, 2, 3, 4, 5, 1, 2, 0, 0, 0]);
         assert_eq!(b.eot, [2, 4, 1]);
         // A full row keeps every position.
-        assert_eq!(TextBatch::new(&[row(8, 8), row(2, 8)]).len(), 8);
-        assert!(TextBatch::new(&[]).is_empty());
+        assert_eq!(TextBatch::new(&[row(8, 8), row(2, 8)]).len, 8);
+        assert_eq!(TextBatch::new(&[]).rows, 0);
     }
 }

@@ -492,7 +492,7 @@ fn run_text(backbone: &Backbone, jobs: Vec<TextJob>, obs: &dyn EncodeObserver) {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| EncodeError::Untokenizable(Arc::new(e)))?;
             // Cut after the longest EOT: same embeddings, less work (see `TextBatch`).
-            let (ids, eot) = TextBatch::new(&tokens).tensors(dev)?;
+            let (ids, eot) = TextBatch::new(&tokens).into_tensors(dev)?;
             let mut groups = Vec::with_capacity(r_end - r);
             for &(s, n) in &runs[r..r_end] {
                 groups.push((s - first, n, jobs[s].model.text_hook()?));
