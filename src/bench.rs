@@ -4,6 +4,7 @@
 
 pub mod parity;
 
+use crate::backbone::text::TextTower;
 use crate::backbone::{Clip, ClipConfig};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -28,6 +29,9 @@ pub struct BackboneBench {
     pub gflops_per_s: f64,
     /// Milliseconds for one text of 32 tokens (batch 1).
     pub text_ms_32: f64,
+    /// The same text through the same model without the text encoder's packed weights (gemm
+    /// only), timed alternately with `text_ms_32`; `None` when the model has none (a GPU, int8).
+    pub text_ms_32_unpacked: Option<f64>,
     pub batch: usize,
     pub dtype: String,
     /// f32, or int8 for the encoders' linear layers.
@@ -65,14 +69,26 @@ pub fn backbone(clip: &Clip, batch: usize, iters: usize) -> candle_core::Result<
         .collect();
     let ids = Tensor::from_vec(ids, (1, 32), dev)?;
     let eot = Tensor::new(&[31u32], dev)?;
-    let mut text_best = f64::MAX;
-    for i in 0..=iters.max(5) {
+    // The packed copies' own A/B: the same tower with them dropped, run alternately.
+    let unpacked = clip.text.encoder.is_prepacked().then(|| {
+        let mut t = clip.text.clone();
+        t.encoder.drop_packed();
+        t
+    });
+    let time_text = |tower: &TextTower| -> candle_core::Result<f64> {
         let t0 = Instant::now();
-        let out = clip.text.forward(&ids, &eot, None, false)?;
+        let out = tower.forward(&ids, &eot, None, false)?;
         dev.synchronize()?;
         drop(out);
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let (mut text_best, mut unpacked_best) = (f64::MAX, f64::MAX);
+    for i in 0..=iters.max(5) {
+        let t = time_text(&clip.text)?;
+        let u = unpacked.as_ref().map(&time_text).transpose()?;
         if i > 0 {
-            text_best = text_best.min(t0.elapsed().as_secs_f64());
+            text_best = text_best.min(t);
+            unpacked_best = unpacked_best.min(u.unwrap_or(f64::MAX));
         }
     }
     let images_per_s = batch as f64 / best;
@@ -80,6 +96,7 @@ pub fn backbone(clip: &Clip, batch: usize, iters: usize) -> candle_core::Result<
         images_per_s,
         gflops_per_s: images_per_s * vision_flops(&clip.config) / 1e9,
         text_ms_32: text_best * 1e3,
+        text_ms_32_unpacked: unpacked.is_some().then_some(unpacked_best * 1e3),
         batch,
         dtype: format!("{dtype:?}").to_lowercase(),
         precision: clip.precision().to_string(),

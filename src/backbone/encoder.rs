@@ -225,6 +225,22 @@ impl Encoder {
         self.linears().for_each(Linear::drop_int8)
     }
 
+    /// Gives every block's four linear layers their copy packed for short f32 products (see
+    /// `super::packed`): what a text query's pass runs through.
+    pub fn prepack(&mut self) -> Result<()> {
+        self.linears().try_for_each(Linear::prepack)
+    }
+
+    /// Whether the blocks' linear layers have their packed copies.
+    pub fn is_prepacked(&self) -> bool {
+        self.blocks.first().is_some_and(|b| b.attn.qkv.has_packed())
+    }
+
+    /// Drops the packed copies.
+    pub fn drop_packed(&mut self) {
+        self.linears().for_each(Linear::drop_packed)
+    }
+
     fn linears(&mut self) -> impl Iterator<Item = &mut Linear> {
         self.blocks.iter_mut().flat_map(|b| {
             [

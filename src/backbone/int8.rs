@@ -19,8 +19,8 @@
 //! saturate, so this module refuses int8 there instead of computing something else
 //! ([`int8_support`]).
 
+use super::kernels::{Epilogue, FrozenProduct};
 use super::vmath;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use rayon::prelude::*;
 use rten_gemm::{GemmExecutor, GemmInputA, GemmInputB, GemmUninitOptions, PackedBMatrix};
 use rten_tensor::NdTensorView;
@@ -258,15 +258,6 @@ fn dequantize_row(
     dequantize_row_body(row, row_scale, zero, col_scale, col_sum, bias)
 }
 
-/// What the epilogue adds after dequantising.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Epilogue {
-    /// `x W^T`: the caller adds the bias elsewhere (fused into a residual sum or attention).
-    NoBias,
-    /// `quick_gelu(x W^T + b)`: fc1.
-    BiasQuickGelu,
-}
-
 impl QuantizedLinear {
     /// Quantises W^T, `(k, n)` row-major (a frozen layer's layout), and keeps `bias` (n,) for
     /// [`Epilogue::BiasQuickGelu`].
@@ -290,14 +281,6 @@ impl QuantizedLinear {
             k,
             n,
         }
-    }
-
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
-    pub fn out_features(&self) -> usize {
-        self.n
     }
 
     /// `x (m, k) -> (m, n)` through the int8 product; `epilogue` says what follows it.
@@ -380,37 +363,21 @@ impl QuantizedLinear {
     }
 }
 
-/// [`QuantizedLinear::forward`] as a candle op on a contiguous f32 CPU tensor `(.., k)`.
-pub struct Int8LinearOp<'a> {
-    pub layer: &'a QuantizedLinear,
-    pub epilogue: Epilogue,
-}
-
-impl CustomOp1 for Int8LinearOp<'_> {
+impl FrozenProduct for QuantizedLinear {
     fn name(&self) -> &'static str {
         "int8-linear"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            candle_core::bail!("int8-linear: f32 only");
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("int8-linear: the input must be contiguous");
-        };
-        let dims = l.dims();
-        let k = self.layer.k;
-        if dims.last() != Some(&k) {
-            candle_core::bail!("int8-linear: {dims:?} against {k} input features");
-        }
-        let m = (end - start) / k.max(1);
-        let out = self
-            .layer
-            .forward(&v[start..end], m, self.epilogue)
-            .map_err(candle_core::Error::Msg)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = self.layer.n;
-        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    fn forward(&self, x: &[f32], m: usize, epilogue: Epilogue) -> Result<Vec<f32>, String> {
+        QuantizedLinear::forward(self, x, m, epilogue)
     }
 }
 

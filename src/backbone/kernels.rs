@@ -15,7 +15,7 @@
 //! These kernels have no backward pass: `ops` routes tracked tensors (adapter training) and other
 //! devices to candle's differentiable operations.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -239,14 +239,75 @@ impl CustomOp3 for LinearBiasQuickGelu {
         if shape.dims().last() != Some(&n) || n == 0 {
             candle_core::bail!("linear-bias-quick-gelu: a bias of {n} for {shape:?}");
         }
-        // Blocks of about 16k values keep rayon's per-task overhead negligible.
-        let rows = (16384 / n).max(1);
-        out.par_chunks_mut(rows * n).for_each(|block| {
-            for row in block.chunks_exact_mut(n) {
-                super::vmath::bias_quick_gelu_row_in_place(row, bias);
-            }
-        });
+        bias_quick_gelu_in_place(&mut out, bias);
         Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// `out (.., n) = quick_gelu(out + bias)` row by row, in parallel; `bias` is (n,), n > 0.
+pub(super) fn bias_quick_gelu_in_place(out: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    // Blocks of about 16k values keep rayon's per-task overhead negligible.
+    let rows = (16384 / n.max(1)).max(1);
+    out.par_chunks_mut(rows * n).for_each(|block| {
+        for row in block.chunks_exact_mut(n) {
+            super::vmath::bias_quick_gelu_row_in_place(row, bias);
+        }
+    });
+}
+
+/// What a frozen layer's own CPU product applies after the GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `x W^T`: the caller adds the bias elsewhere (fused into a residual sum or attention).
+    NoBias,
+    /// `quick_gelu(x W^T + b)`: fc1.
+    BiasQuickGelu,
+}
+
+/// A frozen linear layer's weight in a form that owns its CPU product (int8, or f32 prepacked
+/// for short products): `x (m, k) -> (m, n)`, then the epilogue. Keeps its own copy of the bias.
+pub trait FrozenProduct: Send + Sync {
+    /// The candle op's name, for errors.
+    fn name(&self) -> &'static str;
+    /// Input features.
+    fn k(&self) -> usize;
+    /// Output features.
+    fn n(&self) -> usize;
+    fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+    ) -> std::result::Result<Vec<f32>, String>;
+}
+
+/// A [`FrozenProduct`] as a candle op on a contiguous f32 CPU tensor `(.., k)`.
+pub struct FrozenProductOp<'a> {
+    pub layer: &'a dyn FrozenProduct,
+    pub epilogue: Epilogue,
+}
+
+impl CustomOp1 for FrozenProductOp<'_> {
+    fn name(&self) -> &'static str {
+        self.layer.name()
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.layer.name(), s, l)?;
+        let dims = l.dims();
+        let k = self.layer.k();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("{}: {dims:?} against {k} input features", self.layer.name());
+        }
+        let m = x.len() / k.max(1);
+        let out = self
+            .layer
+            .forward(x, m, self.epilogue)
+            .map_err(candle_core::Error::Msg)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = self.layer.n();
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod int8;
 pub mod kernels;
 pub mod ops;
+pub mod packed;
 pub mod preprocess;
 pub mod text;
 pub mod tokenizer;
@@ -258,7 +259,11 @@ impl Clip {
         config.validate()?;
         let p = config.projection_dim;
         let vision = VisionTower::load(&mut weights, &config.vision_config, p)?;
-        let text = TextTower::load(&mut weights, &config.text_config, p)?;
+        let mut text = TextTower::load(&mut weights, &config.text_config, p)?;
+        if device.is_cpu() && text.dtype() == DType::F32 {
+            // A query is a short product (<= 32 rows a text): see `packed`.
+            text.encoder.prepack()?;
+        }
         let logit_scale = weights
             .take("logit_scale", &[])?
             .to_dtype(DType::F32)?
@@ -292,7 +297,9 @@ impl Clip {
 
     /// This model computing at `precision`: a copy that shares every f32 weight with `self`
     /// (tensors are reference-counted) plus, for int8, the encoders' int8 weights (about a
-    /// quarter of the f32 encoders' size on top of them). Int8 needs an
+    /// quarter of the f32 encoders' size on top of them; the text encoder's f32 copy packed for
+    /// short products is dropped, about the size of that encoder), for f32 on a CPU that packed
+    /// copy (see [`packed`]). Int8 needs an
     /// f32 model on a CPU with AVX-512 VNNI; anything else is an error that says why.
     pub fn with_precision(&self, precision: Precision) -> Result<Self, BackboneError> {
         let mut vision = self.vision.clone();
@@ -311,9 +318,14 @@ impl Clip {
             int8::int8_support().map_err(BackboneError::Precision)?;
             vision.encoder.quantize_int8()?;
             text.encoder.quantize_int8()?;
+            // int8 takes every product the packed copies would: they would only cost memory.
+            text.encoder.drop_packed();
         } else {
             vision.encoder.drop_int8();
             text.encoder.drop_int8();
+            if self.device.is_cpu() && text.dtype() == DType::F32 && !text.encoder.is_prepacked() {
+                text.encoder.prepack()?;
+            }
         }
         Ok(Self {
             config: self.config.clone(),

@@ -11,7 +11,9 @@
 //! runs on the GPU. [`with_composite_ops`] forces that route on the CPU too, so tests can check it
 //! against the fused one without a GPU.
 
-use super::int8::{Epilogue, Int8LinearOp, QuantizedLinear};
+use super::int8::QuantizedLinear;
+use super::kernels::{Epilogue, FrozenProduct, FrozenProductOp};
+use super::packed::{self, PackedLinear};
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D,
 };
@@ -53,7 +55,9 @@ pub(super) fn cpu_kernels_for(x: &Tensor) -> bool {
 ///
 /// A frozen layer may also carry an int8 copy of its weight ([`Linear::quantize_int8`]): then
 /// its CPU products without gradients go through `int8`, and everything else (composite ops, a
-/// GPU, tracked inputs) still uses the f32 weight, which is kept.
+/// GPU, tracked inputs) still uses the f32 weight, which is kept. It may carry an f32 copy
+/// prepacked for short products ([`Linear::prepack`], see [`super::packed`]): products of at most
+/// [`packed::MAX_ROWS`] rows go through it when there is no int8 copy.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// (out, in) as stored by PyTorch, or W^T (in, out) contiguous when `transposed`.
@@ -63,6 +67,8 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// W^T in int8, shared by the clones of a tower.
     int8: Option<Arc<QuantizedLinear>>,
+    /// W^T packed for short f32 products, shared by the clones of a tower.
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Linear {
@@ -73,6 +79,7 @@ impl Linear {
             transposed: false,
             bias,
             int8: None,
+            packed: None,
         }
     }
 
@@ -83,18 +90,15 @@ impl Linear {
             transposed: true,
             bias,
             int8: None,
+            packed: None,
         })
     }
 
     /// Adds the int8 copy of a frozen f32 CPU layer's weight (see [`super::int8`]).
     pub fn quantize_int8(&mut self) -> Result<()> {
-        if !self.transposed || self.w.dtype() != DType::F32 || !self.w.device().is_cpu() {
-            candle_core::bail!("only a frozen f32 layer on the CPU has an int8 path");
-        }
-        let (k, n) = self.w.dims2()?;
-        let w: Vec<f32> = self.w.flatten_all()?.to_vec1()?;
-        let bias: Option<Vec<f32>> = self.bias.as_ref().map(|b| b.to_vec1()).transpose()?;
-        self.int8 = Some(Arc::new(QuantizedLinear::new(&w, k, n, bias.as_deref())));
+        let f = self.frozen_f32("an int8 path")?;
+        let q = QuantizedLinear::new(&f.w, f.k, f.n, f.bias.as_deref());
+        self.int8 = Some(Arc::new(q));
         Ok(())
     }
 
@@ -107,12 +111,51 @@ impl Linear {
         self.int8 = None;
     }
 
-    /// Whether `x` goes through the int8 copy: there is one and the fused CPU route is open.
-    fn int8_for(&self, x: &Tensor) -> Option<&QuantizedLinear> {
-        let q = self.int8.as_deref()?;
+    /// The f32 CPU weights a frozen layer hands to a copy of itself.
+    fn frozen_f32(&self, what: &str) -> Result<FrozenF32> {
+        if !self.transposed || self.w.dtype() != DType::F32 || !self.w.device().is_cpu() {
+            candle_core::bail!("only a frozen f32 layer on the CPU has {what}");
+        }
+        let (k, n) = self.w.dims2()?;
+        Ok(FrozenF32 {
+            k,
+            n,
+            w: self.w.flatten_all()?.to_vec1()?,
+            bias: self.bias.as_ref().map(|b| b.to_vec1()).transpose()?,
+        })
+    }
+
+    /// Adds the copy of a frozen f32 CPU layer's weight packed for short products.
+    pub fn prepack(&mut self) -> Result<()> {
+        let f = self.frozen_f32("a packed copy")?;
+        let packed = PackedLinear::new(&f.w, f.k, f.n, f.bias.as_deref());
+        self.packed = Some(Arc::new(packed));
+        Ok(())
+    }
+
+    pub fn has_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Drops the packed copy (if any).
+    pub fn drop_packed(&mut self) {
+        self.packed = None;
+    }
+
+    /// The layer's own CPU product for `x`, if the fused CPU route is open: the int8 copy when
+    /// there is one, else the packed copy when `x` has few enough rows.
+    fn frozen_product_for(&self, x: &Tensor) -> Option<&dyn FrozenProduct> {
         let ok =
             cpu_kernels_for(x) && x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op();
-        ok.then_some(q)
+        if !ok {
+            return None;
+        }
+        if let Some(q) = self.int8.as_deref() {
+            return Some(q);
+        }
+        let p = self.packed.as_deref()?;
+        let rows = x.elem_count() / p.k().max(1);
+        (rows <= packed::MAX_ROWS).then_some(p as &dyn FrozenProduct)
     }
 
     /// The weight as (out, in) (a transposed view for a frozen layer).
@@ -125,8 +168,8 @@ impl Linear {
 
     /// x W^T without the bias: (.., in) -> (.., out).
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(layer) = self.int8_for(x) {
-            let op = Int8LinearOp {
+        if let Some(layer) = self.frozen_product_for(x) {
+            let op = FrozenProductOp {
                 layer,
                 epilogue: Epilogue::NoBias,
             };
@@ -156,6 +199,14 @@ impl Linear {
     }
 }
 
+/// A frozen layer's W^T (k, n) and bias as plain f32 values.
+struct FrozenF32 {
+    k: usize,
+    n: usize,
+    w: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
 impl Linear {
     /// `quick_gelu(x W^T + b)`: on the CPU without gradients one GEMM whose output gets its bias
     /// and activation in place, else [`bias_quick_gelu`] after the product.
@@ -164,8 +215,8 @@ impl Linear {
             .bias
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("bias + QuickGELU needs a bias".into()))?;
-        if let Some(layer) = self.int8_for(x) {
-            let op = Int8LinearOp {
+        if let Some(layer) = self.frozen_product_for(x) {
+            let op = FrozenProductOp {
                 layer,
                 epilogue: Epilogue::BiasQuickGelu,
             };

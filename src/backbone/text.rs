@@ -48,6 +48,10 @@ impl TextTower {
         })
     }
 
+    pub fn dtype(&self) -> DType {
+        self.token_embedding.dtype()
+    }
+
     /// ids: (N, L) u32 token ids; eot: (N,) u32 position of each row's EOT token.
     ///
     /// Only the causal mask is applied (OpenAI / MV-Adapter convention): rows up to EOT do not see

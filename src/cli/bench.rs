@@ -177,6 +177,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     j["sgemm_before_after"] = serde_json::json!([a, b]);
                     j["of_sgemm"] = (r.gflops_per_s / p).into();
                 }
+                if let Some(u) = r.text_ms_32_unpacked {
+                    j["text_ms_32_unpacked"] = u.into();
+                    j["text_packed_kernel"] = mvserve::backbone::packed::kernel_name().into();
+                }
                 if let (Some(c), Some(x)) = (&cpu, ratio) {
                     j["cpu_dtype"] = c.dtype.clone().into();
                     j["cpu_images_per_s"] = c.images_per_s.into();
@@ -192,6 +196,13 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     )
                 };
                 line(&device.to_string(), &r);
+                if let Some(u) = r.text_ms_32_unpacked {
+                    println!(
+                        "text without the packed weights (gemm, alternating): {u:.2} ms; packed ({}) {:.2}x faster",
+                        mvserve::backbone::packed::kernel_name(),
+                        u / r.text_ms_32
+                    );
+                }
                 if let Some(p) = peak {
                     println!(
                         "sgemm {SGEMM_N}^3 through gemm ({}): {p:.1} GFLOP/s; backbone at {:.2} of it",

@@ -93,6 +93,50 @@ fn text_tower_matches_transformers() {
     );
 }
 
+/// A query alone is a short product (32 rows), which takes the text encoder's packed weights
+/// (`backbone::packed`) rather than gemm, unlike the 4-caption batch above (128 rows).
+#[test]
+fn text_tower_one_caption_at_a_time_matches_transformers() {
+    let m = tiny();
+    let r = reference();
+    assert!(
+        m.clip.text.encoder.is_prepacked(),
+        "an f32 CPU model packs its text encoder"
+    );
+    let ids = r["input_ids"].to_dtype(DType::U32).unwrap();
+    let eot = r["input_ids"].argmax(1).unwrap();
+    let (n, l) = ids.dims2().unwrap();
+    assert!(l <= mvserve::backbone::packed::MAX_ROWS);
+    for c in 0..n {
+        let out = m
+            .clip
+            .text
+            .forward(
+                &ids.narrow(0, c, 1).unwrap(),
+                &eot.narrow(0, c, 1).unwrap(),
+                None,
+                false,
+            )
+            .unwrap();
+        let want = |name: &str| r[name].narrow(0, c, 1).unwrap();
+        assert_close(
+            &format!("caption {c} last hidden (causal only)"),
+            &out.last_hidden,
+            &want("text_last_hidden_state_causal_only_f32"),
+        );
+        assert_close(
+            &format!("caption {c} pooled"),
+            &out.pooled,
+            &want("text_pooled_f32"),
+        );
+        assert_close(
+            &format!("caption {c} embeds"),
+            &out.embeds,
+            &want("text_embeds_f32"),
+        );
+    }
+}
+
 #[test]
 fn embed_texts_tokenizes_like_the_reference() {
     let m = tiny();
