@@ -9,7 +9,7 @@
 //! gradients are tracked. Layout is batch-first: (N, T, D). This module does not know about files
 //! or hooks.
 
-use crate::backbone::ops::{bias_quick_gelu, quick_gelu, softmax_last_dim, LayerNorm, Linear};
+use crate::backbone::ops::{bias_quick_gelu, quick_gelu, self_attention, LayerNorm, Linear};
 use crate::backbone::text::causal_mask;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
@@ -130,27 +130,17 @@ impl Trm {
 
     /// x: (N, S, w); mask: additive, broadcastable to (N, heads, S, S). Returns (N, S, w).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (n, s, w) = x.dims3()?;
-        let hd = w / self.heads;
-        let h = self.ln_1.forward(x)?;
-        // (N, S, 3w) -> (3, N, H, S, hd)
-        let qkv = self
+        let w = x.dim(D::Minus1)?;
+        let q_scale = ((w / self.heads) as f64).powf(-0.5);
+        let raw = self.in_proj.forward_no_bias(&self.ln_1.forward(x)?)?;
+        let in_bias = self
             .in_proj
-            .forward(&h)?
-            .reshape((n, s, 3, self.heads, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let q = (qkv.get(0)? * (hd as f64).powf(-0.5))?;
-        let (k, v) = (qkv.get(1)?, qkv.get(2)?);
-        let scores = q.matmul(&k.t()?)?; // (N, H, S, S)
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let ctx = softmax_last_dim(&scores)?.matmul(&v)?; // (N, H, S, hd)
-        let ctx = ctx.transpose(1, 2)?.reshape((n, s, w))?;
+            .bias
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("the TRM's in_proj has a bias".into()))?;
+        let ctx = self_attention(&raw, in_bias, self.heads, q_scale, mask)?;
         let x = (x + self.out_proj.forward(&ctx)?)?;
-        let m = quick_gelu(&self.fc1.forward(&self.ln_2.forward(&x)?)?)?;
+        let m = self.fc1.forward_bias_quick_gelu(&self.ln_2.forward(&x)?)?;
         x + self.fc2.forward(&m)?
     }
 }

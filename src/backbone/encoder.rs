@@ -4,11 +4,10 @@
 //! where MV-Adapter sits (spec section 2): it reads the MLP branch output `f`, not the residual
 //! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
 
-use super::kernels::FusedAttention;
-use super::ops::{add3, cpu_kernels_for, softmax_last_dim, split_qkv_heads, LayerNorm, Linear};
+use super::ops::{add3, self_attention, LayerNorm, Linear};
 use super::weights::Weights;
 use super::{BackboneError, LoadResult};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 
 /// What the backbone asks of an adapter. Implemented by the `adapter` module (one task or a batch
 /// that mixes tasks); the backbone knows nothing else about adapters.
@@ -72,31 +71,9 @@ impl Attention {
     /// x: (N, T, D); mask: (T, T) additive, or None. Returns (N, T, D) before the output bias,
     /// which the caller adds together with the residual.
     fn forward_no_out_bias(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
         let raw = self.qkv.forward_no_bias(x)?;
-        let fused = cpu_kernels_for(&raw)
-            && raw.dtype() == DType::F32
-            && !raw.track_op()
-            && mask.is_none_or(|m| m.dtype() == DType::F32 && m.is_contiguous());
-        if fused {
-            let op = FusedAttention { heads: self.heads };
-            let ctx = match mask {
-                None => raw.apply_op2_no_bwd(bias(&self.qkv), &op)?,
-                Some(m) => raw.apply_op3_no_bwd(bias(&self.qkv), m, &op)?,
-            };
-            return self.out.forward_no_bias(&ctx);
-        }
-        // (N, T, 3D) -> (3, N, H, T, hd), one copy so q, k and v are each contiguous.
-        let qkv = split_qkv_heads(&raw, bias(&self.qkv), self.heads)?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = q.matmul(&k.t()?)?; // (N, H, T, T)
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        let ctx = probs.matmul(&v)?; // (N, H, T, hd)
-        let ctx = ctx.transpose(1, 2)?.reshape((n, t, d))?;
+        // q's weights already carry the softmax scale (folded at load).
+        let ctx = self_attention(&raw, bias(&self.qkv), self.heads, 1.0, mask)?;
         self.out.forward_no_bias(&ctx)
     }
 }

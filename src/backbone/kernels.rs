@@ -312,10 +312,12 @@ impl CustomOp1 for FrozenProductOp<'_> {
 }
 
 /// Multi-head self-attention from the raw QKV projection: `(N, T, 3D)` without its bias, the
-/// `(3D,)` bias, an optional additive `(T, T)` mask, to the merged context `(N, T, D)`. q must
-/// already carry the softmax scale (it is folded into q's weights at load).
+/// `(3D,)` bias, an optional additive `(T, T)` mask, to the merged context `(N, T, D)`. q (with
+/// its bias) is multiplied by `q_scale`: 1 for the backbone, whose q weights carry the softmax
+/// scale since load, 1/sqrt(head_dim) for an adapter's trainable layer.
 pub struct FusedAttention {
     pub heads: usize,
+    pub q_scale: f32,
 }
 
 /// A raw pointer that rayon tasks may share because each writes a disjoint part of the buffer.
@@ -361,12 +363,13 @@ impl FusedAttention {
                     let row = &qkv[(sample * t + tok) * d3..][..d3];
                     for (which, buf) in [&mut *q, &mut *k, &mut *v].into_iter().enumerate() {
                         let col = which * d + head * hd;
+                        let scale = if which == 0 { self.q_scale } else { 1.0 };
                         for ((o, &x), &b) in buf[tok * hd..(tok + 1) * hd]
                             .iter_mut()
                             .zip(&row[col..col + hd])
                             .zip(&bias[col..col + hd])
                         {
-                            *o = x + b;
+                            *o = (x + b) * scale;
                         }
                     }
                 }
@@ -583,7 +586,10 @@ mod tests {
         let (n, t, heads, hd) = (3, 9, 4, 8);
         let qkv = Tensor::randn(0f32, 1.0, (n, t, 3 * heads * hd), &Device::Cpu).unwrap();
         let bias = Tensor::randn(0f32, 0.5, 3 * heads * hd, &Device::Cpu).unwrap();
-        let op = FusedAttention { heads };
+        let op = FusedAttention {
+            heads,
+            q_scale: 1.0,
+        };
         let plain = qkv.apply_op2_no_bwd(&bias, &op).unwrap();
         let d = max_diff(&plain, &attention_reference(&qkv, &bias, heads, None));
         assert!(d < 1e-5, "unmasked {d}");
@@ -597,6 +603,30 @@ mod tests {
         assert!(d < 1e-5, "causal {d}");
         // The mask matters: the first token sees only itself, so its context is its own v.
         assert!(max_diff(&masked, &plain) > 1e-3);
+        // q_scale scales q with its bias: the same as scaling q's part of both inputs.
+        let op = FusedAttention {
+            heads,
+            q_scale: 0.3,
+        };
+        let scaled = qkv.apply_op3_no_bwd(&bias, &mask, &op).unwrap();
+        let d = heads * hd;
+        let q_only = Tensor::cat(
+            &[
+                Tensor::full(0.3f32, d, &Device::Cpu).unwrap(),
+                Tensor::ones(2 * d, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let want = attention_reference(
+            &qkv.broadcast_mul(&q_only).unwrap(),
+            &(&bias * &q_only).unwrap(),
+            heads,
+            Some(&mask),
+        );
+        let diff = max_diff(&scaled, &want);
+        assert!(diff < 1e-5, "q_scale {diff}");
+        assert!(max_diff(&scaled, &masked) > 1e-3);
     }
 
     #[test]
@@ -604,7 +634,13 @@ mod tests {
         let qkv = Tensor::zeros((1, 4, 30), candle_core::DType::F32, &Device::Cpu).unwrap();
         let bias = Tensor::zeros(30, candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(qkv
-            .apply_op2_no_bwd(&bias, &FusedAttention { heads: 4 })
+            .apply_op2_no_bwd(
+                &bias,
+                &FusedAttention {
+                    heads: 4,
+                    q_scale: 1.0
+                }
+            )
             .is_err());
         let w = Tensor::zeros((7, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(qkv

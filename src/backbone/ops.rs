@@ -441,6 +441,54 @@ impl CustomOp3 for Add3 {
     }
 }
 
+/// Multi-head self-attention from the raw QKV projection `(N, T, 3D)` (without its bias), the
+/// `(3D,)` bias and an optional additive mask broadcastable to `(N, H, T, T)`: the merged context
+/// `(N, T, D)`, before the output projection. q (with its bias) is scaled by `q_scale`.
+///
+/// On the CPU without gradients, with no mask or a `(T, T)` one, this is one fused kernel
+/// ([`super::kernels::FusedAttention`]); otherwise candle's differentiable ops (a GPU, training,
+/// the video adapter's per-sample key mask).
+pub fn self_attention(
+    raw: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    q_scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, t, d3) = raw.dims3()?;
+    let fused = cpu_kernels_for(raw)
+        && [raw, bias]
+            .iter()
+            .all(|x| x.dtype() == DType::F32 && x.is_contiguous() && !x.track_op())
+        && mask.is_none_or(|m| {
+            m.dtype() == DType::F32 && m.is_contiguous() && !m.track_op() && m.dims() == [t, t]
+        });
+    if fused {
+        let op = super::kernels::FusedAttention {
+            heads,
+            q_scale: q_scale as f32,
+        };
+        return match mask {
+            None => raw.apply_op2_no_bwd(bias, &op),
+            Some(m) => raw.apply_op3_no_bwd(bias, m, &op),
+        };
+    }
+    // (N, T, 3D) -> (3, N, H, T, hd), one copy so q, k and v are each contiguous.
+    let qkv = split_qkv_heads(raw, bias, heads)?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+    let q = match q_scale {
+        1.0 => q,
+        s => (q * s)?,
+    };
+    let scores = q.matmul(&k.t()?)?; // (N, H, T, T)
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let ctx = softmax_last_dim(&scores)?.matmul(&v)?; // (N, H, T, hd)
+    ctx.transpose(1, 2)?.reshape((n, t, d3 / 3))
+}
+
 /// Adds the QKV bias and splits heads in one copy: (N, T, 3D) + (3D,) -> (3, N, H, T, D/H), each
 /// of q, k and v contiguous for the attention matrix products.
 pub fn split_qkv_heads(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
