@@ -13,6 +13,7 @@ use crate::backbone::ops::{bias_quick_gelu, quick_gelu, self_attention, LayerNor
 use crate::backbone::text::causal_mask;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use std::sync::OnceLock;
 
 /// How parameters are initialised when the `VarBuilder` creates them (ignored when loading).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +64,49 @@ fn up_linear(vb: &VarBuilder, w: usize, d: usize, init: AdapterInit) -> Result<L
 
 /// `s * (z W_up^T + b_up)` computed as `z (s W_up)^T + s b_up`: the scale touches the small
 /// weight instead of the (N, T, d) output.
-fn scaled_up(up: &Linear, scale: f64, z: &Tensor) -> Result<Tensor> {
-    let w = (up.weight()? * scale)?;
-    let b = match &up.bias {
-        Some(b) => Some((b * scale)?),
-        None => None,
+fn scaled_up(up: &Linear, scale: f64, cache: &Derived, z: &Tensor) -> Result<Tensor> {
+    let make = || {
+        let w = (up.weight()? * scale)?;
+        let b = match &up.bias {
+            Some(b) => Some((b * scale)?),
+            None => None,
+        };
+        Ok(Linear::new(w, b))
     };
-    Linear::new(w, b).forward(z)
+    cache.apply(make, |l| l.forward(z))
+}
+
+/// A layer computed from parameters on every forward (a tied W_down, the scaled up-projection),
+/// kept after its first use when its parameters are plain tensors: an adapter loaded for serving
+/// never changes, and recomputing it cost a dozen small ops per block and query. Parameters that
+/// are `Var`s (training) change between steps, so such a layer is recomputed on every call. A
+/// module's parameters are all of one kind, so the first call decides.
+#[derive(Clone, Debug, Default)]
+struct Derived(OnceLock<Option<Linear>>);
+
+impl Derived {
+    fn apply(
+        &self,
+        make: impl Fn() -> Result<Linear>,
+        run: impl Fn(&Linear) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match self.0.get() {
+            Some(Some(kept)) => run(kept),
+            Some(None) => run(&make()?),
+            None => {
+                let l = make()?;
+                let tracked =
+                    l.weight()?.track_op() || l.bias.as_ref().is_some_and(Tensor::track_op);
+                if tracked {
+                    let _ = self.0.set(None);
+                    return run(&l);
+                }
+                // The frozen layout, as the backbone's layers (W^T contiguous for the GEMM).
+                let kept = Linear::frozen(l.weight()?, l.bias.clone())?;
+                run(self.0.get_or_init(|| Some(kept)).as_ref().expect("kept"))
+            }
+        }
+    }
 }
 
 /// One pre-LN transformer layer of width w (spec section 5):
@@ -171,6 +208,8 @@ pub struct Down {
     weight: DownWeight,
     /// (w,)
     bias: Tensor,
+    /// W_down as a layer, kept for serving (see [`Derived`]).
+    layer: Derived,
 }
 
 /// What a tied layer needs from the root `VarBuilder` (shared across both modalities).
@@ -226,7 +265,11 @@ impl Down {
                 }
             }
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            layer: Derived::default(),
+        })
     }
 
     /// The CMT factor `beta` (n,), for tied down-in/down-out layers.
@@ -269,7 +312,8 @@ impl Down {
 
     /// x W_down^T (no bias): (.., d) -> (.., w).
     fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
-        Linear::new(self.weight()?, None).forward_no_bias(x)
+        let make = || Ok(Linear::new(self.weight()?, None));
+        self.layer.apply(make, |l| l.forward_no_bias(x))
     }
 }
 
@@ -321,6 +365,8 @@ pub struct TextAdapter {
     ln_pre: LayerNorm,
     trm: Trm,
     up: Linear,
+    /// `scale * up`, kept for serving (see [`Derived`]).
+    scaled_up: Derived,
     scale: f64,
 }
 
@@ -344,6 +390,7 @@ impl TextAdapter {
             ln_pre: layer_norm(&vb.pp("ln_pre"), w)?,
             trm: Trm::new(vb.pp("trm"), w, heads, d)?,
             up: up_linear(&vb.pp("up"), w, d, init)?,
+            scaled_up: Derived::default(),
             scale,
         })
     }
@@ -375,7 +422,7 @@ impl TextAdapter {
         let z = self.ln_pre.forward(&z)?;
         let mask = causal_mask(l, z.dtype(), z.device())?;
         let z = quick_gelu(&self.trm.forward(&z, Some(&mask))?)?;
-        scaled_up(&self.up, self.scale, &z)
+        scaled_up(&self.up, self.scale, &self.scaled_up, &z)
     }
 }
 
@@ -398,6 +445,8 @@ pub struct VideoAdapter {
     down: Down,
     cross: Option<CrossFrame>,
     up: Linear,
+    /// `scale * up`, kept for serving (see [`Derived`]).
+    scaled_up: Derived,
     scale: f64,
 }
 
@@ -441,6 +490,7 @@ impl VideoAdapter {
             down,
             cross,
             up: up_linear(&vb.pp("up"), w, d, init)?,
+            scaled_up: Derived::default(),
             scale,
         })
     }
@@ -473,7 +523,7 @@ impl VideoAdapter {
         let g = bias_quick_gelu(&self.down.forward_no_bias(f)?, &self.down.bias)?; // (N, T, w)
         let Some(cross) = &self.cross else {
             // Per-frame down/up only: every token, CLS included, through the plain bottleneck.
-            return Ok((scaled_up(&self.up, self.scale, &g)?, None));
+            return Ok((scaled_up(&self.up, self.scale, &self.scaled_up, &g)?, None));
         };
         let w = cross.cc.dim(0)?;
         let mask = mask.to_dtype(f.dtype())?;
@@ -507,7 +557,7 @@ impl VideoAdapter {
         // 7. Patches: plain bottleneck on the pre-temporal down features. Both go up in one
         // product, with the scale folded into W_up and b_up (no extra pass over (N, T, d)).
         let z = Tensor::cat(&[&cls_in.reshape((n, 1, w))?, &patch_d], 1)?; // (N, T, w)
-        let out = scaled_up(&self.up, self.scale, &z)?;
+        let out = scaled_up(&self.up, self.scale, &self.scaled_up, &z)?;
         debug_assert_eq!(out.dims(), &[n, t, d]);
         Ok((out, alpha))
     }
