@@ -5,7 +5,7 @@
 //!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss] [--filtered]`
 //! `--filtered` adds metadata-filtered search (50%, 1% and 0.1% of the vectors passing) beside
 //! unfiltered search on the same store, graph built, default planning (`exact_threshold` 20,000).
-//! `--plain` adds hnsw_rs's plain search (no filter closure) beside the default at each ef.
+//! `--plain` adds the graph walk without the tombstone predicate beside the default at each ef.
 //! Data: unit vectors in 512-d of two kinds (see `clustered` and `uniform`); queries are drawn
 //! from the same distribution but are not in the data set.
 
@@ -228,7 +228,8 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
 
     // (ef, recall, queries/s)
     let mut ours = Vec::new();
-    // (ef, recall, queries/s) of hnsw_rs's plain search, timed right after the default one.
+    // (ef, recall, queries/s) of the walk without the tombstone predicate, timed right after
+    // the default one.
     let mut plain = Vec::new();
     let graph_run = |ef: usize| {
         let t = Instant::now();
@@ -253,7 +254,7 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         }
     }
     if args.plain {
-        println!("hnsw_rs plain search (no filter closure, so HNSW's usual early stop) vs the default (filter closure), same store, timed back to back:");
+        println!("plain graph search (no tombstone predicate) vs the default (predicate), same store, timed back to back:");
         println!("| ef_search | plain recall@10 | plain queries/s | default recall@10 | default queries/s | plain / default |");
         println!("|---|---|---|---|---|---|");
         for (&(ef, pr, pq), &(_, dr, dq)) in plain.iter().zip(&ours) {

@@ -1,11 +1,12 @@
 //! Tuning knobs of a task store and their validation.
 //!
-//! Owns `StoreConfig` and the checks that run before anything touches hnsw_rs (which calls
-//! `process::exit` on some bad parameters instead of returning an error). Does not own any I/O.
+//! Owns `StoreConfig` and the checks that run before a graph is built with it. Does not own any
+//! I/O.
 
 use thiserror::Error;
 
-/// hnsw_rs stores neighbour counts in a `u8` and exits the process above this.
+/// The largest `hnsw_m` accepted: far above any useful value for 512-d vectors (16-64), and a
+/// bound on the graph's memory per node (2M links at layer 0).
 pub const MAX_HNSW_M: usize = 256;
 
 /// Settings for one task's store. `Default` is what the benchmarks in BENCHMARKS.md support.

@@ -1,29 +1,29 @@
 //! The in-memory index of one task: records, vectors, tombstones, exact search and the HNSW graph.
 //!
-//! Owns the slot table (a slot is a position in the vector array and the graph's data id; a
-//! deleted or replaced record leaves a tombstone in its slot, since hnsw_rs cannot delete), the
-//! exact top-k scan, the hnsw_rs graph built over the slots, and how a filtered search uses the
-//! two (`search_filtered`). Does not own any I/O or locking:
-//! `TaskStore` wraps this in a lock and feeds it from the log.
+//! Owns the slot table (a slot is a position in the vector array and the graph's key; a deleted
+//! or replaced record leaves a tombstone in its slot, skipped by every search until a rebuild
+//! drops it), the exact top-k scan, and how a search uses the exact scan and the HNSW graph
+//! (`graph`) built over the slots (`search_graph`, `search_filtered`). Does not own any I/O or
+//! locking: `TaskStore` wraps this in a lock and feeds it from the log.
+//!
+//! Tombstones rather than usearch's `remove`: its remove only marks the node too (it stays in the
+//! walk until the index is compacted), and slot numbers that stay put keep the graph, the vector
+//! array and the payload index addressed by one number.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use rayon::prelude::*;
 
 use super::filter::Filter;
+use super::graph::Graph;
 use super::payload::{Candidates, PayloadIndex};
 
-/// hnsw_rs's own cap on layers.
-const MAX_LAYERS: usize = 16;
 /// Below this many slots a parallel scan costs more in coordination than it saves.
 const PAR_SCAN_MIN: usize = 8192;
 /// Slots sampled to estimate how many records a filter passes (about 1% precision).
 const FILTER_SAMPLE: usize = 1024;
-
-pub(crate) type Graph = Hnsw<'static, f32, DistDot>;
 
 /// What the store keeps per live id.
 #[derive(Debug, Clone)]
@@ -184,8 +184,8 @@ impl Index {
     /// from a sample. If it is under `small` (or there is no graph, or `ef` is `None`), the
     /// passing records are scanned exactly. Otherwise the graph is searched with the filter
     /// applied inside it (a bitset lookup when the index answered exactly), and should it return
-    /// fewer than `k` (hnsw_rs finds few when few points pass), the exact scan answers after all;
-    /// so `k` hits come back whenever `k` records pass.
+    /// fewer than `k` (the walk can end before `k` passing nodes are met when few pass), the
+    /// exact scan answers after all; so `k` hits come back whenever `k` records pass.
     pub(crate) fn search_filtered(
         &self,
         q: &[f32],
@@ -210,7 +210,7 @@ impl Index {
         }
         if let (Some(ef), Some(graph)) = (ef, &self.graph) {
             if self.estimate_passing(&passes) >= small {
-                let hits = self.graph_top_k(graph, q, k, ef, &|d: &usize| passes(*d));
+                let hits = self.graph_top_k(graph, q, k, ef, &passes);
                 if hits.len() >= k {
                     return hits;
                 }
@@ -249,9 +249,8 @@ impl Index {
                 for &s in &c.slots {
                     bits[s as usize / 64] |= 1 << (s % 64);
                 }
-                let keep = |d: &usize| {
-                    bits.get(d / 64).is_some_and(|w| w >> (d % 64) & 1 == 1) && check(*d)
-                };
+                let keep =
+                    |d: usize| bits.get(d / 64).is_some_and(|w| w >> (d % 64) & 1 == 1) && check(d);
                 let hits = self.graph_top_k(graph, q, k, ef, &keep);
                 if hits.len() >= k {
                     return hits;
@@ -284,9 +283,10 @@ impl Index {
         (hit * self.len()).checked_div(live).unwrap_or(0)
     }
 
-    /// Approximate top-k through the graph, skipping tombstones; `None` when there is no graph.
-    /// `plain` (benchmarks only) uses hnsw_rs's unfiltered search and drops tombstones from its
-    /// answer afterwards, so it may return fewer than `k`.
+    /// Approximate top-k through the graph, skipping tombstones; `None` when there is no graph
+    /// (or usearch failed, which it logs), so that the caller scans exactly. `plain` (benchmarks
+    /// only) walks without the tombstone predicate and drops tombstones from the answer
+    /// afterwards, so it may return fewer than `k`.
     pub(crate) fn search_graph(
         &self,
         q: &[f32],
@@ -295,53 +295,58 @@ impl Index {
         plain: bool,
     ) -> Option<Vec<(usize, f32)>> {
         let graph = self.graph.as_ref()?;
+        let alive = |s: usize| self.slots.get(s).is_some_and(|s| s.alive);
         if plain {
-            let mut found = graph.search(q, k, ef.max(k));
-            found.retain(|n| self.slots.get(n.d_id).is_some_and(|s| s.alive));
+            let mut found = self.graph_walk(graph, q, ef.max(k), None)?;
+            found.retain(|&s| alive(s));
             return Some(self.hits(q, k, found));
         }
-        let alive = |d: &usize| self.slots.get(*d).is_some_and(|s| s.alive);
-        // Always pass the filter, even with no tombstones: hnsw_rs's filtered search does not
-        // stop at HNSW's usual condition (the nearest candidate farther than the worst kept) but
-        // empties its candidate heap, so it visits more nodes for higher recall; skipping it cut
-        // recall@10 on 20k uniform 512-d vectors (M 24, ef 256) from 0.996 to 0.81.
-        Some(self.graph_top_k(graph, q, k, ef, &alive))
+        // With no tombstones every slot passes: skip the predicate call per kept node.
+        let keep: Option<&dyn Fn(usize) -> bool> = match self.dead {
+            0 => None,
+            _ => Some(&alive),
+        };
+        Some(self.hits(q, k, self.graph_walk(graph, q, ef.max(k), keep)?))
     }
 
-    /// Top-k through `graph` among the slots `keep` lets through, best first.
+    /// Top-k through `graph` among the slots `keep` lets through, best first; empty if usearch
+    /// failed (the caller then scans exactly, as when too few pass).
     fn graph_top_k(
         &self,
         graph: &Graph,
         q: &[f32],
         k: usize,
         ef: usize,
-        keep: &dyn Fn(&usize) -> bool,
+        keep: &dyn Fn(usize) -> bool,
     ) -> Vec<(usize, f32)> {
-        let filter: Option<&dyn hnsw_rs::filter::FilterT> = Some(&keep);
-        self.hits(q, k, graph.search_filter(q, k, ef.max(k), filter))
+        let found = self.graph_walk(graph, q, ef.max(k), Some(keep));
+        self.hits(q, k, found.unwrap_or_default())
     }
 
-    fn hits(
+    fn graph_walk(
         &self,
+        graph: &Graph,
         q: &[f32],
-        k: usize,
-        found: Vec<hnsw_rs::prelude::Neighbour>,
-    ) -> Vec<(usize, f32)> {
-        // DistDot reports 1 - dot (clamped at 0); give callers the similarity back.
+        ef: usize,
+        keep: Option<&dyn Fn(usize) -> bool>,
+    ) -> Option<Vec<usize>> {
+        graph
+            .search(q, ef, keep)
+            .inspect_err(|e| tracing::warn!(error = %e, "graph search failed; scanning exactly"))
+            .ok()
+    }
+
+    /// The first `k` of `found` (best first by the graph's distance) with their similarity
+    /// computed here, so that scores match the exact scan's.
+    fn hits(&self, q: &[f32], k: usize, mut found: Vec<usize>) -> Vec<(usize, f32)> {
+        found.truncate(k);
         let mut hits: Vec<(usize, f32)> = found
             .into_iter()
-            .map(|n| (n.d_id, dot(q, self.vector(n.d_id))))
+            .map(|s| (s, dot(q, self.vector(s))))
             .collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-        hits.truncate(k);
         hits
     }
-}
-
-/// A new, empty graph sized for about `n` points.
-pub(crate) fn new_graph(m: usize, ef_construction: usize, n: usize) -> Graph {
-    // The caller validated m <= 256; hnsw_rs would exit the process otherwise.
-    Hnsw::new(m, n.max(1024), MAX_LAYERS, ef_construction, DistDot)
 }
 
 /// Dot product written so that LLVM vectorises it: eight independent accumulators over fixed

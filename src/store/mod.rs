@@ -16,7 +16,7 @@
 //! the HNSW build), `payload` (the metadata index that filters use), `types` and `error` (the
 //! values the API takes and returns), `lock` (the directory lock), `failpoint` (test fault
 //! injection), `durable` (the one fsync-and-rename sequence); the formats and structures under
-//! them (`wal`, `snapshot`, `index`, `blob`, `codec`); `check` (offline check and repair);
+//! them (`wal`, `snapshot`, `index`, `graph`, `blob`, `codec`); `check` (offline check and repair);
 //! `backend` (the interface both backends implement) and `milvus`.
 
 mod backend;
@@ -28,6 +28,7 @@ pub mod durable;
 mod error;
 mod failpoint;
 mod filter;
+mod graph;
 mod index;
 mod lock;
 mod maintenance;

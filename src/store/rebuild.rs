@@ -7,7 +7,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::index::{new_graph, Index};
+use super::graph::Graph;
+use super::index::Index;
 use super::task::Inner;
 
 /// Graph builds insert in chunks so that closing the store can interrupt them.
@@ -24,13 +25,19 @@ impl Inner {
         let want_graph = self.index.read().len() >= self.config.exact_threshold;
         let mut copied: Vec<usize> = Vec::new();
         let mut scanned = 0;
-        let graph = want_graph.then(|| {
-            new_graph(
+        let mut graph = None;
+        if want_graph {
+            let (m, efc, n) = (
                 self.config.hnsw_m,
                 self.config.ef_construction,
                 self.index.read().len(),
-            )
-        });
+            );
+            match Graph::new(self.dim, m, efc, n) {
+                Ok(g) => graph = Some(g),
+                // The store goes on with exact search; the next rebuild tries again.
+                Err(e) => tracing::error!(dir = %self.dir.display(), error = %e, "no HNSW graph"),
+            }
+        }
         // Copy and insert in rounds outside the locks; adds keep appending meanwhile.
         loop {
             let (start, batch) = {
@@ -55,12 +62,15 @@ impl Inner {
                         return;
                     }
                     let base = start + c * BUILD_CHUNK;
-                    let data: Vec<(&[f32], usize)> = chunk
+                    let data: Vec<(usize, &[f32])> = chunk
                         .chunks_exact(self.dim)
                         .enumerate()
-                        .map(|(i, v)| (v, base + i))
+                        .map(|(i, v)| (base + i, v))
                         .collect();
-                    g.parallel_insert_slice(&data);
+                    if let Err(e) = g.insert(&data) {
+                        tracing::error!(dir = %self.dir.display(), error = %e, "HNSW build failed");
+                        return;
+                    }
                 }
             }
             if n_new <= CATCH_UP_UNDER_LOCK {
@@ -102,11 +112,16 @@ impl Inner {
                 }
             }
         }
-        if let Some(g) = &graph {
-            for &s in &late {
-                g.insert_slice((fresh.vector(s), s));
+        let data: Vec<(usize, &[f32])> = late.iter().map(|&s| (s, fresh.vector(s))).collect();
+        let graph = graph.and_then(|g| match g.insert(&data) {
+            Ok(()) => Some(g),
+            // A graph missing these slots would never find them: search exactly instead, and
+            // the next maintenance round builds the graph again.
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "HNSW build failed");
+                None
             }
-        }
+        });
         fresh.graph = graph.map(Arc::new);
         tracing::debug!(
             dir = %self.dir.display(),

@@ -48,8 +48,8 @@ pub(super) struct Inner {
     /// Whether filtered searches may use the payload index (always kept up to date); off only to
     /// measure the walk over every record's meta against it.
     use_payload_index: AtomicBool,
-    /// Whether unfiltered graph searches use hnsw_rs's plain search; off by default (see
-    /// `Index::search_graph`), on only to measure it.
+    /// Whether unfiltered graph searches walk without the tombstone predicate; off by default
+    /// (see `Index::search_graph`), on only to measure what the predicate costs.
     plain_graph_search: AtomicBool,
     pub(super) background: Mutex<Vec<JoinHandle<()>>>,
     /// Set once nothing will read this store again (a replaced generation): the directory is
@@ -279,12 +279,13 @@ impl TaskStore {
         // Outside the index lock so that searches go on; `writer` keeps rebuilds from swapping
         // the graph meanwhile. Until inserted, the new slots are just not found by the graph.
         if let Some(g) = graph {
-            let data: Vec<(&[f32], usize)> =
-                new_slots.iter().map(|(s, v)| (v.as_slice(), *s)).collect();
-            if data.len() == 1 {
-                g.insert_slice(data[0]);
-            } else {
-                g.parallel_insert_slice(&data);
+            let data: Vec<(usize, &[f32])> =
+                new_slots.iter().map(|(s, v)| (*s, v.as_slice())).collect();
+            if let Err(e) = g.insert(&data) {
+                // The add is durable and searchable exactly; the graph misses it until the next
+                // rebuild, which the dropped graph makes the next maintenance round start.
+                tracing::error!(dir = %inner.dir.display(), error = %e, "graph insert failed");
+                inner.index.write().graph = None;
             }
         }
         drop(w);
@@ -434,9 +435,9 @@ impl TaskStore {
         self.inner.use_payload_index.store(on, Ordering::Relaxed);
     }
 
-    /// Lets unfiltered graph searches use hnsw_rs's plain (unfiltered) search: it stops earlier,
-    /// for speed at the cost of recall, and may return fewer than `k` hits when tombstones are
-    /// among them. For benchmarks.
+    /// Lets unfiltered graph searches walk without the tombstone predicate (tombstones dropped
+    /// from the answer afterwards, so it may return fewer than `k` hits): for benchmarks that
+    /// measure what the predicate costs.
     #[doc(hidden)]
     pub fn set_plain_graph_search(&self, on: bool) {
         self.inner.plain_graph_search.store(on, Ordering::Relaxed);

@@ -297,3 +297,81 @@ fn payload_index_answers_as_the_meta_scan_through_deletes_compaction_and_reopen(
     store.wait_for_maintenance();
     compare(&store, "after reopen");
 }
+
+#[path = "../../benches/common/vectors.rs"]
+mod vectors;
+
+/// Issue 17 goal 4's recall bar on the benchmark's clustered data (BENCHMARKS.md "HNSW against
+/// faiss"): recall@10 of the graph against the exact scan >= 0.99 at the default `ef_search`,
+/// with 10% of the records deleted after the graph was built (tombstones the walk must skip),
+/// unfiltered and with a 50% filter, through the payload index's bitset and through the filter
+/// evaluated on each record's meta.
+#[test]
+fn graph_recall_at_10_on_clustered_vectors_with_tombstones_and_a_filter() {
+    use vectors::{recall, Clustered, DIM, K};
+    const N: usize = 20_000;
+    const Q: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        exact_threshold: 1000,
+        snapshot_every: 0,
+        ..StoreConfig::default()
+    };
+    let store = TaskStore::open(dir.path(), DIM, cfg.clone()).unwrap();
+    let mut rng = vectors::Rng(17);
+    let gen = Clustered::new(&mut rng, N);
+    let data = gen.sample(&mut rng, N);
+    let queries = gen.sample(&mut rng, Q);
+    for start in (0..N).step_by(5000) {
+        let batch = (start..start + 5000)
+            .map(|i| {
+                let v = data[i * DIM..(i + 1) * DIM].to_vec();
+                (format!("v{i}"), v, json!({"m2": i % 2}))
+            })
+            .collect();
+        store.add_batch("dig", batch).unwrap();
+    }
+    store.wait_for_maintenance();
+    assert!(store.has_graph());
+    let deleted = |i: usize| i % 10 == 3;
+    for i in (0..N).filter(|&i| deleted(i)) {
+        assert!(store.delete(&format!("v{i}")).unwrap());
+    }
+    // Below `compact_tombstone_fraction`: the graph keeps the deleted slots as tombstones.
+    assert!(0.1 < cfg.compact_tombstone_fraction);
+    store.wait_for_maintenance();
+    let num = |hits: &[mvserve::store::Hit]| -> Vec<u32> {
+        let n: Vec<u32> = hits.iter().map(|h| h.id[1..].parse().unwrap()).collect();
+        assert!(
+            n.iter().all(|&i| !deleted(i as usize)),
+            "a deleted id came back"
+        );
+        n
+    };
+    let f = Filter::parse(r#"{"eq": ["m2", 0]}"#).unwrap();
+    let graph = SearchMode::Graph {
+        ef_search: cfg.ef_search,
+    };
+    for (name, filter, payload) in [
+        ("unfiltered", None, true),
+        ("m2 = 0, payload index", Some(&f), true),
+        ("m2 = 0, meta scan", Some(&f), false),
+    ] {
+        store.set_payload_index(payload);
+        let (mut got, mut truth) = (Vec::new(), Vec::new());
+        for q in queries.chunks_exact(DIM) {
+            let exact = store
+                .search_filtered(q, K, SearchMode::Exact, filter)
+                .unwrap();
+            let hits = store.search_filtered(q, K, graph, filter).unwrap();
+            assert_eq!(hits.len(), K, "{name}");
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+            assert!(filter.is_none_or(|f| hits.iter().all(|h| f.matches(&h.meta))));
+            truth.push(num(&exact));
+            got.push(num(&hits));
+        }
+        let r = recall(&got, &truth);
+        eprintln!("{name}: recall@10 {r:.4}");
+        assert!(r >= 0.99, "{name}: recall@10 {r}");
+    }
+}
