@@ -13,12 +13,24 @@ fn ids(hits: &[mvserve::store::Hit]) -> Vec<String> {
     hits.iter().map(|h| h.id.clone()).collect()
 }
 
-/// 20k uniform random 512-d vectors (the hard case for HNSW: no clusters to exploit).
+/// 20k uniform random 512-d vectors (the hard case for HNSW: no clusters to exploit), M 24,
+/// ef_construction 200: recall@10 against the exact scan grows with the per-query `ef` (so the
+/// `ef` asked for reaches usearch's walk) and stays near what faiss's `IndexHNSWFlat` gets on the
+/// same kind of data at the same M / efConstruction / efSearch. Measured with
+/// `store --n 20000 --queries 200 --kinds uniform --m 24 --efc 200 --ef 64,128,256,512` (BENCHMARKS.md
+/// "usearch in place of hnsw_rs"): faiss 0.354 / 0.546 / 0.772 / 0.929 at ef 64 / 128 / 256 /
+/// 512, the store 0.334 / 0.503 / 0.713 / 0.903. HNSW cannot do better here without a larger
+/// M or ef (hnsw_rs passed a 0.98 bar at ef 256 only because its filtered walk never stopped
+/// early: an exhaustive search). The bars sit under the store's numbers by the spread of 100
+/// queries and a build whose parallel insert order varies; a walk that ignored `ef` (usearch's
+/// default 64) or a broken graph would fail them.
 #[test]
 fn hnsw_recall_at_10_against_exact_on_20k_random_512d_vectors() {
     const N: usize = 20_000;
     const DIM: usize = 512;
     const Q: usize = 100;
+    // (ef_search, lowest recall@10 accepted)
+    const BARS: [(usize, f64); 3] = [(64, 0.25), (256, 0.62), (512, 0.85)];
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
         exact_threshold: 1,
@@ -38,20 +50,38 @@ fn hnsw_recall_at_10_against_exact_on_20k_random_512d_vectors() {
     }
     store.wait_for_maintenance();
     assert!(store.has_graph());
-    let mut found = 0;
-    for _ in 0..Q {
-        let q = rng.vector(DIM);
-        let exact: HashSet<String> = ids(&store.search_with(&q, 10, SearchMode::Exact).unwrap())
-            .into_iter()
-            .collect();
-        let approx = store.search(&q, 10).unwrap();
-        assert_eq!(approx.len(), 10);
-        assert!(approx.windows(2).all(|w| w[0].score >= w[1].score));
-        found += approx.iter().filter(|h| exact.contains(&h.id)).count();
+    let queries: Vec<Vec<f32>> = (0..Q).map(|_| rng.vector(DIM)).collect();
+    let exact: Vec<HashSet<String>> = queries
+        .iter()
+        .map(|q| {
+            let hits = store.search_with(q, 10, SearchMode::Exact).unwrap();
+            ids(&hits).into_iter().collect()
+        })
+        .collect();
+    let mut last = 0.0;
+    for (ef, bar) in BARS {
+        let mut found = 0;
+        for (q, exact) in queries.iter().zip(&exact) {
+            let approx = match ef {
+                // The configured `ef_search`, through the default (`Auto`) path.
+                256 => store.search(q, 10).unwrap(),
+                _ => store
+                    .search_with(q, 10, SearchMode::Graph { ef_search: ef })
+                    .unwrap(),
+            };
+            assert_eq!(approx.len(), 10);
+            assert!(approx.windows(2).all(|w| w[0].score >= w[1].score));
+            found += approx.iter().filter(|h| exact.contains(&h.id)).count();
+        }
+        let recall = found as f64 / (Q * 10) as f64;
+        eprintln!("ef {ef}: recall@10 = {recall:.4}");
+        assert!(recall >= bar, "ef {ef}: recall@10 {recall} < {bar}");
+        assert!(
+            recall > last,
+            "ef {ef}: recall@10 {recall} not above {last}"
+        );
+        last = recall;
     }
-    let recall = found as f64 / (Q * 10) as f64;
-    eprintln!("recall@10 = {recall:.4}");
-    assert!(recall >= 0.98, "recall@10 {recall}");
 }
 
 #[test]
