@@ -65,15 +65,17 @@ fn up_linear(vb: &VarBuilder, w: usize, d: usize, init: AdapterInit) -> Result<L
 /// `s * (z W_up^T + b_up)` computed as `z (s W_up)^T + s b_up`: the scale touches the small
 /// weight instead of the (N, T, d) output.
 fn scaled_up(up: &Linear, scale: f64, cache: &Derived, z: &Tensor) -> Result<Tensor> {
-    let make = || {
-        let w = (up.weight()? * scale)?;
-        let b = match &up.bias {
-            Some(b) => Some((b * scale)?),
-            None => None,
-        };
-        Ok(Linear::new(w, b))
+    cache.apply(|| scaled_up_layer(up, scale), |l| l.forward(z))
+}
+
+/// The layer `s * up`.
+fn scaled_up_layer(up: &Linear, scale: f64) -> Result<Linear> {
+    let w = (up.weight()? * scale)?;
+    let b = match &up.bias {
+        Some(b) => Some((b * scale)?),
+        None => None,
     };
-    cache.apply(make, |l| l.forward(z))
+    Ok(Linear::new(w, b))
 }
 
 /// A layer computed from parameters on every forward (a tied W_down, the scaled up-projection),
@@ -85,6 +87,11 @@ fn scaled_up(up: &Linear, scale: f64, cache: &Derived, z: &Tensor) -> Result<Ten
 struct Derived(OnceLock<Option<Linear>>);
 
 impl Derived {
+    /// Keeps `l` from now on (an adapter prepared for serving before its first use).
+    fn keep(&self, l: Linear) {
+        let _ = self.0.set(Some(l));
+    }
+
     fn apply(
         &self,
         make: impl Fn() -> Result<Linear>,
@@ -165,6 +172,19 @@ impl Trm {
             )?,
             heads,
         })
+    }
+
+    /// Gives the four linear layers their copies packed for short products.
+    fn prepack(&mut self) -> Result<()> {
+        for l in [
+            &mut self.in_proj,
+            &mut self.out_proj,
+            &mut self.fc1,
+            &mut self.fc2,
+        ] {
+            l.prepack()?;
+        }
+        Ok(())
     }
 
     /// x: (N, S, w); mask: additive, broadcastable to (N, heads, S, S). Returns (N, S, w).
@@ -399,6 +419,35 @@ impl TextAdapter {
 
     pub fn down(&self) -> &Down {
         &self.down
+    }
+
+    /// Prepares a served adapter (plain f32 tensors on the CPU) for queries: every linear layer
+    /// gets a copy of its weight packed once for short products, and the derived layers (the
+    /// tied W_down, the scaled up-projection) are built now instead of at the first query.
+    ///
+    /// A query is a few dozen rows against 64-wide weights: with `gemm` a third of the adapter's
+    /// time went into packing those weights again on every call (perf, BENCHMARKS.md "Adapter
+    /// overhead"). Costs about the adapter's text weights again in memory (~5.4 MB for the
+    /// standard ViT-B/32 adapter). A no-op for `Var`s (training changes them).
+    pub fn prepack(&mut self) -> Result<()> {
+        if self.down.bias.is_variable() || !self.down.bias.device().is_cpu() {
+            return Ok(());
+        }
+        if self.down.bias.dtype() != DType::F32 {
+            return Ok(());
+        }
+        let mut down = Linear::new(self.down.weight()?, None);
+        down.prepack()?;
+        self.down.layer.keep(down);
+        let mut up = scaled_up_layer(&self.up, self.scale)?;
+        up.prepack()?;
+        self.scaled_up.keep(up);
+        self.trm.prepack()
+    }
+
+    /// Whether [`Self::prepack`] gave the layers their packed copies.
+    pub fn is_prepacked(&self) -> bool {
+        self.trm.fc1.has_packed()
     }
 
     /// f: the MLP output (N, T, d), T at most the configured words. Returns `s * A(f)` (N, T, d).

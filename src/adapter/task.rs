@@ -91,7 +91,11 @@ impl TaskAdapter {
         device: &Device,
     ) -> Result<Self> {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Self::new(config, vb, AdapterInit::Authors)
+        let mut a = Self::new(config, vb, AdapterInit::Authors)?;
+        for t in a.text.iter_mut().flatten() {
+            t.prepack()?;
+        }
+        Ok(a)
     }
 
     /// A trainable adapter: fresh `Var`s in a `VarMap` (optionally overwritten by `tensors`).

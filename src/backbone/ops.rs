@@ -111,21 +111,28 @@ impl Linear {
         self.int8 = None;
     }
 
-    /// The f32 CPU weights a frozen layer hands to a copy of itself.
+    /// The f32 CPU weights, as W^T (k, n), that a layer hands to a copy of itself. Only a layer
+    /// whose weight never changes may have a copy: a frozen layer, or a served adapter's (plain
+    /// tensors, never a `Var`).
     fn frozen_f32(&self, what: &str) -> Result<FrozenF32> {
-        if !self.transposed || self.w.dtype() != DType::F32 || !self.w.device().is_cpu() {
-            candle_core::bail!("only a frozen f32 layer on the CPU has {what}");
+        if self.w.dtype() != DType::F32 || !self.w.device().is_cpu() || self.w.is_variable() {
+            candle_core::bail!("only an f32 layer on the CPU that never changes has {what}");
         }
-        let (k, n) = self.w.dims2()?;
+        let wt = match self.transposed {
+            true => self.w.clone(),
+            false => self.w.t()?.contiguous()?,
+        };
+        let (k, n) = wt.dims2()?;
         Ok(FrozenF32 {
             k,
             n,
-            w: self.w.flatten_all()?.to_vec1()?,
+            w: wt.flatten_all()?.to_vec1()?,
             bias: self.bias.as_ref().map(|b| b.to_vec1()).transpose()?,
         })
     }
 
-    /// Adds the copy of a frozen f32 CPU layer's weight packed for short products.
+    /// Adds a copy of the weight packed for short products (see [`super::packed`]); the layer
+    /// keeps its own weight for everything else.
     pub fn prepack(&mut self) -> Result<()> {
         let f = self.frozen_f32("a packed copy")?;
         let packed = PackedLinear::new(&f.w, f.k, f.n, f.bias.as_deref());

@@ -509,3 +509,43 @@ fn texts_cut_after_their_longest_eot_embed_as_padded_texts() {
     let plain = mvserve::backbone::l2_normalize(&plain).unwrap();
     assert!(max_diff(&whole, &plain) < 1e-5);
 }
+
+#[test]
+fn a_served_text_adapter_runs_on_packed_weights_and_embeds_as_the_unpacked_one() {
+    let b = tiny();
+    let (_, _, ids, eot) = inputs(&b);
+    for tying in [Tying::DownIn, Tying::DownOut, Tying::Kronecker, Tying::None] {
+        let c = tiny_config(&b, tying);
+        let t = TaskAdapter::init_tensors(&c, AdapterInit::Random, &Device::Cpu).unwrap();
+        // Built from the same tensors without the serving preparation.
+        let vb = VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
+        let unpacked = TaskAdapter::new(&c, vb, AdapterInit::Authors).unwrap();
+        let served = TaskAdapter::from_tensors(&c, t, &Device::Cpu).unwrap();
+        for l in &c.text_layers {
+            assert!(served.text_layer(*l).unwrap().is_prepacked(), "{tying:?}");
+            assert!(!unpacked.text_layer(*l).unwrap().is_prepacked());
+        }
+        // One text (its rows go through the packed weights) and three (96 rows: too many for
+        // them, the plain product on both sides).
+        for rows in [1, 3] {
+            let (ids, eot) = (
+                ids.narrow(0, 0, rows).unwrap(),
+                eot.narrow(0, 0, rows).unwrap(),
+            );
+            let embed = |a: &TaskAdapter| {
+                let hook = a.text_hook(32).unwrap();
+                let out = b.clip.text.forward(&ids, &eot, Some(&hook), false);
+                out.unwrap().embeds
+            };
+            let (p, u) = (embed(&served), embed(&unpacked));
+            let d = max_diff(&p, &u);
+            assert!(d < 1e-5, "{tying:?}, {rows} texts: {d}");
+            let plain = b.clip.text.forward(&ids, &eot, None, false).unwrap();
+            assert!(max_diff(&plain.embeds, &p) > 1e-3, "the adapter must act");
+        }
+    }
+    // Trainable adapters keep no copies: their parameters change between steps.
+    let c = tiny_config(&b, Tying::DownIn);
+    let (a, _) = TaskAdapter::trainable(&c, AdapterInit::Random, None, &Device::Cpu).unwrap();
+    assert!(!a.text_layer(c.text_layers[0]).unwrap().is_prepacked());
+}
