@@ -8,18 +8,18 @@
 use candle_core::{DType, Device, Tensor};
 use mvserve::adapter::{AdapterConfig, AdapterInit, BackboneDims, TaskAdapter, Tying};
 use mvserve::backbone::{BlockHook, Clip, ClipConfig};
-use std::cell::Cell;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Wraps a hook and adds up the time spent inside it: the adapter's own cost, which is far less
 /// noisy on a shared machine than the difference of two whole forward passes.
-struct Timed<'a>(&'a dyn BlockHook, Cell<f64>);
+struct Timed<'a>(&'a dyn BlockHook, Mutex<f64>);
 
 impl BlockHook for Timed<'_> {
     fn after_mlp(&self, layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let t = Instant::now();
         let r = self.0.after_mlp(layer, f);
-        self.1.set(self.1.get() + t.elapsed().as_secs_f64());
+        *self.1.lock().unwrap() += t.elapsed().as_secs_f64();
         r
     }
 }
@@ -85,9 +85,9 @@ fn main() -> anyhow::Result<()> {
     let inside = |run: &dyn Fn(Option<&dyn BlockHook>), hook: &dyn BlockHook, n: usize| {
         (0..n)
             .map(|_| {
-                let t = Timed(hook, Cell::new(0.0));
+                let t = Timed(hook, Mutex::new(0.0));
                 run(Some(&t));
-                t.1.get()
+                t.1.into_inner().unwrap()
             })
             .fold(f64::MAX, f64::min)
     };

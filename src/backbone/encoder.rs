@@ -10,8 +10,9 @@ use super::{BackboneError, LoadResult};
 use candle_core::{Module, Result, Tensor};
 
 /// What the backbone asks of an adapter. Implemented by the `adapter` module (one task or a batch
-/// that mixes tasks); the backbone knows nothing else about adapters.
-pub trait BlockHook {
+/// that mixes tasks); the backbone knows nothing else about adapters. `Sync` because a tower runs
+/// on a thread of rayon's pool, not the caller's (see [`super::on_pool`]).
+pub trait BlockHook: Sync {
     /// Given the MLP branch output `f` of block `layer`, (N, T, D) for N samples of T tokens,
     /// returns the term to add to the block output (already scaled), or `None` for plain CLIP.
     fn after_mlp(&self, layer: usize, f: &Tensor) -> Result<Option<Tensor>>;

@@ -24,6 +24,22 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// Runs `f` (a whole tower's forward pass) on a thread of rayon's pool and waits for it.
+///
+/// Every kernel of a block spreads its work over rayon's pool. Called from a thread outside the
+/// pool (the server's encoder thread, a benchmark's main thread), each such call hands its work to
+/// the pool and sleeps until it is done: a futex wake-up and two context switches per op, dozens
+/// of ops per block. From inside the pool the same calls run on the current thread while the other
+/// workers steal, so the hand-off is paid once per pass. Measured on a single query's 12 text
+/// adapter hooks: 3.0-3.1 ms from the main thread against 1.5-1.6 ms on a pool thread
+/// (BENCHMARKS.md "Adapter overhead (2026-12-02)"). On a pool thread already, `f` runs in place.
+///
+/// The switch of `ops::with_composite_ops` is per thread, so the caller's setting goes with `f`.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let fused = ops::fused_kernels_here();
+    rayon::scope(|_| ops::with_fused_kernels(fused, f))
+}
+
 pub use device::{DeviceError, DeviceSpec};
 pub use encoder::BlockHook;
 pub use int8::Precision;

@@ -29,20 +29,31 @@ thread_local! {
 /// module takes the composite route it takes on a GPU. For tests and `mvserve bench parity`; the
 /// result must match the fused route to float rounding.
 pub fn with_composite_ops<R>(f: impl FnOnce() -> R) -> R {
+    with_fused_kernels(false, f)
+}
+
+/// Whether the hand-written CPU kernels are on for this thread.
+pub(super) fn fused_kernels_here() -> bool {
+    FUSED_CPU_KERNELS.with(|c| c.get())
+}
+
+/// Runs `f` with the hand-written CPU kernels on or off on this thread, restoring the setting
+/// after (also when `f` panics). `super::on_pool` carries the caller's setting to the pool thread.
+pub(super) fn with_fused_kernels<R>(on: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             FUSED_CPU_KERNELS.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(FUSED_CPU_KERNELS.with(|c| c.replace(false)));
+    let _restore = Restore(FUSED_CPU_KERNELS.with(|c| c.replace(on)));
     f()
 }
 
 /// Whether `x` may go through a hand-written CPU kernel: it lives on the CPU and the kernels are
 /// not turned off on this thread. Each caller also checks dtype, contiguity and tracking.
 pub(super) fn cpu_kernels_for(x: &Tensor) -> bool {
-    x.device().is_cpu() && FUSED_CPU_KERNELS.with(|c| c.get())
+    x.device().is_cpu() && fused_kernels_here()
 }
 
 /// A linear layer `y = x W^T + b` whose leading dimensions are folded into the GEMM rows, so a

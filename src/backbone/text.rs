@@ -63,6 +63,17 @@ impl TextTower {
         hook: Option<&dyn BlockHook>,
         keep_hidden: bool,
     ) -> Result<TowerOutput> {
+        super::on_pool(|| self.forward_here(ids, eot, hook, keep_hidden))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        ids: &Tensor,
+        eot: &Tensor,
+        hook: Option<&dyn BlockHook>,
+        keep_hidden: bool,
+    ) -> Result<TowerOutput> {
         let (n, l) = ids.dims2()?;
         if l > self.config.max_position_embeddings {
             candle_core::bail!(

@@ -103,6 +103,16 @@ impl VisionTower {
         hook: Option<&dyn BlockHook>,
         keep_hidden: bool,
     ) -> Result<TowerOutput> {
+        super::on_pool(|| self.forward_here(pixels, hook, keep_hidden))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(
+        &self,
+        pixels: &Tensor,
+        hook: Option<&dyn BlockHook>,
+        keep_hidden: bool,
+    ) -> Result<TowerOutput> {
         let x = self.pre_ln.forward(&self.embed(pixels)?)?;
         let mut hidden = keep_hidden.then(|| vec![x.clone()]);
         let last_hidden = self.encoder.forward(&x, None, hook, hidden.as_mut())?;

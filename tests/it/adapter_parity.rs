@@ -12,8 +12,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use mvserve::adapter::import::{import, read_checkpoint, ImportOptions};
 use mvserve::adapter::{pool_frames, BackboneDims, TaskAdapter, Tying};
 use mvserve::backbone::{l2_normalize, BlockHook};
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 fn load(p: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(p), &Device::Cpu).unwrap()
@@ -29,14 +29,14 @@ fn check(what: &str, ours: &Tensor, theirs: &Tensor) -> f32 {
 /// Records the adapter's input and output at every layer.
 struct Tap<'a> {
     inner: &'a dyn BlockHook,
-    seen: RefCell<Vec<(Tensor, Tensor)>>,
+    seen: Mutex<Vec<(Tensor, Tensor)>>,
 }
 
 impl BlockHook for Tap<'_> {
     fn after_mlp(&self, layer: usize, f: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let out = self.inner.after_mlp(layer, f)?;
         if let Some(o) = &out {
-            self.seen.borrow_mut().push((f.clone(), o.clone()));
+            self.seen.lock().unwrap().push((f.clone(), o.clone()));
         }
         Ok(out)
     }
@@ -96,10 +96,10 @@ fn run(tying: Tying, reference: &str) {
     let hook = adapter.video_hook(&mask).unwrap();
     let tap = Tap {
         inner: &hook,
-        seen: RefCell::new(vec![]),
+        seen: Mutex::new(vec![]),
     };
     let out = clip.vision.forward(&video, Some(&tap), true).unwrap();
-    for (l, (fin, fout)) in tap.seen.borrow().iter().enumerate() {
+    for (l, (fin, fout)) in tap.seen.lock().unwrap().iter().enumerate() {
         check(
             &format!("visual.layer{l}.adapter.in"),
             fin,
@@ -141,10 +141,10 @@ fn run(tying: Tying, reference: &str) {
     let thook = adapter.text_hook(32).unwrap();
     let tap = Tap {
         inner: &thook,
-        seen: RefCell::new(vec![]),
+        seen: Mutex::new(vec![]),
     };
     let tout = clip.text.forward(&ids, &eot, Some(&tap), true).unwrap();
-    for (l, (fin, fout)) in tap.seen.borrow().iter().enumerate() {
+    for (l, (fin, fout)) in tap.seen.lock().unwrap().iter().enumerate() {
         // Padding rows differ only by the (causal) mask convention; compare all rows as theirs
         // use the causal mask only, like ours.
         check(
