@@ -4,7 +4,7 @@
 //! where MV-Adapter sits (spec section 2): it reads the MLP branch output `f`, not the residual
 //! stream, and its result is a third summand. With no hook the block is exactly CLIP's.
 
-use super::ops::{add3, self_attention, LayerNorm, Linear};
+use super::ops::{add3, self_attention, softmax_last_dim, split_qkv_heads, LayerNorm, Linear};
 use super::weights::Weights;
 use super::{BackboneError, LoadResult};
 use candle_core::{Module, Result, Tensor};
@@ -174,6 +174,60 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The block for one token per sample, row `pick[n]` of sample n: (N, T, D) -> (N, D). Every
+    /// token still serves as a key and a value, but only the picked rows go on through attention's
+    /// queries, the output projection and the MLP: exact, since nothing else reads the other rows
+    /// of a tower's last block (without a hook). `mask` is the (T, T) additive mask of
+    /// [`Block::forward`]; the picked row of it applies.
+    fn forward_picked(&self, x: &Tensor, mask: Option<&Tensor>, pick: &[u32]) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        if pick.len() != n || pick.iter().any(|&p| p as usize >= t) {
+            candle_core::bail!("picked rows {pick:?} do not fit ({n}, {t}) tokens");
+        }
+        let heads = self.attn.heads;
+        let hd = d / heads;
+        let dev = x.device();
+        let raw = self.attn.qkv.forward_no_bias(&self.ln1.forward(x)?)?;
+        let qkv = split_qkv_heads(&raw, bias(&self.attn.qkv), heads)?; // (3, N, H, T, hd)
+        let (k, v) = (qkv.get(1)?, qkv.get(2)?);
+        // Row (sample, head, pick[sample]) of q, flattened to (N*H*T, hd).
+        let q_rows: Vec<u32> = (0..n)
+            .flat_map(|s| (0..heads).map(move |h| ((s * heads + h) * t) as u32 + pick[s]))
+            .collect();
+        let q = qkv
+            .get(0)?
+            .reshape((n * heads * t, hd))?
+            .index_select(&Tensor::new(q_rows.as_slice(), dev)?, 0)?
+            .reshape((n, heads, 1, hd))?;
+        // q's weights carry the softmax scale (folded at load), as in `Attention`.
+        let scores = q.matmul(&k.t()?)?; // (N, H, 1, T)
+        let scores = match mask {
+            Some(m) => {
+                let rows = m
+                    .index_select(&Tensor::new(pick, dev)?, 0)?
+                    .reshape((n, 1, 1, t))?;
+                scores.broadcast_add(&rows)?
+            }
+            None => scores,
+        };
+        // (N, H, 1, hd) is laid out as (N, 1, H*hd): the heads merge by a reshape.
+        let ctx = softmax_last_dim(&scores)?
+            .matmul(&v)?
+            .contiguous()?
+            .reshape((n, 1, d))?;
+        let x_rows: Vec<u32> = (0..n).map(|s| (s * t) as u32 + pick[s]).collect();
+        let x = x
+            .reshape((n * t, d))?
+            .index_select(&Tensor::new(x_rows.as_slice(), dev)?, 0)?
+            .reshape((n, 1, d))?;
+        let attn = self.attn.out.forward_no_bias(&ctx)?;
+        let h = add3(&attn, bias(&self.attn.out), &x)?;
+        let y = self.mlp.forward_no_out_bias(&self.ln2.forward(&h)?)?;
+        add3(&y, bias(&self.mlp.fc2), &h)?.squeeze(1)
+    }
+}
+
 fn bias(l: &Linear) -> &Tensor {
     l.bias
         .as_ref()
@@ -228,6 +282,27 @@ impl Encoder {
                 &mut b.mlp.fc2,
             ]
         })
+    }
+
+    /// Runs every block with no hook, the last one only for row `pick[n]` of each sample n (the
+    /// CLS or EOT token a tower pools): (N, T, D) -> (N, D). The last block's queries, output
+    /// projection and MLP for the other rows are about 6% of an image's FLOPs that nothing reads.
+    /// With a hook every row of the last block matters (the adapters mix tokens), so hooked passes
+    /// take [`Self::forward`].
+    pub fn forward_picked(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        pick: &[u32],
+    ) -> Result<Tensor> {
+        let Some((last, rest)) = self.blocks.split_last() else {
+            candle_core::bail!("an encoder without blocks");
+        };
+        let mut x = x.clone();
+        for (i, block) in rest.iter().enumerate() {
+            x = block.forward(i, &x, mask, None)?;
+        }
+        last.forward_picked(&x, mask, pick)
     }
 
     pub fn load(w: &mut Weights, prefix: &str, d: &EncoderDims) -> LoadResult<Self> {

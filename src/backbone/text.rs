@@ -54,6 +54,9 @@ impl TextTower {
 
     /// ids: (N, L) u32 token ids; eot: (N,) u32 position of each row's EOT token.
     ///
+    /// `keep_hidden` also returns every block's output and the whole last one (parity checks); an
+    /// embedding pass leaves it off.
+    ///
     /// Only the causal mask is applied (OpenAI / MV-Adapter convention): rows up to EOT do not see
     /// padding, so the pooled feature is the same as with a padding mask.
     pub fn forward(
@@ -88,6 +91,17 @@ impl TextTower {
             .reshape((n, l, d))?;
         let x = tok.broadcast_add(&self.position_embedding.narrow(0, 0, l)?)?;
         let mask = causal_mask(l, x.dtype(), x.device())?;
+        if hook.is_none() && !keep_hidden {
+            let eot_rows: Vec<u32> = eot.to_dtype(DType::U32)?.to_vec1()?;
+            let h = self.encoder.forward_picked(&x, Some(&mask), &eot_rows)?;
+            let pooled = self.final_ln.forward(&h)?;
+            return Ok(TowerOutput {
+                embeds: self.projection.forward(&pooled)?,
+                pooled,
+                last_hidden: None,
+                hidden_states: Vec::new(),
+            });
+        }
         let mut hidden = keep_hidden.then(|| vec![x.clone()]);
         let h = self
             .encoder
@@ -100,7 +114,7 @@ impl TextTower {
         Ok(TowerOutput {
             embeds,
             pooled,
-            last_hidden,
+            last_hidden: Some(last_hidden),
             hidden_states: hidden.unwrap_or_default(),
         })
     }

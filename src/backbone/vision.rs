@@ -13,7 +13,9 @@ pub struct TowerOutput {
     /// Pooled feature before the projection (post-LN CLS or EOT): (N, D).
     pub pooled: Tensor,
     /// Last encoder output: vision without post-LN, text after the final LN (HF conventions).
-    pub last_hidden: Tensor,
+    /// Only with `keep_hidden` or a hook: otherwise the last block runs for the pooled token only
+    /// (see [`super::encoder::Encoder::forward_picked`]).
+    pub last_hidden: Option<Tensor>,
     /// Embeddings then every block's output, when asked for.
     pub hidden_states: Vec<Tensor>,
 }
@@ -96,7 +98,8 @@ impl VisionTower {
         Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)
     }
 
-    /// pixels: (N, 3, S, S) preprocessed images.
+    /// pixels: (N, 3, S, S) preprocessed images. `keep_hidden` also returns every block's output
+    /// and the whole last one (parity checks); an embedding pass leaves it off.
     pub fn forward(
         &self,
         pixels: &Tensor,
@@ -114,6 +117,16 @@ impl VisionTower {
         keep_hidden: bool,
     ) -> Result<TowerOutput> {
         let x = self.pre_ln.forward(&self.embed(pixels)?)?;
+        if hook.is_none() && !keep_hidden {
+            let cls = self.encoder.forward_picked(&x, None, &vec![0; x.dim(0)?])?;
+            let pooled = self.post_ln.forward(&cls)?;
+            return Ok(TowerOutput {
+                embeds: self.projection.forward(&pooled)?,
+                pooled,
+                last_hidden: None,
+                hidden_states: Vec::new(),
+            });
+        }
         let mut hidden = keep_hidden.then(|| vec![x.clone()]);
         let last_hidden = self.encoder.forward(&x, None, hook, hidden.as_mut())?;
         let pooled = self
@@ -123,7 +136,7 @@ impl VisionTower {
         Ok(TowerOutput {
             embeds,
             pooled,
-            last_hidden,
+            last_hidden: Some(last_hidden),
             hidden_states: hidden.unwrap_or_default(),
         })
     }

@@ -73,7 +73,8 @@ fn new_inspect_import_and_embed() {
     assert_eq!(j["config"]["video_trm"], false);
     assert!(j["params"].as_u64().unwrap() < 257_856);
 
-    // A fresh adapter embeds exactly like plain CLIP; an imported random one does not.
+    // A fresh adapter embeds like plain CLIP (to rounding: the plain pass runs its last block for
+    // the CLS rows only, the adapted one in full); an imported random one does not.
     let frames = dir.path().join("frames");
     std::fs::create_dir(&frames).unwrap();
     for i in 0..3 {
@@ -87,7 +88,13 @@ fn new_inspect_import_and_embed() {
     let plain = mvserve(&["embed", "--model-dir", tiny, "--video", f, "--frames", "4"]);
     let adapted = mvserve(&["embed", "--model-dir", tiny, "--video", f, "--adapter", z]);
     assert!(plain.0 && adapted.0, "{} {}", plain.2, adapted.2);
-    assert_eq!(embedding(&plain.1), embedding(&adapted.1));
+    let diff = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    assert!(diff(&embedding(&plain.1), &embedding(&adapted.1)) < 1e-5);
 
     let imported = dir.path().join("fixture.safetensors");
     let i = imported.to_str().unwrap();

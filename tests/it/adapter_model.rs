@@ -122,10 +122,12 @@ fn a_fresh_adapter_is_plain_clip() {
     let (pixels, mask, ids, eot) = inputs(&b);
     for tying in [Tying::DownIn, Tying::DownOut, Tying::Kronecker, Tying::None] {
         let c = tiny_config(&b, tying);
-        // Inference tensors: exactly plain CLIP (the up-projection's output is exactly zero).
+        // Inference tensors: exactly plain CLIP (the up-projection's output is exactly zero) run
+        // in full; a plain embedding pass runs the last block for CLS/EOT only, equal to rounding.
         let t = TaskAdapter::init_tensors(&c, AdapterInit::Authors, &Device::Cpu).unwrap();
         let a = TaskAdapter::from_tensors(&c, t, &Device::Cpu).unwrap();
-        let plain = b.clip.vision.forward(&pixels, None, false).unwrap().embeds;
+        let plain = b.clip.vision.forward(&pixels, None, true).unwrap().embeds;
+        let picked = b.clip.vision.forward(&pixels, None, false).unwrap().embeds;
         let hook = a.video_hook(&mask).unwrap();
         let adapted = b
             .clip
@@ -134,7 +136,12 @@ fn a_fresh_adapter_is_plain_clip() {
             .unwrap()
             .embeds;
         assert_eq!(max_diff(&plain, &adapted), 0.0, "{tying:?} video");
-        let plain = b.clip.text.forward(&ids, &eot, None, false).unwrap().embeds;
+        assert!(
+            max_diff(&picked, &adapted) < 1e-5,
+            "{tying:?} video, CLS only"
+        );
+        let plain = b.clip.text.forward(&ids, &eot, None, true).unwrap().embeds;
+        let picked = b.clip.text.forward(&ids, &eot, None, false).unwrap().embeds;
         let th = a.text_hook(32).unwrap();
         let adapted = b
             .clip
@@ -143,6 +150,10 @@ fn a_fresh_adapter_is_plain_clip() {
             .unwrap()
             .embeds;
         assert_eq!(max_diff(&plain, &adapted), 0.0, "{tying:?} text");
+        assert!(
+            max_diff(&picked, &adapted) < 1e-5,
+            "{tying:?} text, EOT only"
+        );
         // Trainable Vars switch the backbone to its differentiable kernels: equal to rounding.
         let (a, _) = TaskAdapter::trainable(&c, AdapterInit::Authors, None, &Device::Cpu).unwrap();
         let hook = a.video_hook(&mask).unwrap();

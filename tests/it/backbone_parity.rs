@@ -38,11 +38,29 @@ fn vision_tower_matches_transformers() {
     }
     assert_close(
         "vision last hidden",
-        &out.last_hidden,
+        out.last_hidden.as_ref().unwrap(),
         &r["vision_last_hidden_state_f32"],
     );
     assert_close("vision pooled", &out.pooled, &r["vision_pooled_f32"]);
     assert_close("image embeds", &out.embeds, &r["image_embeds_f32"]);
+
+    // An embedding pass runs the last block for the CLS rows only.
+    let pooled_only = m
+        .clip
+        .vision
+        .forward(&r["pixel_values"], None, false)
+        .unwrap();
+    assert!(pooled_only.last_hidden.is_none());
+    assert_close(
+        "vision pooled (CLS rows only)",
+        &pooled_only.pooled,
+        &r["vision_pooled_f32"],
+    );
+    assert_close(
+        "image embeds (CLS rows only)",
+        &pooled_only.embeds,
+        &r["image_embeds_f32"],
+    );
 }
 
 #[test]
@@ -54,7 +72,7 @@ fn text_tower_matches_transformers() {
     let out = m.clip.text.forward(&ids, &eot, None, true).unwrap();
     assert_close(
         "text last hidden (causal only)",
-        &out.last_hidden,
+        out.last_hidden.as_ref().unwrap(),
         &r["text_last_hidden_state_causal_only_f32"],
     );
     // The f64 per-layer states were run with a padding mask: compare the rows up to EOT.
@@ -72,6 +90,21 @@ fn text_tower_matches_transformers() {
     }
     assert_close("text pooled", &out.pooled, &r["text_pooled_f32"]);
     assert_close("text embeds", &out.embeds, &r["text_embeds_f32"]);
+
+    // An embedding pass runs the last block for each caption's EOT row only (EOTs differ here).
+    assert!(eots.windows(2).any(|w| w[0] != w[1]));
+    let pooled_only = m.clip.text.forward(&ids, &eot, None, false).unwrap();
+    assert!(pooled_only.last_hidden.is_none());
+    assert_close(
+        "text pooled (EOT rows only)",
+        &pooled_only.pooled,
+        &r["text_pooled_f32"],
+    );
+    assert_close(
+        "text embeds (EOT rows only)",
+        &pooled_only.embeds,
+        &r["text_embeds_f32"],
+    );
 
     let img = m
         .clip
@@ -108,22 +141,20 @@ fn text_tower_one_caption_at_a_time_matches_transformers() {
     let (n, l) = ids.dims2().unwrap();
     assert!(l <= mvserve::backbone::packed::MAX_ROWS);
     for c in 0..n {
+        let (one_ids, one_eot) = (ids.narrow(0, c, 1).unwrap(), eot.narrow(0, c, 1).unwrap());
+        let want = |name: &str| r[name].narrow(0, c, 1).unwrap();
+        let full = m.clip.text.forward(&one_ids, &one_eot, None, true).unwrap();
+        assert_close(
+            &format!("caption {c} last hidden (causal only)"),
+            full.last_hidden.as_ref().unwrap(),
+            &want("text_last_hidden_state_causal_only_f32"),
+        );
+        // What a query runs: the last block for the EOT row only.
         let out = m
             .clip
             .text
-            .forward(
-                &ids.narrow(0, c, 1).unwrap(),
-                &eot.narrow(0, c, 1).unwrap(),
-                None,
-                false,
-            )
+            .forward(&one_ids, &one_eot, None, false)
             .unwrap();
-        let want = |name: &str| r[name].narrow(0, c, 1).unwrap();
-        assert_close(
-            &format!("caption {c} last hidden (causal only)"),
-            &out.last_hidden,
-            &want("text_last_hidden_state_causal_only_f32"),
-        );
         assert_close(
             &format!("caption {c} pooled"),
             &out.pooled,
