@@ -22,7 +22,8 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let y = x * LOG2E + ROUND_MAGIC;
+    let n = y - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor series of e^r to degree 7 on |r| <= ln2 / 2: truncation error below 1e-8.
     let p = 1.0 / 5040.0;
@@ -33,8 +34,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    // n is in [-126, 127] after the clamp, so 2^n is a normal f32 built from its exponent bits.
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // n is in [-126, 127] after the clamp, so 2^n is a normal f32 built from its exponent bits,
+    // taken straight from y's: y's ulp is 1, so its low mantissa bits hold n and the shift drops
+    // everything above them. `n as i32` is a saturating conversion, which the compiler did one
+    // lane at a time (perf: the bias + QuickGELU pass ran at ~1.3 ns per value with it).
+    let scale = f32::from_bits(y.to_bits().wrapping_add(127) << 23);
     p * scale
 }
 
@@ -68,6 +72,13 @@ fn bias_quick_gelu_in_place_body(x: &mut [f32], bias: &[f32]) {
 
 /// Sixteen partial sums (one AVX-512 register) so the reductions vectorise; the order of the
 /// additions differs from a left-to-right sum only by rounding.
+#[inline(always)]
+fn quick_gelu_in_place_body(x: &mut [f32]) {
+    for x in x.iter_mut() {
+        *x = quick_gelu(*x);
+    }
+}
+
 const LANES: usize = 16;
 
 #[inline(always)]
@@ -143,6 +154,14 @@ dispatched!(
 );
 
 dispatched!(
+    /// `x[i] = quick_gelu(x[i])` over a slice, in place.
+    quick_gelu_in_place,
+    quick_gelu_in_place_avx512,
+    quick_gelu_in_place_body,
+    (x: &mut [f32])
+);
+
+dispatched!(
     /// Softmax of one row in place: max, exp, sum, scale.
     softmax_in_place,
     softmax_in_place_avx512,
@@ -180,6 +199,8 @@ mod tests {
         bias_quick_gelu_row(&mut out, &x, &b);
         let mut inplace = x.clone();
         bias_quick_gelu_row_in_place(&mut inplace, &b);
+        let mut no_bias: Vec<f32> = x.iter().zip(&b).map(|(x, b)| x + b).collect();
+        quick_gelu_in_place(&mut no_bias);
         for i in 0..100 {
             let z = (x[i] + b[i]) as f64;
             let want = z / (1.0 + (-1.702 * z).exp());
@@ -188,6 +209,7 @@ mod tests {
                 "{i}"
             );
             assert_eq!(out[i], inplace[i]);
+            assert_eq!(out[i], no_bias[i]);
         }
         // Lengths around the 16-lane width, with a -inf (masked) entry.
         for len in [1, 15, 16, 17, 50, 77] {
