@@ -24,6 +24,7 @@ pub mod config;
 pub mod file;
 pub mod import;
 pub mod modules;
+mod served_text;
 pub mod task;
 
 pub use config::{clip_param_count, AdapterConfig, BackboneDims, Tying};

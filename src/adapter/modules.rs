@@ -9,6 +9,7 @@
 //! gradients are tracked. Layout is batch-first: (N, T, D). This module does not know about files
 //! or hooks.
 
+use super::served_text::{Parts, ServedText};
 use crate::backbone::ops::{bias_quick_gelu, quick_gelu, self_attention, LayerNorm, Linear};
 use crate::backbone::text::causal_mask;
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -390,6 +391,8 @@ pub struct TextAdapter {
     /// `scale * up`, kept for serving (see [`Derived`]).
     scaled_up: Derived,
     scale: f64,
+    /// The per-block routine a served adapter runs for queries (see [`TextAdapter::prepack`]).
+    served: Option<ServedText>,
 }
 
 impl TextAdapter {
@@ -414,6 +417,7 @@ impl TextAdapter {
             up: up_linear(&vb.pp("up"), w, d, init)?,
             scaled_up: Derived::default(),
             scale,
+            served: None,
         })
     }
 
@@ -437,16 +441,32 @@ impl TextAdapter {
         }
         let mut down = Linear::new(self.down.weight()?, None);
         down.prepack()?;
-        self.down.layer.keep(down);
         let mut up = scaled_up_layer(&self.up, self.scale)?;
         up.prepack()?;
+        self.trm.prepack()?;
+        let trm = &self.trm;
+        self.served = Some(ServedText::new(Parts {
+            down: &down,
+            down_bias: &self.down.bias,
+            pos: &self.pos,
+            ln_pre: &self.ln_pre,
+            ln_1: &trm.ln_1,
+            in_proj: &trm.in_proj,
+            out_proj: &trm.out_proj,
+            ln_2: &trm.ln_2,
+            fc1: &trm.fc1,
+            fc2: &trm.fc2,
+            up: &up,
+            heads: trm.heads,
+        })?);
+        self.down.layer.keep(down);
         self.scaled_up.keep(up);
-        self.trm.prepack()
+        Ok(())
     }
 
-    /// Whether [`Self::prepack`] gave the layers their packed copies.
+    /// Whether [`Self::prepack`] gave the layers their packed copies and the served routine.
     pub fn is_prepacked(&self) -> bool {
-        self.trm.fc1.has_packed()
+        self.trm.fc1.has_packed() && self.served.is_some()
     }
 
     /// f: the MLP output (N, T, d), T at most the configured words. Returns `s * A(f)` (N, T, d).
@@ -456,6 +476,20 @@ impl TextAdapter {
     /// padding after them, and texts cut after their longest EOT (`TextBatch`) give the same
     /// EOT features with less work.
     pub fn forward(&self, f: &Tensor) -> Result<Tensor> {
+        if let Some(a) = self
+            .served
+            .as_ref()
+            .map(|s| s.forward(f))
+            .transpose()?
+            .flatten()
+        {
+            return Ok(a);
+        }
+        self.forward_tensors(f)
+    }
+
+    /// [`Self::forward`] as candle ops: training, a GPU, batches above the served routine's rows.
+    pub fn forward_tensors(&self, f: &Tensor) -> Result<Tensor> {
         let (_, l, _) = f.dims3()?;
         let words = self.pos.dim(0)?;
         if l > words {

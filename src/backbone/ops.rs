@@ -176,6 +176,19 @@ impl Linear {
         (rows <= packed::MAX_ROWS).then_some(p as &dyn FrozenProduct)
     }
 
+    /// `a (m, k) · W^T -> (m, n)` on plain f32 rows through the packed copy, then the epilogue:
+    /// for a caller that runs a chain of small layers over its own buffers (a served text
+    /// adapter's per-block routine). `None` without a packed copy or above [`packed::MAX_ROWS`].
+    pub fn packed_product(
+        &self,
+        a: &[f32],
+        m: usize,
+        epilogue: Epilogue,
+    ) -> Option<Result<Vec<f32>>> {
+        let p = self.packed.as_deref().filter(|_| m <= packed::MAX_ROWS)?;
+        Some(p.forward(a, m, epilogue).map_err(candle_core::Error::Msg))
+    }
+
     /// The weight as (out, in) (a transposed view for a frozen layer).
     pub fn weight(&self) -> Result<Tensor> {
         match self.transposed {
