@@ -476,14 +476,10 @@ impl TextAdapter {
     /// padding after them, and texts cut after their longest EOT (`TextBatch`) give the same
     /// EOT features with less work.
     pub fn forward(&self, f: &Tensor) -> Result<Tensor> {
-        if let Some(a) = self
-            .served
-            .as_ref()
-            .map(|s| s.forward(f))
-            .transpose()?
-            .flatten()
-        {
-            return Ok(a);
+        if let Some(served) = &self.served {
+            if let Some(a) = served.forward(f)? {
+                return Ok(a);
+            }
         }
         self.forward_tensors(f)
     }

@@ -172,9 +172,7 @@ impl Block {
             }
         }
     }
-}
 
-impl Block {
     /// The block for one token per sample, row `pick[n]` of sample n: (N, T, D) -> (N, D). Every
     /// token still serves as a key and a value, but only the picked rows go on through attention's
     /// queries, the output projection and the MLP: exact, since nothing else reads the other rows

@@ -94,13 +94,7 @@ impl TextTower {
         if hook.is_none() && !keep_hidden {
             let eot_rows: Vec<u32> = eot.to_dtype(DType::U32)?.to_vec1()?;
             let h = self.encoder.forward_picked(&x, Some(&mask), &eot_rows)?;
-            let pooled = self.final_ln.forward(&h)?;
-            return Ok(TowerOutput {
-                embeds: self.projection.forward(&pooled)?,
-                pooled,
-                last_hidden: None,
-                hidden_states: Vec::new(),
-            });
+            return TowerOutput::pooled_only(self.final_ln.forward(&h)?, &self.projection);
         }
         let mut hidden = keep_hidden.then(|| vec![x.clone()]);
         let h = self

@@ -20,6 +20,18 @@ pub struct TowerOutput {
     pub hidden_states: Vec<Tensor>,
 }
 
+impl TowerOutput {
+    /// The output of a pass whose last block ran for the pooled rows only: no hidden states.
+    pub(super) fn pooled_only(pooled: Tensor, projection: &Linear) -> Result<Self> {
+        Ok(Self {
+            embeds: projection.forward(&pooled)?,
+            pooled,
+            last_hidden: None,
+            hidden_states: Vec::new(),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct VisionTower {
     /// The patch convolution as a matrix: stride equals kernel, so it is one GEMM over patches.
@@ -119,13 +131,7 @@ impl VisionTower {
         let x = self.pre_ln.forward(&self.embed(pixels)?)?;
         if hook.is_none() && !keep_hidden {
             let cls = self.encoder.forward_picked(&x, None, &vec![0; x.dim(0)?])?;
-            let pooled = self.post_ln.forward(&cls)?;
-            return Ok(TowerOutput {
-                embeds: self.projection.forward(&pooled)?,
-                pooled,
-                last_hidden: None,
-                hidden_states: Vec::new(),
-            });
+            return TowerOutput::pooled_only(self.post_ln.forward(&cls)?, &self.projection);
         }
         let mut hidden = keep_hidden.then(|| vec![x.clone()]);
         let last_hidden = self.encoder.forward(&x, None, hook, hidden.as_mut())?;
