@@ -13,27 +13,49 @@ use std::time::Instant;
 /// Multiply-adds x 2 of one image through the vision tower (patch GEMM, blocks, projection).
 pub fn vision_flops(c: &ClipConfig) -> f64 {
     let v = &c.vision_config;
-    let t = c.vision_tokens() as f64;
-    let d = v.hidden_size as f64;
-    let inner = v.intermediate_size as f64;
+    let b = BlockFlops::of(c);
     let p = (v.patch_size * v.patch_size * 3) as f64;
-    let per_layer = 2.0 * t * d * (3.0 * d + d + 2.0 * inner) + 4.0 * t * t * d;
-    2.0 * (t - 1.0) * p * d
-        + v.num_hidden_layers as f64 * per_layer
-        + 2.0 * d * c.projection_dim as f64
+    2.0 * (b.t - 1.0) * p * b.d
+        + v.num_hidden_layers as f64 * b.full()
+        + 2.0 * b.d * c.projection_dim as f64
 }
 
 /// The FLOPs an embedding pass executes for one image: [`vision_flops`] less the last block's
 /// work for the rows it skips (`Encoder::forward_picked`: queries, attention, output projection
 /// and MLP run for CLS only; the QKV projection still covers every token, as keys and values).
 pub fn vision_flops_executed(c: &ClipConfig) -> f64 {
-    let v = &c.vision_config;
-    let t = c.vision_tokens() as f64;
-    let d = v.hidden_size as f64;
-    let inner = v.intermediate_size as f64;
-    let full = 2.0 * t * d * (3.0 * d + d + 2.0 * inner) + 4.0 * t * t * d;
-    let picked = 2.0 * t * d * 3.0 * d + 4.0 * t * d + 2.0 * d * (d + 2.0 * inner);
-    vision_flops(c) - full + picked
+    let b = BlockFlops::of(c);
+    vision_flops(c) - b.full() + b.picked()
+}
+
+/// One vision block's sizes: tokens, width, MLP width.
+struct BlockFlops {
+    t: f64,
+    d: f64,
+    inner: f64,
+}
+
+impl BlockFlops {
+    fn of(c: &ClipConfig) -> Self {
+        let v = &c.vision_config;
+        Self {
+            t: c.vision_tokens() as f64,
+            d: v.hidden_size as f64,
+            inner: v.intermediate_size as f64,
+        }
+    }
+
+    /// QKV, output projection and MLP over every token, plus attention's two products.
+    fn full(&self) -> f64 {
+        let (t, d, inner) = (self.t, self.d, self.inner);
+        2.0 * t * d * (3.0 * d + d + 2.0 * inner) + 4.0 * t * t * d
+    }
+
+    /// QKV over every token; attention, output projection and MLP for one row.
+    fn picked(&self) -> f64 {
+        let (t, d, inner) = (self.t, self.d, self.inner);
+        2.0 * t * d * 3.0 * d + 4.0 * t * d + 2.0 * d * (d + 2.0 * inner)
+    }
 }
 
 #[derive(Debug, Serialize)]
