@@ -554,30 +554,28 @@ fn a_served_text_adapter_runs_on_packed_weights_and_embeds_as_the_unpacked_one()
             let plain = b.clip.text.forward(&ids, &eot, None, false).unwrap();
             assert!(max_diff(&plain.embeds, &p) > 1e-3, "the adapter must act");
         }
-    }
-    // Block by block: the served routine (one text or two: at most 64 rows) against the same
-    // adapter's candle ops and the unprepared adapter, at lengths around the packed kernel's
-    // tiles, and above 64 rows (the tensor path on both sides).
-    let c = tiny_config(&b, Tying::DownIn);
-    let t = TaskAdapter::init_tensors(&c, AdapterInit::Random, &Device::Cpu).unwrap();
-    let vb = VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu);
-    let unpacked = TaskAdapter::new(&c, vb, AdapterInit::Authors).unwrap();
-    let served = TaskAdapter::from_tensors(&c, t, &Device::Cpu).unwrap();
-    let d = b.clip.config.text_config.hidden_size;
-    for (n, len) in [(1, 1), (1, 7), (1, 17), (1, 32), (2, 32), (3, 32)] {
-        let f = Tensor::randn(0f32, 1.0, (n, len, d), &Device::Cpu).unwrap();
-        for l in &c.text_layers {
-            let s = served.text_layer(*l).unwrap();
-            let got = s.forward(&f).unwrap();
-            let ops = s.forward_tensors(&f).unwrap();
-            let reference = unpacked.text_layer(*l).unwrap().forward(&f).unwrap();
-            assert_eq!(got.dims(), [n, len, d]);
-            let (a, r) = (max_diff(&got, &ops), max_diff(&got, &reference));
-            assert!(a < 1e-5 && r < 1e-5, "layer {l}, {n} x {len}: {a} / {r}");
-            assert!(
-                max_diff(&got, &f.zeros_like().unwrap()) > 1e-3,
-                "the adapter must act"
-            );
+        // Block by block: the served routine (one text or two: at most 64 rows) against the
+        // same adapter's candle ops and the unprepared adapter, at lengths around the packed
+        // kernel's tiles, and above 64 rows (the tensor path on both sides).
+        let d = b.clip.config.text_config.hidden_size;
+        for (n, len) in [(1, 1), (1, 7), (1, 17), (1, 32), (2, 32), (3, 32)] {
+            let f = Tensor::randn(0f32, 1.0, (n, len, d), &Device::Cpu).unwrap();
+            for l in &c.text_layers {
+                let s = served.text_layer(*l).unwrap();
+                let got = s.forward(&f).unwrap();
+                let ops = s.forward_tensors(&f).unwrap();
+                let reference = unpacked.text_layer(*l).unwrap().forward(&f).unwrap();
+                assert_eq!(got.dims(), [n, len, d]);
+                let (a, r) = (max_diff(&got, &ops), max_diff(&got, &reference));
+                assert!(
+                    a < 1e-5 && r < 1e-5,
+                    "{tying:?} layer {l}, {n} x {len}: {a} / {r}"
+                );
+                assert!(
+                    max_diff(&got, &f.zeros_like().unwrap()) > 1e-3,
+                    "the adapter must act"
+                );
+            }
         }
     }
     // Trainable adapters keep no copies: their parameters change between steps.
