@@ -17,6 +17,9 @@ fn install(dir: &Path, file: &Path, task: &str) {
     std::fs::rename(&staged, dir.join(format!("{task}.safetensors"))).unwrap();
 }
 
+/// How long a file event may take to show in `/tasks` before the test fails.
+const SETTLE: Duration = Duration::from_secs(30);
+
 fn search(s: &Server, task: &str) -> Value {
     let (st, v) = s.get(&format!("/search?task={task}&q=a+man+is+driving&k=5"));
     assert_eq!(st, 200, "{v}");
@@ -54,9 +57,10 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
     let s = Server::start(&data, &[]);
     assert_eq!(s.get("/tasks/news").0, 404);
 
-    // A new file is a task within a second.
+    // A new file becomes a task. How fast is measured by `benches/registry.rs` (p50 ~40 ms);
+    // here the limit only has to survive a loaded CI machine (one second did not, once).
     install(&adapters, &a1, "news");
-    let took = wait_until("news to be served", Duration::from_secs(1), || {
+    let took = wait_until("news to be served", SETTLE, || {
         s.get("/tasks/news").0 == 200
     });
     eprintln!("new adapter served after {took:?}");
@@ -141,7 +145,7 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
     let bad = tmp.path().join("bad.safetensors");
     std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"oops\": tru").unwrap();
     install(&adapters, &bad, "news");
-    wait_until("the rejection to show", Duration::from_secs(1), || {
+    wait_until("the rejection to show", SETTLE, || {
         !s.get("/tasks/news").1["last_error"].is_null()
     });
     let (_, t) = s.get("/tasks/news");
@@ -154,11 +158,9 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
 
     // Put the good file back, restart: the task comes back with its generation and videos.
     install(&adapters, &a2, "news");
-    wait_until(
-        "the good file to be accepted",
-        Duration::from_secs(1),
-        || s.get("/tasks/news").1["last_error"].is_null(),
-    );
+    wait_until("the good file to be accepted", SETTLE, || {
+        s.get("/tasks/news").1["last_error"].is_null()
+    });
     s.stop();
     let s = Server::start(&data, &[]);
     let (st, t) = s.get("/tasks/news");
@@ -169,7 +171,7 @@ fn adapter_files_are_served_swapped_rejected_and_survive_restart() {
 
     // Removing the file takes the task out of service; its data stays.
     std::fs::remove_file(adapters.join("news.safetensors")).unwrap();
-    wait_until("news to leave service", Duration::from_secs(1), || {
+    wait_until("news to leave service", SETTLE, || {
         s.get("/tasks/news").0 == 404
     });
     assert!(data.join("tasks/news/gen-1").is_dir());

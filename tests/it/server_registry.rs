@@ -156,7 +156,8 @@ fn a_renamed_file_is_loaded_at_once_and_one_written_in_place_only_when_quiet() {
     let dir = adapters.path();
     let reg = registry(&data);
     reg.scan(&FakeLoader, dir);
-    let debounce = Duration::from_secs(2);
+    // Long enough that "well before the debounce" survives a loaded machine.
+    let debounce = Duration::from_secs(4);
     let seen = Arc::new(parking_lot::Mutex::new(Vec::<(String, Outcome)>::new()));
     let _w = {
         let seen = seen.clone();
