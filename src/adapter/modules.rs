@@ -11,6 +11,7 @@
 
 use super::served_text::{Parts, ServedText};
 use crate::backbone::ops::{bias_quick_gelu, quick_gelu, self_attention, LayerNorm, Linear};
+use crate::backbone::simd::Level;
 use crate::backbone::text::causal_mask;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
@@ -482,6 +483,15 @@ impl TextAdapter {
             }
         }
         self.forward_tensors(f)
+    }
+
+    /// The served routine alone, through `level`'s SIMD copy: `None` when this adapter has no
+    /// routine or it does not serve `f`. How the tests check each copy against the tensor path.
+    pub fn forward_served_at(&self, level: Level, f: &Tensor) -> Result<Option<Tensor>> {
+        match &self.served {
+            Some(served) => served.forward_at(level, f),
+            None => Ok(None),
+        }
     }
 
     /// [`Self::forward`] as candle ops: training, a GPU, batches above the served routine's rows.

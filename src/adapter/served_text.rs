@@ -13,6 +13,7 @@
 use crate::backbone::kernels::Epilogue;
 use crate::backbone::ops::{LayerNorm, Linear};
 use crate::backbone::packed::MAX_ROWS;
+use crate::backbone::simd::{self, Level};
 use crate::backbone::vmath::{quick_gelu_in_place, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
@@ -202,6 +203,15 @@ impl ServedText {
     /// untracked, contiguous, N*T at most [`MAX_ROWS`]. `None` sends the caller to the tensor
     /// path.
     pub fn forward(&self, f: &Tensor) -> Result<Option<Tensor>> {
+        self.forward_at(simd::level(), f)
+    }
+
+    /// [`Self::forward`] through `level`'s SIMD copy (how the tests check each); an error when
+    /// this CPU cannot run it.
+    pub fn forward_at(&self, level: Level, f: &Tensor) -> Result<Option<Tensor>> {
+        if !simd::runs(level) {
+            candle_core::bail!("this CPU (or build) cannot run the {} copy", level.name());
+        }
         let (n, t, d) = f.dims3()?;
         let served = n * t <= MAX_ROWS
             && d == self.d
@@ -213,7 +223,11 @@ impl ServedText {
         if !served {
             return Ok(None);
         }
-        f.apply_op1_no_bwd(self).map(Some)
+        f.apply_op1_no_bwd(&AtLevel {
+            routine: self,
+            level,
+        })
+        .map(Some)
     }
 
     fn product(&self, l: &Linear, a: &[f32], rows: usize, e: Epilogue) -> Result<Vec<f32>> {
@@ -222,21 +236,34 @@ impl ServedText {
         })
     }
 
-    /// f: (N*T, d) rows of N texts of T tokens -> `s * A(f)`, (N*T, d). The loops between the
-    /// products are compiled twice, for baseline x86-64 and for AVX-512 (chosen at run time, as
-    /// in `backbone::vmath`): at 64 wide, a row is four AVX-512 vectors against sixteen SSE ones.
-    fn run(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
+    /// f: (N*T, d) rows of N texts of T tokens -> `s * A(f)`, (N*T, d) through `level`'s copy.
+    /// The loops between the products are compiled for each [`simd::level`], as in
+    /// `backbone::vmath`: at 64 wide, a row is four AVX-512 vectors against sixteen SSE ones.
+    ///
+    /// # Safety
+    /// The CPU must run `level` ([`simd::runs`]).
+    unsafe fn run_at(&self, level: Level, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { self.run_avx512(f, n, t) };
+        match level {
+            // SAFETY: the caller guarantees the CPU runs `level`.
+            Level::Avx512 => return unsafe { self.run_avx512(f, n, t) },
+            // SAFETY: as above.
+            Level::Avx2Fma => return unsafe { self.run_avx2(f, n, t) },
+            Level::Baseline => {}
         }
+        let _ = level;
         self.run_here(f, n, t)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn run_avx512(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
+        self.run_here(f, n, t)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
         self.run_here(f, n, t)
     }
 
@@ -306,7 +333,13 @@ fn causal_attention(qkv: &[f32], n: usize, t: usize, w: usize, heads: usize) -> 
     ctx
 }
 
-impl CustomOp1 for ServedText {
+/// The routine as a candle op, through one level's copy (checked by [`ServedText::forward_at`]).
+struct AtLevel<'a> {
+    routine: &'a ServedText,
+    level: Level,
+}
+
+impl CustomOp1 for AtLevel<'_> {
     fn name(&self) -> &'static str {
         "served-text-adapter"
     }
@@ -317,7 +350,9 @@ impl CustomOp1 for ServedText {
             (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("{}: needs contiguous f32 input", self.name()),
         };
-        Ok((CpuStorage::F32(self.run(f, n, t)?), Shape::from((n, t, d))))
+        // SAFETY: `forward_at` checked that this CPU runs `level`.
+        let out = unsafe { self.routine.run_at(self.level, f, n, t)? };
+        Ok((CpuStorage::F32(out), Shape::from((n, t, d))))
     }
 }
 

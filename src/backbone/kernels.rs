@@ -9,8 +9,8 @@
 //! projection reads. Only the order of the arithmetic inside `gemm` differs from candle's path.
 //!
 //! The `gemm` crate chooses its micro-kernel at run time from the CPU's features (AVX-512 when
-//! present, since the build compiles those kernels in through its `x86-v4` feature; AVX2+FMA
-//! otherwise); [`gemm_kernel`] names the one it takes here.
+//! present and the build has the `avx512` feature, which compiles those kernels in through
+//! gemm's `x86-v4`; AVX2+FMA otherwise); [`gemm_kernel`] names the one it takes here.
 //!
 //! These kernels have no backward pass: `ops` routes tracked tensors (adapter training) and other
 //! devices to candle's differentiable operations.
@@ -30,6 +30,7 @@ pub fn gemm_kernel() -> &'static str {
             && is_x86_feature_detected!("bmi2")
             && is_x86_feature_detected!("lzcnt");
         let v4 = v3
+            && cfg!(feature = "avx512")
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512cd")

@@ -1,13 +1,15 @@
 //! Element-wise math of the encoder's CPU kernels written so the compiler vectorises it: `exp`,
-//! bias + QuickGELU over a row and an in-place softmax, each compiled twice (baseline x86-64 and
-//! AVX-512) and chosen at run time.
+//! bias + QuickGELU over a row and an in-place softmax, each compiled three times (baseline
+//! x86-64, AVX2+FMA, AVX-512) and chosen at run time ([`simd::level`]).
 //!
 //! `f32::exp` is a call into libm per element, which no compiler vectorises: profiled on
 //! ViT-B/32 (batch 12), the bias + QuickGELU pass over fc1's (600, 3072) output took about 6 ms
 //! per layer, as long as the out-projection GEMM. [`exp`] is a range reduction plus a polynomial
 //! in plain arithmetic, so a loop over it becomes SIMD code; its relative error is a few ulp.
-//! The build targets baseline x86-64 (SSE2), so the AVX-512 copies come from `target_feature`
-//! functions that inline the same generic bodies, used when the CPU has AVX-512F.
+//! The build targets baseline x86-64 (SSE2), so the wider copies come from `target_feature`
+//! functions that inline the same generic bodies.
+
+use super::simd::{self, Level};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody-Waite) so `x - n ln2` loses no bits for the `n` that occur.
@@ -48,12 +50,6 @@ const QUICK_GELU_ALPHA: f32 = 1.702;
 #[inline(always)]
 pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + exp(-QUICK_GELU_ALPHA * x))
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    // The standard library caches the CPUID answer: this is an atomic load.
-    is_x86_feature_detected!("avx512f")
 }
 
 #[inline(always)]
@@ -116,22 +112,41 @@ fn softmax_body(row: &mut [f32]) {
     }
 }
 
-/// Defines `pub fn $name` running `$body` through its AVX-512 copy when the CPU has AVX-512F.
+/// Defines `pub fn $name` running `$body` through the copy compiled for [`simd::level`], and
+/// `unsafe fn $at` running it through a given level's copy (what the tests use to check each).
 macro_rules! dispatched {
-    ($(#[$doc:meta])* $name:ident, $avx512:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) {
-            $body($($arg),*)
-        }
-
+    ($(#[$doc:meta])* $name:ident, $at:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
+            // SAFETY: `simd::level()` is a level this CPU runs.
+            unsafe { $at(simd::level(), $($arg),*) }
+        }
+
+        /// The same through `level`'s copy.
+        ///
+        /// # Safety
+        /// The CPU must run `level` ([`simd::runs`]).
+        #[inline(always)]
+        unsafe fn $at(level: Level, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
-            if has_avx512() {
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                return unsafe { $avx512($($arg),*) };
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match level {
+                    // SAFETY: the caller guarantees the CPU runs `level`.
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2Fma => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
+                }
             }
+            let _ = level;
             $body($($arg),*)
         }
     };
@@ -140,7 +155,7 @@ macro_rules! dispatched {
 dispatched!(
     /// `out[i] = quick_gelu(x[i] + bias[i])` over one row (or as much of it as the shortest slice).
     bias_quick_gelu_row,
-    bias_quick_gelu_row_avx512,
+    bias_quick_gelu_row_at,
     bias_quick_gelu_body,
     (out: &mut [f32], x: &[f32], bias: &[f32])
 );
@@ -148,7 +163,7 @@ dispatched!(
 dispatched!(
     /// `x[i] = quick_gelu(x[i] + bias[i])` over one row, in place.
     bias_quick_gelu_row_in_place,
-    bias_quick_gelu_row_in_place_avx512,
+    bias_quick_gelu_row_in_place_at,
     bias_quick_gelu_in_place_body,
     (x: &mut [f32], bias: &[f32])
 );
@@ -156,7 +171,7 @@ dispatched!(
 dispatched!(
     /// `x[i] = quick_gelu(x[i])` over a slice, in place.
     quick_gelu_in_place,
-    quick_gelu_in_place_avx512,
+    quick_gelu_in_place_at,
     quick_gelu_in_place_body,
     (x: &mut [f32])
 );
@@ -164,7 +179,7 @@ dispatched!(
 dispatched!(
     /// Softmax of one row in place: max, exp, sum, scale.
     softmax_in_place,
-    softmax_in_place_avx512,
+    softmax_in_place_at,
     softmax_body,
     (row: &mut [f32])
 );
@@ -192,21 +207,32 @@ mod tests {
     }
 
     #[test]
-    fn rows_match_the_scalar_reference() {
+    fn rows_match_the_scalar_reference_at_every_level() {
+        let levels = simd::available();
+        assert!(levels.contains(&simd::level()));
+        for level in levels {
+            rows_match_the_scalar_reference(level);
+        }
+    }
+
+    fn rows_match_the_scalar_reference(level: Level) {
         let x: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.37).collect();
         let b: Vec<f32> = (0..100).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
         let mut out = vec![0f32; 100];
-        bias_quick_gelu_row(&mut out, &x, &b);
         let mut inplace = x.clone();
-        bias_quick_gelu_row_in_place(&mut inplace, &b);
         let mut no_bias: Vec<f32> = x.iter().zip(&b).map(|(x, b)| x + b).collect();
-        quick_gelu_in_place(&mut no_bias);
+        // SAFETY: `level` is one of `simd::available()`.
+        unsafe {
+            bias_quick_gelu_row_at(level, &mut out, &x, &b);
+            bias_quick_gelu_row_in_place_at(level, &mut inplace, &b);
+            quick_gelu_in_place_at(level, &mut no_bias);
+        }
         for i in 0..100 {
             let z = (x[i] + b[i]) as f64;
             let want = z / (1.0 + (-1.702 * z).exp());
             assert!(
                 (out[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
-                "{i}"
+                "{level:?} {i}"
             );
             assert_eq!(out[i], inplace[i]);
             assert_eq!(out[i], no_bias[i]);
@@ -222,9 +248,13 @@ mod tests {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let den: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
             let want: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp() / den).collect();
-            softmax_in_place(&mut row);
+            // SAFETY: as above.
+            unsafe { softmax_in_place_at(level, &mut row) };
             for (g, w) in row.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-6, "len {len}: {g} vs {w}");
+                assert!(
+                    (*g as f64 - w).abs() < 1e-6,
+                    "{level:?} len {len}: {g} vs {w}"
+                );
             }
         }
     }

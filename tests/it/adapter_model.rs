@@ -10,7 +10,7 @@ use mvserve::adapter::{
     clip_param_count, pool_frames, AdapterConfig, AdapterInit, BackboneDims, MixedHook,
     TaskAdapter, Tying,
 };
-use mvserve::backbone::{Backbone, BlockHook, ClipConfig};
+use mvserve::backbone::{simd, Backbone, BlockHook, ClipConfig};
 
 use common::tiny_backbone as tiny;
 
@@ -575,6 +575,16 @@ fn a_served_text_adapter_runs_on_packed_weights_and_embeds_as_the_unpacked_one()
                     max_diff(&got, &f.zeros_like().unwrap()) > 1e-3,
                     "the adapter must act"
                 );
+                // Each SIMD copy of the routine this CPU runs (the served one is the widest).
+                for level in simd::available() {
+                    match s.forward_served_at(level, &f).unwrap() {
+                        Some(at) => {
+                            let a = max_diff(&at, &ops);
+                            assert!(a < 1e-5, "{tying:?} layer {l}, {n} x {len}, {level:?}: {a}");
+                        }
+                        None => assert!(n * len > 64, "{n} x {len} not served"),
+                    }
+                }
             }
         }
     }

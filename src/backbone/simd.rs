@@ -1,0 +1,64 @@
+//! Which of the crate's hand-compiled SIMD copies this CPU runs: the one place that decides it.
+//!
+//! The build targets baseline x86-64 (SSE2) so that one binary runs everywhere; loops that matter
+//! (`vmath`, the served text adapter) are compiled again inside `target_feature` functions for
+//! AVX2+FMA and for AVX-512F, and [`level`] picks one at run time. An AVX2 machine left on the
+//! baseline copy would run 4-wide loops where it has 8-wide ones.
+//!
+//! The `avx512` cargo feature (default) compiles the AVX-512 paths in, here and in `gemm` (its
+//! `x86-v4` micro-kernels). A build without it (`--no-default-features`) runs on an AVX-512 CPU
+//! exactly the code an AVX2-only CPU runs, which is how the benchmarks measure that case on a
+//! machine that has AVX-512 (rten's int8 and packed f32 kernels, and usearch, still detect the
+//! CPU themselves).
+
+/// A family of SIMD copies, widest last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The build's own target (SSE2 on x86-64), and every other architecture.
+    Baseline,
+    /// AVX2 with FMA (x86-64-v3's vector half).
+    Avx2Fma,
+    /// AVX-512F.
+    Avx512,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Baseline => "baseline",
+            Level::Avx2Fma => "avx2+fma",
+            Level::Avx512 => "avx512f",
+        }
+    }
+}
+
+/// The widest copy this CPU can run and this build holds. The standard library caches the CPUID
+/// answers, so this is a few atomic loads.
+#[inline]
+pub fn level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512") && is_x86_feature_detected!("avx512f") {
+            return Level::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Level::Avx2Fma;
+        }
+    }
+    Level::Baseline
+}
+
+/// Whether this CPU (and build) runs `level`'s copies.
+#[inline]
+pub fn runs(level: Level) -> bool {
+    level <= self::level()
+}
+
+/// Every level this CPU can run and this build holds, narrowest first: what tests run each copy
+/// at.
+pub fn available() -> Vec<Level> {
+    [Level::Baseline, Level::Avx2Fma, Level::Avx512]
+        .into_iter()
+        .filter(|l| runs(*l))
+        .collect()
+}
