@@ -7,10 +7,11 @@
 //! ops, one block's adapter is ~20 ops on (T, 64) matrices, each allocating a tensor and checking
 //! layouts, some handing a few thousand values to rayon: perf put ~40% of a query's adapter time
 //! outside the matrix products. Here the products run on the layers' packed weights
-//! ([`Linear::packed_product`]) and everything between them is a loop over rows on the calling
-//! thread. Hand-written because it is the adapter itself, not a general kernel.
+//! ([`Linear::packed_product`]) and everything between them is a loop over rows; from
+//! [`SPLIT_ROWS`] rows on, each half of the rows runs on its own thread (one hand-off before the
+//! attention, one after it). Hand-written because it is the adapter itself, not a general kernel.
 
-use crate::backbone::kernels::Epilogue;
+use crate::backbone::kernels::Epilogue::{self, NoBias};
 use crate::backbone::ops::{LayerNorm, Linear};
 use crate::backbone::packed::MAX_ROWS;
 use crate::backbone::simd::{self, Level};
@@ -168,6 +169,39 @@ fn bias_of(l: &Linear, what: &str) -> Result<Vec<f32>> {
     }
 }
 
+/// Defines `unsafe fn $at(&self, level, args)`: the method `$body` through the copy compiled for
+/// `level` (the caller guarantees the CPU runs it, [`simd::runs`]).
+macro_rules! leveled {
+    ($at:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        /// The routine's stage through `level`'s copy.
+        ///
+        /// # Safety
+        /// The CPU must run `level` ([`simd::runs`]).
+        unsafe fn $at(&self, level: Level, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512(s: &ServedText, $($arg: $ty),*) -> $ret {
+                    s.$body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(s: &ServedText, $($arg: $ty),*) -> $ret {
+                    s.$body($($arg),*)
+                }
+                match level {
+                    // SAFETY: the caller guarantees the CPU runs `level`.
+                    Level::Avx512 => return unsafe { avx512(self, $($arg),*) },
+                    // SAFETY: as above.
+                    Level::Avx2Fma => return unsafe { avx2(self, $($arg),*) },
+                    Level::Baseline => {}
+                }
+            }
+            let _ = level;
+            self.$body($($arg),*)
+        }
+    };
+}
+
 impl ServedText {
     pub fn new(p: Parts) -> Result<Self> {
         let (words, w) = p.pos.dims2()?;
@@ -237,95 +271,146 @@ impl ServedText {
     }
 
     /// f: (N*T, d) rows of N texts of T tokens -> `s * A(f)`, (N*T, d) through `level`'s copy.
-    /// The loops between the products are compiled for each [`simd::level`], as in
-    /// `backbone::vmath`: at 64 wide, a row is four AVX-512 vectors against sixteen SSE ones.
+    ///
+    /// Everything but the attention is per row, and the attention only reads the QKV rows, so the
+    /// block runs in two stages, each over two halves of the rows on two threads when there are
+    /// [`SPLIT_ROWS`] or more (a 32-token query): in, from the input to the biased QKV; out, from
+    /// the attention of its rows to the up-projection. The products alone took one core's peak.
     ///
     /// # Safety
     /// The CPU must run `level` ([`simd::runs`]).
     unsafe fn run_at(&self, level: Level, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
-        #[cfg(target_arch = "x86_64")]
-        match level {
+        let rows = n * t;
+        let split = rows >= SPLIT_ROWS && rayon::current_num_threads() > 1;
+        if !split {
             // SAFETY: the caller guarantees the CPU runs `level`.
-            Level::Avx512 => return unsafe { self.run_avx512(f, n, t) },
-            // SAFETY: as above.
-            Level::Avx2Fma => return unsafe { self.run_avx2(f, n, t) },
-            Level::Baseline => {}
+            let (mut x, qkv) = unsafe { self.rows_in_at(level, f, 0, rows, t)? };
+            return unsafe { self.rows_out_at(level, &mut x, &qkv, 0, rows, t) };
         }
-        let _ = level;
-        self.run_here(f, n, t)
+        let half = rows / 2;
+        // SAFETY (all four calls): as above.
+        let (a, b) = rayon::join(
+            || unsafe { self.rows_in_at(level, f, 0, half, t) },
+            || unsafe { self.rows_in_at(level, f, half, rows - half, t) },
+        );
+        let ((mut xa, qa), (mut xb, qb)) = (a?, b?);
+        let qkv = [qa, qb].concat();
+        let (a, b) = rayon::join(
+            || unsafe { self.rows_out_at(level, &mut xa, &qkv, 0, half, t) },
+            || unsafe { self.rows_out_at(level, &mut xb, &qkv, half, rows - half, t) },
+        );
+        let mut out = a?;
+        out.extend_from_slice(&b?);
+        Ok(out)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
-        self.run_here(f, n, t)
-    }
+    leveled!(
+        rows_in_at,
+        rows_in,
+        (f: &[f32], first: usize, count: usize, t: usize) -> Result<(Vec<f32>, Vec<f32>)>
+    );
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
-        self.run_here(f, n, t)
-    }
+    leveled!(
+        rows_out_at,
+        rows_out,
+        (x: &mut [f32], qkv: &[f32], first: usize, count: usize, t: usize) -> Result<Vec<f32>>
+    );
 
+    /// Rows `first..first + count` of f (N*T, d), rows of texts of T tokens: the TRM's input x
+    /// (count, w) and the biased QKV (count, 3w).
     #[inline(always)]
-    fn run_here(&self, f: &[f32], n: usize, t: usize) -> Result<Vec<f32>> {
-        let (w, rows) = (self.w, n * t);
+    fn rows_in(
+        &self,
+        f: &[f32],
+        first: usize,
+        count: usize,
+        t: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (w, d) = (self.w, self.d);
         // Down, its bias and the positional table, then LN: the TRM's input.
-        let mut x = self.product(&self.down, f, rows, Epilogue::NoBias)?;
-        for (r, row) in x.chunks_exact_mut(w).enumerate() {
-            let pos = &self.pos[(r % t) * w..][..w];
+        let mut x = self.product(&self.down, &f[first * d..][..count * d], count, NoBias)?;
+        for (i, row) in x.chunks_exact_mut(w).enumerate() {
+            let pos = &self.pos[((first + i) % t) * w..][..w];
             for ((v, b), p) in row.iter_mut().zip(&self.down_bias).zip(pos) {
                 *v = *v + b + p;
             }
         }
         self.ln_pre.apply(&mut x);
-        // TRM: x = x + MHA(LN1(x)), causal.
+        // TRM, attention half: LN1 and the QKV projection.
         let mut a = x.clone();
         self.ln_1.apply(&mut a);
-        let mut qkv = self.product(&self.in_proj, &a, rows, Epilogue::NoBias)?;
+        let mut qkv = self.product(&self.in_proj, &a, count, NoBias)?;
         add_rows(&mut qkv, &self.in_bias);
-        let ctx = causal_attention(&qkv, n, t, w, self.heads);
-        let o = self.product(&self.out_proj, &ctx, rows, Epilogue::NoBias)?;
-        add_residual(&mut x, &o, &self.out_bias);
+        Ok((x, qkv))
+    }
+
+    /// Rows `first..first + count` from their TRM input x (count, w), given the QKV of every row
+    /// (N*T, 3w): `s * A(f)` of those rows, (count, d).
+    #[inline(always)]
+    fn rows_out(
+        &self,
+        x: &mut [f32],
+        qkv: &[f32],
+        first: usize,
+        count: usize,
+        t: usize,
+    ) -> Result<Vec<f32>> {
+        // TRM: x = x + MHA(LN1(x)), causal.
+        let ctx = causal_attention(qkv, first, count, t, self.w, self.heads);
+        let o = self.product(&self.out_proj, &ctx, count, NoBias)?;
+        add_residual(x, &o, &self.out_bias);
         // TRM: x = x + MLP(LN2(x)), fc1's bias and QuickGELU in its product's epilogue.
-        let mut a = x.clone();
+        let mut a = x.to_vec();
         self.ln_2.apply(&mut a);
-        let m = self.product(&self.fc1, &a, rows, Epilogue::BiasQuickGelu)?;
-        let y = self.product(&self.fc2, &m, rows, Epilogue::NoBias)?;
-        add_residual(&mut x, &y, &self.fc2_bias);
+        let m = self.product(&self.fc1, &a, count, Epilogue::BiasQuickGelu)?;
+        let y = self.product(&self.fc2, &m, count, NoBias)?;
+        add_residual(x, &y, &self.fc2_bias);
         // QuickGELU, then the scaled up-projection.
-        quick_gelu_in_place(&mut x);
-        let mut out = self.product(&self.up, &x, rows, Epilogue::NoBias)?;
+        quick_gelu_in_place(x);
+        let mut out = self.product(&self.up, x, count, NoBias)?;
         add_rows(&mut out, &self.up_bias);
         Ok(out)
     }
 }
 
-/// Causal multi-head attention from the biased QKV rows (N*T, 3w) (q, k, v side by side, heads
-/// side by side within each): the merged context, (N*T, w).
+/// Rows from which a block's routine runs on two threads. Twelve text hooks, in a pool of two,
+/// two halves against one thread: 16 rows 1.43x, 24 rows 1.51x, 32 rows 1.53x faster
+/// (BENCHMARKS.md, "The served routine on two threads"). Shorter inputs were not tried split: the
+/// whole of their twelve hooks is 0.3-0.4 ms.
+const SPLIT_ROWS: usize = 16;
+
+/// Causal multi-head attention of rows `first..first + count` from the biased QKV rows of every
+/// text (N*T, 3w) (q, k, v side by side, heads side by side within each): their merged context,
+/// (count, w).
 #[inline(always)]
-fn causal_attention(qkv: &[f32], n: usize, t: usize, w: usize, heads: usize) -> Vec<f32> {
+fn causal_attention(
+    qkv: &[f32],
+    first: usize,
+    count: usize,
+    t: usize,
+    w: usize,
+    heads: usize,
+) -> Vec<f32> {
     let hd = w / heads;
     let scale = (hd as f32).powf(-0.5);
-    let at = |sample: usize, tok: usize, which: usize, head: usize| {
-        &qkv[(sample * t + tok) * 3 * w + which * w + head * hd..][..hd]
-    };
-    let mut ctx = vec![0f32; n * t * w];
+    let at =
+        |row: usize, which: usize, head: usize| &qkv[row * 3 * w + which * w + head * hd..][..hd];
+    let mut ctx = vec![0f32; count * w];
     let mut p = vec![0f32; t];
-    for s in 0..n {
+    for (r, out_row) in (first..first + count).zip(ctx.chunks_exact_mut(w)) {
+        // The text's first row, and this row's place in it: it sees rows start..=r.
+        let start = r - r % t;
         for h in 0..heads {
-            for i in 0..t {
-                let q = at(s, i, 0, h);
-                let scores = &mut p[..=i];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    *sc = dot(q, at(s, j, 1, h)) * scale;
-                }
-                softmax_in_place(scores);
-                let out = &mut ctx[(s * t + i) * w + h * hd..][..hd];
-                for (j, &pj) in scores.iter().enumerate() {
-                    for (o, v) in out.iter_mut().zip(at(s, j, 2, h)) {
-                        *o += pj * v;
-                    }
+            let q = at(r, 0, h);
+            let scores = &mut p[..=r - start];
+            for (j, sc) in scores.iter_mut().enumerate() {
+                *sc = dot(q, at(start + j, 1, h)) * scale;
+            }
+            softmax_in_place(scores);
+            let out = &mut out_row[h * hd..][..hd];
+            for (j, &pj) in scores.iter().enumerate() {
+                for (o, v) in out.iter_mut().zip(at(start + j, 2, h)) {
+                    *o += pj * v;
                 }
             }
         }
