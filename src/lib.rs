@@ -14,6 +14,7 @@ pub mod eval;
 pub mod media;
 pub mod registry;
 pub mod server;
+pub mod simd;
 pub mod store;
 pub mod synth;
 pub mod train;

@@ -11,8 +11,8 @@
 
 use super::served_text::{Parts, ServedText};
 use crate::backbone::ops::{bias_quick_gelu, quick_gelu, self_attention, LayerNorm, Linear};
-use crate::backbone::simd::Level;
 use crate::backbone::text::causal_mask;
+use crate::simd::Level;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use std::sync::OnceLock;

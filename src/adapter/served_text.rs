@@ -14,8 +14,8 @@
 use crate::backbone::kernels::Epilogue::{self, NoBias};
 use crate::backbone::ops::{LayerNorm, Linear};
 use crate::backbone::packed::MAX_ROWS;
-use crate::backbone::simd::{self, Level};
 use crate::backbone::vmath::{quick_gelu_in_place, softmax_in_place};
+use crate::simd::{self, Level};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Lanes of the partial sums below: independent accumulators the compiler keeps in vector

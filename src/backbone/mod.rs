@@ -13,7 +13,6 @@ pub mod kernels;
 pub mod ops;
 pub mod packed;
 pub mod preprocess;
-pub mod simd;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;

@@ -9,7 +9,7 @@
 //! The build targets baseline x86-64 (SSE2), so the wider copies come from `target_feature`
 //! functions that inline the same generic bodies.
 
-use super::simd::{self, Level};
+use crate::simd::{self, Level};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two (Cody-Waite) so `x - n ln2` loses no bits for the `n` that occur.

@@ -172,7 +172,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 let mut j = serde_json::json!({"device": device.to_string(), "batch": batch, "dtype": r.dtype, "images_per_s": r.images_per_s, "gflops_per_s": r.gflops_per_s, "text_ms_32": r.text_ms_32});
                 if let (Some(p), Some(a), Some(b)) = (peak, sgemm_before, sgemm_after) {
                     j["gemm_kernel"] = mvserve::backbone::kernels::gemm_kernel().into();
-                    j["simd_level"] = mvserve::backbone::simd::level().name().into();
+                    j["simd_level"] = mvserve::simd::level().name().into();
                     j["sgemm_n"] = SGEMM_N.into();
                     j["sgemm_gflops_per_s"] = p.into();
                     j["sgemm_before_after"] = serde_json::json!([a, b]);
@@ -208,7 +208,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                     println!(
                         "sgemm {SGEMM_N}^3 through gemm ({}; the crate's loops {}): {p:.1} GFLOP/s; backbone at {:.2} of it",
                         mvserve::backbone::kernels::gemm_kernel(),
-                        mvserve::backbone::simd::level().name(),
+                        mvserve::simd::level().name(),
                         r.gflops_per_s / p
                     );
                 }

@@ -10,7 +10,8 @@ use mvserve::adapter::{
     clip_param_count, pool_frames, AdapterConfig, AdapterInit, BackboneDims, MixedHook,
     TaskAdapter, Tying,
 };
-use mvserve::backbone::{simd, Backbone, BlockHook, ClipConfig};
+use mvserve::backbone::{Backbone, BlockHook, ClipConfig};
+use mvserve::simd;
 
 use common::tiny_backbone as tiny;
 
