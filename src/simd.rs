@@ -62,3 +62,33 @@ pub fn available() -> Vec<Level> {
         .filter(|l| runs(*l))
         .collect()
 }
+
+/// Runs a body through the copy of it compiled for a [`Level`]: `at_level!(level, |a: &[f32], n:
+/// usize| -> f32 { ... })` defines the body once as a function of the listed arguments, compiles
+/// it again inside an AVX2+FMA and an AVX-512 `target_feature` function, and calls the one for
+/// `level` with the caller's variables of the same names. The expansion calls `unsafe` functions:
+/// the caller wraps it in `unsafe` and guarantees the CPU runs `level` ([`runs`]).
+macro_rules! at_level {
+    ($level:expr, |$($arg:ident: $ty:ty),*| -> $ret:ty $body:block) => {{
+        #[inline(always)]
+        fn body($($arg: $ty),*) -> $ret $body
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512($($arg: $ty),*) -> $ret {
+            body($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2($($arg: $ty),*) -> $ret {
+            body($($arg),*)
+        }
+        match $level {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Level::Avx512 => avx512($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Level::Avx2Fma => avx2($($arg),*),
+            _ => body($($arg),*),
+        }
+    }};
+}
+pub(crate) use at_level;

@@ -169,39 +169,6 @@ fn bias_of(l: &Linear, what: &str) -> Result<Vec<f32>> {
     }
 }
 
-/// Defines `unsafe fn $at(&self, level, args)`: the method `$body` through the copy compiled for
-/// `level` (the caller guarantees the CPU runs it, [`simd::runs`]).
-macro_rules! leveled {
-    ($at:ident, $body:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        /// The routine's stage through `level`'s copy.
-        ///
-        /// # Safety
-        /// The CPU must run `level` ([`simd::runs`]).
-        unsafe fn $at(&self, level: Level, $($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512(s: &ServedText, $($arg: $ty),*) -> $ret {
-                    s.$body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2(s: &ServedText, $($arg: $ty),*) -> $ret {
-                    s.$body($($arg),*)
-                }
-                match level {
-                    // SAFETY: the caller guarantees the CPU runs `level`.
-                    Level::Avx512 => return unsafe { avx512(self, $($arg),*) },
-                    // SAFETY: as above.
-                    Level::Avx2Fma => return unsafe { avx2(self, $($arg),*) },
-                    Level::Baseline => {}
-                }
-            }
-            let _ = level;
-            self.$body($($arg),*)
-        }
-    };
-}
-
 impl ServedText {
     pub fn new(p: Parts) -> Result<Self> {
         let (words, w) = p.pos.dims2()?;
@@ -304,17 +271,59 @@ impl ServedText {
         Ok(out)
     }
 
-    leveled!(
-        rows_in_at,
-        rows_in,
-        (f: &[f32], first: usize, count: usize, t: usize) -> Result<(Vec<f32>, Vec<f32>)>
-    );
+    /// [`Self::rows_in`] through `level`'s copy.
+    ///
+    /// # Safety
+    /// The CPU must run `level` ([`simd::runs`]).
+    unsafe fn rows_in_at(
+        &self,
+        level: Level,
+        f: &[f32],
+        first: usize,
+        count: usize,
+        t: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let s = self;
+        // SAFETY: the caller guarantees the CPU runs `level`.
+        unsafe {
+            simd::at_level!(level, |s: &ServedText,
+                                    f: &[f32],
+                                    first: usize,
+                                    count: usize,
+                                    t: usize|
+             -> Result<(Vec<f32>, Vec<f32>)> {
+                s.rows_in(f, first, count, t)
+            })
+        }
+    }
 
-    leveled!(
-        rows_out_at,
-        rows_out,
-        (x: &mut [f32], qkv: &[f32], first: usize, count: usize, t: usize) -> Result<Vec<f32>>
-    );
+    /// [`Self::rows_out`] through `level`'s copy.
+    ///
+    /// # Safety
+    /// The CPU must run `level` ([`simd::runs`]).
+    unsafe fn rows_out_at(
+        &self,
+        level: Level,
+        x: &mut [f32],
+        qkv: &[f32],
+        first: usize,
+        count: usize,
+        t: usize,
+    ) -> Result<Vec<f32>> {
+        let s = self;
+        // SAFETY: the caller guarantees the CPU runs `level`.
+        unsafe {
+            simd::at_level!(level, |s: &ServedText,
+                                    x: &mut [f32],
+                                    qkv: &[f32],
+                                    first: usize,
+                                    count: usize,
+                                    t: usize|
+             -> Result<Vec<f32>> {
+                s.rows_out(x, qkv, first, count, t)
+            })
+        }
+    }
 
     /// Rows `first..first + count` of f (N*T, d), rows of texts of T tokens: the TRM's input x
     /// (count, w) and the biased QKV (count, 3w).

@@ -128,26 +128,8 @@ macro_rules! dispatched {
         /// The CPU must run `level` ([`simd::runs`]).
         #[inline(always)]
         unsafe fn $at(level: Level, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                match level {
-                    // SAFETY: the caller guarantees the CPU runs `level`.
-                    Level::Avx512 => return unsafe { avx512($($arg),*) },
-                    // SAFETY: as above.
-                    Level::Avx2Fma => return unsafe { avx2($($arg),*) },
-                    Level::Baseline => {}
-                }
-            }
-            let _ = level;
-            $body($($arg),*)
+            // SAFETY: the caller guarantees the CPU runs `level`.
+            unsafe { simd::at_level!(level, |$($arg: $ty),*| -> () { $body($($arg),*) }) }
         }
     };
 }
