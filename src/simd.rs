@@ -63,6 +63,34 @@ pub fn available() -> Vec<Level> {
         .collect()
 }
 
+/// Partial sums kept by [`dot`] (and the served text adapter's row sums): independent
+/// accumulators the compiler keeps in vector registers, where a plain `sum()` is one dependent
+/// chain of adds.
+pub const LANES: usize = 16;
+
+/// `a · b` over the shorter length, as [`LANES`] partial sums over fixed chunks so that LLVM
+/// vectorises it. Inlined on purpose: a caller compiled for a wider [`Level`] (a `target_feature`
+/// copy) gets it in that ISA. The one body the store's search and the served text adapter share.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
 /// Runs a body through the copy of it compiled for a [`Level`]: `at_level!(level, |a: &[f32], n:
 /// usize| -> f32 { ... })` defines the body once as a function of the listed arguments, compiles
 /// it again inside an AVX2+FMA and an AVX-512 `target_feature` function, and calls the one for

@@ -15,30 +15,8 @@ use crate::backbone::kernels::Epilogue::{self, NoBias};
 use crate::backbone::ops::{LayerNorm, Linear};
 use crate::backbone::packed::MAX_ROWS;
 use crate::backbone::vmath::{quick_gelu_in_place, softmax_in_place};
-use crate::simd::{self, Level};
+use crate::simd::{self, dot, Level, LANES};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-
-/// Lanes of the partial sums below: independent accumulators the compiler keeps in vector
-/// registers (a plain `sum()` is one dependent chain of adds).
-const LANES: usize = 16;
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
 
 #[inline(always)]
 fn sum(a: &[f32]) -> f32 {

@@ -349,9 +349,10 @@ impl Index {
     }
 }
 
-/// Dot product written so that LLVM vectorises it: eight independent accumulators over fixed
-/// chunks, and an AVX2+FMA build of the same code chosen at run time (the crate is compiled for
-/// baseline x86-64, which only has SSE2).
+/// Dot product: [`crate::simd::dot`]'s lane sums, with an AVX2+FMA build of them chosen at run time
+/// (the crate is compiled for baseline x86-64, which only has SSE2). No AVX-512 copy
+/// (`simd::at_level!` would add one): a search's distance waits on memory, and wider variants
+/// timed no faster (BENCHMARKS.md, usearch point 7).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -360,34 +361,13 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             return unsafe { dot_avx2(a, b) };
         }
     }
-    dot_portable(a, b)
+    crate::simd::dot(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-#[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; LANES];
-    let ca = a.chunks_exact(LANES);
-    let cb = b.chunks_exact(LANES);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    crate::simd::dot(a, b)
 }
 
 /// Scales `v` to unit length in place; `false` for a zero or non-finite vector.
