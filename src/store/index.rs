@@ -17,7 +17,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::filter::Filter;
-use super::graph::Graph;
+use super::graph::{Graph, F16_DOT_ERROR};
 use super::payload::{Candidates, PayloadIndex};
 
 /// Below this many slots a parallel scan costs more in coordination than it saves.
@@ -298,7 +298,7 @@ impl Index {
         let alive = |s: usize| self.slots.get(s).is_some_and(|s| s.alive);
         if plain {
             let mut found = self.graph_walk(graph, q, ef.max(k), None)?;
-            found.retain(|&s| alive(s));
+            found.retain(|&(s, _)| alive(s));
             return Some(self.hits(q, k, found));
         }
         // With no tombstones every slot passes: skip the predicate call per kept node.
@@ -329,22 +329,29 @@ impl Index {
         q: &[f32],
         ef: usize,
         keep: Option<&dyn Fn(usize) -> bool>,
-    ) -> Option<Vec<usize>> {
+    ) -> Option<Vec<(usize, f32)>> {
         graph
             .search(q, ef, keep)
             .inspect_err(|e| tracing::warn!(error = %e, "graph search failed; scanning exactly"))
             .ok()
     }
 
-    /// The first `k` of `found` (best first by the graph's distance) with their similarity
-    /// computed here, so that scores match the exact scan's.
-    fn hits(&self, q: &[f32], k: usize, mut found: Vec<usize>) -> Vec<(usize, f32)> {
-        found.truncate(k);
+    /// The best `k` of `found` (slots with the graph's f16 distance, best first) by their
+    /// similarity computed here in f32, so that scores and order match the exact scan's. f16
+    /// rounding moves a distance by at most [`F16_DOT_ERROR`], so any candidate that is in the f32
+    /// top `k` lies within twice that of the graph's k-th distance: those, and only those, are
+    /// rescored (usually a few more than `k`; a fixed number could cut a tie-rich list short).
+    fn hits(&self, q: &[f32], k: usize, found: Vec<(usize, f32)>) -> Vec<(usize, f32)> {
+        let Some(&(_, kth)) = found.get(k.saturating_sub(1)).or(found.last()) else {
+            return Vec::new();
+        };
         let mut hits: Vec<(usize, f32)> = found
             .into_iter()
-            .map(|s| (s, dot(q, self.vector(s))))
+            .take_while(|&(_, d)| d <= kth + 2.0 * F16_DOT_ERROR)
+            .map(|(s, _)| (s, dot(q, self.vector(s))))
             .collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+        hits.truncate(k);
         hits
     }
 }
@@ -477,5 +484,64 @@ mod tests {
         idx.remove("a");
         let hits = idx.search_exact(&[1.0, 0.0], 5);
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// The graph ranks by an f16 dot product; `hits` must give the f32 order back. Two vectors
+    /// whose order against `q` flips when rounded to f16 are put in a graph with fillers far from
+    /// `q`: the graph's best is the wrong one, the answer for k = 1 must be the right one.
+    #[test]
+    fn graph_hits_are_rescored_in_f32_where_f16_rounding_flips_the_order() {
+        let dim = 4;
+        let h = |x: f32| half::f16::from_f32(x).to_f32();
+        let dot16 = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| h(*x) * h(*y)).sum::<f32>();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut unit = || {
+            let mut v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 40) as f32 / (1u64 << 24) as f32 + 0.5
+                })
+                .collect();
+            assert!(normalize(&mut v));
+            v
+        };
+        let q = unit();
+        // A pair with f32 order a > b and f16 order clearly the other way round.
+        let (a, b) = loop {
+            let (a, b) = (unit(), unit());
+            let (d32, d16): (f32, f32) = (dot(&q, &a) - dot(&q, &b), dot16(&q, &a) - dot16(&q, &b));
+            if d32 > 0.0 && d16 < -1e-4 {
+                break (a, b);
+            }
+        };
+        let mut idx = Index::new(dim);
+        idx.insert("a", "d", 0, 0, &a, serde_json::Value::Null);
+        idx.insert("b", "d", 0, 0, &b, serde_json::Value::Null);
+        let far: Vec<Vec<f32>> = (0..30)
+            .map(|i| {
+                let mut v: Vec<f32> = q.iter().map(|x| -x).collect();
+                v[i % dim] += 0.1 * (i / dim + 1) as f32;
+                assert!(normalize(&mut v));
+                v
+            })
+            .collect();
+        for (i, v) in far.iter().enumerate() {
+            idx.insert(&format!("far{i}"), "d", 0, 0, v, serde_json::Value::Null);
+        }
+        let graph = Graph::new(dim, 8, 32, idx.len()).unwrap();
+        let items: Vec<(usize, &[f32])> = (0..idx.len()).map(|s| (s, idx.vector(s))).collect();
+        graph.insert(&items).unwrap();
+        assert_eq!(
+            graph.search(&q, 4, None).unwrap()[0].0,
+            1,
+            "f16 ranks b first"
+        );
+        idx.graph = Some(Arc::new(graph));
+        let hits = idx.search_graph(&q, 1, 16, false).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].0, 0, "f32 ranks a first");
+        assert_eq!(hits[0].1, dot(&q, &a));
     }
 }
