@@ -183,12 +183,16 @@ impl Graph {
                 .filtered_search(q, ef, |key: u64| keep(key as usize))?,
             None => self.index.search(q, ef)?,
         };
-        Ok(found
+        let mut found: Vec<(usize, f32)> = found
             .keys
             .into_iter()
             .zip(found.distances)
             .map(|(k, d)| (k as usize, d))
-            .collect())
+            .collect();
+        // usearch returns them sorted; `Index::hits` relies on it, so it is made a guarantee here
+        // (a sorted input costs the stable sort one pass).
+        found.sort_by(|a, b| a.1.total_cmp(&b.1));
+        Ok(found)
     }
 }
 
