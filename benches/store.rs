@@ -209,6 +209,13 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         "open (snapshot load) {open_s:.2}s; HNSW build {build_s:.1}s = {:.0} inserts/s (one at a time, see graph::Graph::insert)",
         args.n as f64 / build_s
     );
+    let graph_bytes = store.graph_memory_bytes().unwrap_or(0);
+    println!(
+        "HNSW graph memory (usearch memory_usage: links and its copy of the vectors): {:.1} MB = {:.0} bytes/vector; the store's own f32 vectors {:.1} MB",
+        graph_bytes as f64 / 1e6,
+        graph_bytes as f64 / args.n as f64,
+        (args.n * DIM * 4) as f64 / 1e6
+    );
     // Incremental adds into the built graph (each one fsynced and inserted).
     let extra = uniform(&mut Rng(99), 200);
     let t = Instant::now();

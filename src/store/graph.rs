@@ -109,6 +109,11 @@ impl Graph {
         self.index.size()
     }
 
+    /// Bytes usearch holds for the graph: its nodes and links and its copy of the vectors.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.index.memory_usage()
+    }
+
     /// Inserts each `(slot, vector)`, one after another; safe beside searches.
     ///
     /// One at a time although usearch allows concurrent inserts: concurrent inserts into

@@ -443,6 +443,18 @@ impl TaskStore {
         self.inner.plain_graph_search.store(on, Ordering::Relaxed);
     }
 
+    /// Bytes held by the HNSW graph (links and its own copy of the vectors), if one is built:
+    /// for benchmarks that compare the graph's memory.
+    #[doc(hidden)]
+    pub fn graph_memory_bytes(&self) -> Option<usize> {
+        self.inner
+            .index
+            .read()
+            .graph
+            .as_ref()
+            .map(|g| g.memory_bytes())
+    }
+
     /// Whether an HNSW graph is built and in use for searches above the threshold.
     pub fn has_graph(&self) -> bool {
         self.inner.index.read().graph.is_some()
