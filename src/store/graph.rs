@@ -8,9 +8,10 @@
 //! (`index`, `task`), nor the final scores: the index rescores what the graph finds in f32.
 //!
 //! Why f16: usearch keeps its own copy of every vector, and a walk's distances wait on those
-//! copies coming from memory (BENCHMARKS.md, usearch point 7). Half the bytes make the copy half
-//! the memory and the build ~1.45x faster (38-40 s against 57-59 s for 100k clustered 512-d
-//! vectors, alternating runs) at the same recall@10 (BENCHMARKS.md "The graph's copy in f16").
+//! copies coming from memory (BENCHMARKS.md, usearch point 7). Half the bytes make the graph
+//! about half the memory (152 MB against 286 MB at 100k 512-d), the build 1.2-1.5x faster and
+//! queries 1.07-1.33x faster, alternating with the f32 graph, at the same recall@10
+//! (BENCHMARKS.md "The graph's copy in f16").
 //! f16 rather than bf16 or i8: unit vectors' components are small (~0.04 for 512-d), and f16's
 //! 11-bit significand keeps a dot product within ~1e-3 of f32, where bf16's 8 bits would not.
 //!
@@ -32,7 +33,7 @@ use usearch::{Index as Usearch, IndexOptions, MetricKind, ScalarKind};
 
 /// Calls that may be inside usearch at once. usearch keeps one search/insert context (visited
 /// set, heaps, a query buffer) per "thread" reserved up front and fails a call that finds none
-/// free; `Gate` holds further callers back instead. A context costs about `dim * 4` bytes plus
+/// free; `Gate` holds further callers back instead. A context costs about a vector's bytes plus
 /// what its heaps grow to, so 256 of them are cheap against the graph.
 const CONTEXTS: usize = 256;
 
