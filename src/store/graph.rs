@@ -9,9 +9,9 @@
 //!
 //! Why f16: usearch keeps its own copy of every vector, and a walk's distances wait on those
 //! copies coming from memory (BENCHMARKS.md, usearch point 7). Half the bytes make the graph
-//! about half the memory (152 MB against 286 MB at 100k 512-d), the build 1.2-1.5x faster and
-//! queries 1.07-1.33x faster, alternating with the f32 graph, at the same recall@10
-//! (BENCHMARKS.md "The graph's copy in f16").
+//! about half the memory (152 MB against 286 MB at 100k 512-d) and the build 1.2-1.5x faster,
+//! at the same recall@10; queries ran 1.07-1.33x faster in the last alternation with the f32
+//! graph, about level in an earlier one (BENCHMARKS.md "The graph's copy in f16").
 //! f16 rather than bf16 or i8: unit vectors' components are small (~0.04 for 512-d), and f16's
 //! 11-bit significand keeps a dot product within ~1e-3 of f32, where bf16's 8 bits would not.
 //!
