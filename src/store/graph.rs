@@ -132,11 +132,13 @@ impl Graph {
     }
 
     fn insert_one(&self, slot: usize, v: &[f32]) -> Result<(), GraphError> {
+        // Rounded once, before the gate, for the first try and the retry alike.
+        let h = halves(v);
+        let h = usearch::f16::from_i16s(&h);
         let added = {
             let _g = self.grow.read();
             let _c = self.gate.enter();
-            self.index
-                .add(slot as u64, usearch::f16::from_i16s(&halves(v)))
+            self.index.add(slot as u64, h)
         };
         match added {
             Ok(()) => Ok(()),
@@ -145,9 +147,7 @@ impl Graph {
                 self.ensure_capacity(self.len() + 1)?;
                 let _g = self.grow.read();
                 let _c = self.gate.enter();
-                Ok(self
-                    .index
-                    .add(slot as u64, usearch::f16::from_i16s(&halves(v)))?)
+                Ok(self.index.add(slot as u64, h)?)
             }
             Err(e) => Err(e.into()),
         }
