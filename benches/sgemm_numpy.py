@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The machine's sgemm reference for `benches/backbone_vs_torch.sh`: an n x n x n float32 matrix
 product through numpy's OpenBLAS (the scipy-openblas wheel, DYNAMIC_ARCH: it picks its kernel for
-this CPU at run time), on `--threads` threads, best of `--iters` after a warm-up. Prints JSON with
-the GFLOP/s and the OpenBLAS core it chose.
+this CPU at run time, or the one `OPENBLAS_CORETYPE` names), on `--threads` threads, best of
+`--iters` after a warm-up. Prints JSON with the GFLOP/s, the OpenBLAS core it chose (when
+threadpoolctl is installed) and the core it was held to.
 
 Run:  OPENBLAS_NUM_THREADS=2 /tmp/torchenv/bin/python benches/sgemm_numpy.py
 """
@@ -33,4 +34,5 @@ for _ in range(a.iters):
     x @ y
     best = min(best, time.perf_counter() - t0)
 print(json.dumps({"sgemm_n": a.n, "gflops_per_s": 2 * a.n**3 / best / 1e9,
-                  "numpy": np.__version__, "openblas_core": core, "threads": a.threads}))
+                  "numpy": np.__version__, "openblas_core": core,
+                  "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "threads": a.threads}))
