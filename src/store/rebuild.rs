@@ -44,7 +44,7 @@ impl Inner {
                 let idx = self.index.read();
                 let start = copied.len();
                 for s in scanned..idx.slots.len() {
-                    if idx.slots[s].alive {
+                    if idx.is_alive(s) {
                         copied.push(s);
                     }
                 }
@@ -81,7 +81,7 @@ impl Inner {
         let _w = self.writer.lock();
         let mut idx = self.index.write();
         for s in scanned..idx.slots.len() {
-            if idx.slots[s].alive {
+            if idx.is_alive(s) {
                 copied.push(s);
             }
         }
@@ -91,22 +91,22 @@ impl Inner {
         fresh.vectors.reserve(copied.len() * self.dim);
         let mut late = Vec::new();
         for (new_slot, &old) in copied.iter().enumerate() {
-            let slot = idx.slots[old].clone();
+            let alive = idx.is_alive(old);
             if old >= scanned {
                 late.push(new_slot);
             }
-            if !slot.alive {
+            if !alive {
                 // Deleted or replaced while the graph was built: already in the graph, so it
                 // stays a tombstone until the next rebuild.
                 fresh.dead += 1;
             }
             fresh.vectors.extend_from_slice(idx.vector(old));
-            fresh.slots.push(slot);
+            fresh.push_slot(idx.slots[old].clone(), alive);
         }
         fresh.entries = std::mem::take(&mut idx.entries);
         fresh.take_payload(&mut idx, &copied);
         for (new_slot, s) in fresh.slots.iter().enumerate() {
-            if s.alive {
+            if fresh.is_alive(new_slot) {
                 if let Some(e) = fresh.entries.get_mut(&s.id) {
                     e.slot = new_slot;
                 }
