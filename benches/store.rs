@@ -2,16 +2,20 @@
 //! HNSW on the same vectors (benches/store_faiss.py), all on this machine in one run.
 //!
 //! Usage: `cargo bench --bench store -- [--n 20000] [--queries 200] [--m 16] [--efc 100]
-//!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss] [--filtered]`
+//!        [--ef 16,32,64,128,256] [--kinds clustered,uniform] [--no-faiss] [--filtered] [--plain]
+//!        [--rounds 3]`
 //! `--filtered` adds metadata-filtered search (50%, 1% and 0.1% of the vectors passing) beside
 //! unfiltered search on the same store, graph built, default planning (`exact_threshold` 20,000).
 //! `--plain` adds the graph walk without the tombstone predicate beside the default at each ef.
+//! `--rounds R` (default 3) times every ef R times, and faiss's pass at an ef right after ours
+//! (its Python process stays up between passes): the table gives medians and the range of the
+//! per-pair ratios, so a change of load on the machine lands on both sides of a ratio.
 //! Data: unit vectors in 512-d of two kinds (see `clustered` and `uniform`); queries are drawn
 //! from the same distribution but are not in the data set.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use mvserve::store::{Filter, SearchMode, StoreConfig, TaskStore};
@@ -31,6 +35,7 @@ struct Args {
     faiss: bool,
     filtered: bool,
     plain: bool,
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -44,6 +49,7 @@ fn parse_args() -> Args {
         faiss: true,
         filtered: false,
         plain: false,
+        rounds: 3,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -55,6 +61,7 @@ fn parse_args() -> Args {
             "--queries" => a.queries = num(),
             "--m" => a.m = num(),
             "--efc" => a.efc = num(),
+            "--rounds" => a.rounds = num().max(1),
             "--ef" => {
                 a.efs = val
                     .split(',')
@@ -232,8 +239,23 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         store.delete(&format!("x{i}")).unwrap();
     }
 
-    // (ef, recall, queries/s)
+    // faiss builds now, before any of our timed passes, and then waits for them.
+    let mut faiss = match args.faiss {
+        true => FaissPeer::start(args, &dir, &data, &queries, &truth),
+        false => None,
+    };
+    if let Some(f) = &faiss {
+        println!(
+            "faiss HNSW build {:.1}s = {:.0} inserts/s; ours / faiss build speed {:.2}x",
+            f.build_s,
+            args.n as f64 / f.build_s,
+            f.build_s / build_s
+        );
+    }
+
+    // Per (round, ef), in order: (ef, recall, queries/s), and faiss's (recall, queries/s).
     let mut ours = Vec::new();
+    let mut theirs = Vec::new();
     // (ef, recall, queries/s) of the walk without the tombstone predicate, timed right after
     // the default one.
     let mut plain = Vec::new();
@@ -251,14 +273,18 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
         let qps = args.queries as f64 / t.elapsed().as_secs_f64();
         (ef, recall(&got, &truth), qps)
     };
-    for &ef in &args.efs {
-        ours.push(graph_run(ef));
-        if args.plain {
-            store.set_plain_graph_search(true);
-            plain.push(graph_run(ef));
-            store.set_plain_graph_search(false);
+    for _ in 0..args.rounds {
+        for &ef in &args.efs {
+            ours.push(graph_run(ef));
+            theirs.push(faiss.as_mut().and_then(|f| f.search(ef)));
+            if args.plain {
+                store.set_plain_graph_search(true);
+                plain.push(graph_run(ef));
+                store.set_plain_graph_search(false);
+            }
         }
     }
+    drop(faiss);
     if args.plain {
         println!("plain graph search (no tombstone predicate) vs the default (predicate), same store, timed back to back:");
         println!("| ef_search | plain recall@10 | plain queries/s | default recall@10 | default queries/s | plain / default |");
@@ -275,32 +301,41 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
     }
     drop(store);
 
-    let faiss = if args.faiss {
-        run_faiss(args, &dir, &data, &queries, &truth)
-    } else {
-        None
-    };
-    if let Some(f) = &faiss {
-        println!(
-            "faiss HNSW build {:.1}s = {:.0} inserts/s; ours / faiss build speed {:.2}x",
-            f.build_s,
-            args.n as f64 / f.build_s,
-            f.build_s / build_s
-        );
-    }
+    println!(
+        "graph search, {} round(s){}: medians; the ratio is the median of the per-round ratios (their range)",
+        args.rounds,
+        if faiss_ran(&theirs) { ", each faiss pass right after ours at the same ef" } else { "" }
+    );
     println!("| ef_search | recall@10 | queries/s (1 thread) | vs exact (1 thread) | faiss recall@10 | faiss queries/s | ours / faiss queries/s |");
     println!("|---|---|---|---|---|---|---|");
-    for &(ef, r, qps) in &ours {
-        let fr = faiss
-            .as_ref()
-            .and_then(|f| f.rows.iter().find(|row| row.0 == ef).copied());
-        let (fr_s, fq_s, ratio) = match fr {
-            Some((_, fr, fq)) => (
-                format!("{fr:.4}"),
-                format!("{fq:.0}"),
-                format!("{:.2}x", qps / fq),
-            ),
-            None => ("-".into(), "-".into(), "-".into()),
+    for ef in args.efs.iter().copied().filter({
+        let mut seen = std::collections::HashSet::new();
+        move |e| seen.insert(*e)
+    }) {
+        let at: Vec<usize> = (0..ours.len()).filter(|&i| ours[i].0 == ef).collect();
+        let r = ours[at[0]].1;
+        let qps = median(at.iter().map(|&i| ours[i].2).collect());
+        let pairs: Vec<(f64, f64)> = at.iter().filter_map(|&i| theirs[i]).collect();
+        let (fr_s, fq_s, ratio) = match pairs.len() {
+            0 => ("-".into(), "-".into(), "-".into()),
+            _ => {
+                let ratios: Vec<f64> = at
+                    .iter()
+                    .filter_map(|&i| theirs[i].map(|(_, fq)| ours[i].2 / fq))
+                    .collect();
+                let (lo, hi) = ratios
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                let range = match ratios.len() {
+                    1 => String::new(),
+                    _ => format!(" ({lo:.2}-{hi:.2})"),
+                };
+                (
+                    format!("{:.4}", pairs[0].0),
+                    format!("{:.0}", median(pairs.iter().map(|p| p.1).collect())),
+                    format!("{:.2}x{range}", median(ratios)),
+                )
+            }
         };
         println!(
             "| {ef} | {r:.4} | {qps:.0} | {:.1}x | {fr_s} | {fq_s} | {ratio} |",
@@ -384,73 +419,120 @@ fn filtered(args: &Args, store: &TaskStore, queries: &[f32], pool: &rayon::Threa
     store.set_payload_index(true);
 }
 
-struct FaissResult {
+/// faiss's HNSW on the same vectors, in a Python process (benches/store_faiss.py --serve) that
+/// builds once and then times one pass over the queries per `ef` it is sent, so each of its
+/// passes can run right after ours at the same ef.
+struct FaissPeer {
+    child: std::process::Child,
+    /// `None` once closed, which ends the script.
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
     build_s: f64,
-    /// (ef, recall, queries/s)
-    rows: Vec<(usize, f64, f64)>,
 }
 
-fn run_faiss(
-    args: &Args,
-    dir: &Path,
-    data: &[f32],
-    queries: &[f32],
-    truth: &[Vec<u32>],
-) -> Option<FaissResult> {
-    let data_path = dir.join("data.f32");
-    let query_path = dir.join("queries.f32");
-    let truth_path = dir.join("truth.u32");
-    write_f32(&data_path, data);
-    write_f32(&query_path, queries);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&truth_path).unwrap());
-    for x in truth.iter().flatten() {
-        f.write_all(&x.to_le_bytes()).unwrap();
-    }
-    drop(f);
-    let efs: Vec<String> = args.efs.iter().map(|e| e.to_string()).collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/store_faiss.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(["--data", data_path.to_str()?])
-        .args(["--queries", query_path.to_str()?])
-        .args(["--truth", truth_path.to_str()?])
-        .args(["--dim", &DIM.to_string(), "--k", &K.to_string()])
-        .args(["--m", &args.m.to_string(), "--efc", &args.efc.to_string()])
-        .args(["--ef", &efs.join(",")])
-        .args(["--threads", &rayon::current_num_threads().to_string()])
-        .output();
-    for p in [data_path, query_path, truth_path] {
-        let _ = std::fs::remove_file(p);
-    }
-    let out = match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => {
-            println!(
-                "faiss script failed (pip install faiss-cpu numpy): {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
+impl FaissPeer {
+    fn start(
+        args: &Args,
+        dir: &Path,
+        data: &[f32],
+        queries: &[f32],
+        truth: &[Vec<u32>],
+    ) -> Option<FaissPeer> {
+        let data_path = dir.join("data.f32");
+        let query_path = dir.join("queries.f32");
+        let truth_path = dir.join("truth.u32");
+        write_f32(&data_path, data);
+        write_f32(&query_path, queries);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&truth_path).unwrap());
+        for x in truth.iter().flatten() {
+            f.write_all(&x.to_le_bytes()).unwrap();
         }
-        Err(e) => {
-            println!("faiss script not run: {e}");
-            return None;
+        drop(f);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/store_faiss.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--data", data_path.to_str()?])
+            .args(["--queries", query_path.to_str()?])
+            .args(["--truth", truth_path.to_str()?])
+            .args(["--dim", &DIM.to_string(), "--k", &K.to_string()])
+            .args(["--m", &args.m.to_string(), "--efc", &args.efc.to_string()])
+            .args(["--threads", &rayon::current_num_threads().to_string()])
+            .arg("--serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                println!("faiss script not run: {e}");
+                return None;
+            }
+        };
+        let mut peer = FaissPeer {
+            stdin: child.stdin.take(),
+            stdout: std::io::BufReader::new(child.stdout.take()?),
+            child,
+            build_s: f64::NAN,
+        };
+        // The script has read the files once it reports its build.
+        let line = peer.line();
+        for p in [data_path, query_path, truth_path] {
+            let _ = std::fs::remove_file(p);
         }
-    };
-    let mut res = FaissResult {
-        build_s: f64::NAN,
-        rows: Vec::new(),
-    };
-    for line in out.lines() {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        match w.as_slice() {
-            ["build", s, _] => res.build_s = s.parse().ok()?,
-            ["ef", ef, r, q] => res
-                .rows
-                .push((ef.parse().ok()?, r.parse().ok()?, q.parse().ok()?)),
-            _ => {}
+        match line
+            .as_deref()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            Some(w) if w.len() == 3 && w[0] == "build" => {
+                peer.build_s = w[1].parse().ok()?;
+                Some(peer)
+            }
+            _ => {
+                println!("faiss script failed (pip install faiss-cpu numpy; its error is above)");
+                None
+            }
         }
     }
-    Some(res)
+
+    /// faiss's (recall@k, queries/s) over all the queries at `ef`.
+    fn search(&mut self, ef: usize) -> Option<(f64, f64)> {
+        let stdin = self.stdin.as_mut()?;
+        writeln!(stdin, "ef {ef}").ok()?;
+        stdin.flush().ok()?;
+        let line = self.line()?;
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["ef", e, r, q] if e.parse() == Ok(ef) => Some((r.parse().ok()?, q.parse().ok()?)),
+            _ => None,
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for FaissPeer {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let _ = self.child.wait();
+    }
+}
+
+fn faiss_ran(theirs: &[Option<(f64, f64)>]) -> bool {
+    theirs.iter().any(Option::is_some)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn main() {
