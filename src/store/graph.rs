@@ -217,8 +217,9 @@ fn halves(v: &[f32]) -> Vec<i16> {
 
 /// The f16 dot product for this CPU, chosen once per graph (usearch calls the metric for every
 /// distance). AVX2+FMA+F16C only: an AVX-512F copy (16 lanes, `vcvtph2ps zmm`) ran at 0.47-0.64x
-/// faiss against this one's 0.54-0.81x in alternating runs (BENCHMARKS.md "The graph's copy in
-/// f16"); a distance waits on memory, not on arithmetic, as with the f32 dot (usearch point 7).
+/// faiss against this one's 0.54-0.81x in alternating runs on a Zen 4 (BENCHMARKS.md "The graph's
+/// copy in f16") and answered as many queries on a full-width Zen 5 ("On an AMD Zen 5", under the
+/// store); a distance waits on memory, not on arithmetic, as with the f32 dot (usearch point 7).
 fn dot_f16_for_cpu() -> fn(&[u16], &[u16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2")
