@@ -34,6 +34,7 @@ if [ "${AVX2_ONLY:-0}" = 1 ]; then
 else
   onnx=$("$py" benches/ort_clip.py --batch "$batch" --iters 5 2>/dev/null)
 fi
+echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') (family $(grep -m1 '^cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), $(nproc) CPUs)"
 echo "mvserve: $ours"
 echo "numpy sgemm: $sgemm"
 echo "pytorch: $torch"

@@ -134,6 +134,22 @@ def row(name, n, frames, wall, lat):
             "p99_ms": pct(lat, 0.99) * 1e3 if lat else float("nan"), "wall_s": wall, "n": n}
 
 
+def cpu_name():
+    """The CPU's model name and family (the ratios move between CPUs: the peer's PyTorch and our
+    kernels gain differently from wider vector units)."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown"
+    avx512 = "avx512f" in info.get("flags", "").split()
+    return (f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
+            f"model {info.get('model', '?')}, {'AVX-512' if avx512 else 'no AVX-512'}), "
+            f"{os.cpu_count()} logical CPUs")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target/release/mvserve"))
@@ -211,6 +227,7 @@ def main():
 
     base = rows[0]["videos_per_s"]
     print(f"clips: {', '.join(CLIPS)} x {a.rounds} rounds; {a.threads} threads each side; machine shared")
+    print(f"cpu: {cpu_name()}")
     print("| pipeline | videos/s | frames/s | p50 ms | p99 ms | vs peer |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -539,11 +539,24 @@ fn main() {
     let args = parse_args();
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/store-bench");
     std::fs::create_dir_all(&work).unwrap();
+    // The CPU named, since ratios against faiss move between CPUs (BENCHMARKS.md, the store's
+    // Zen 4 and Zen 5 runs).
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.split(':').next().map(str::trim) == Some(name))
+            .and_then(|l| l.split_once(':'))
+            .map_or("?", |(_, v)| v.trim())
+    };
     println!(
-        "store benchmark: {} threads, avx2 {}, fma {}",
+        "store benchmark: {} threads, avx2 {}, fma {}, avx512f {}; cpu {} (family {})",
         rayon::current_num_threads(),
         std::is_x86_feature_detected!("avx2"),
-        std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("fma"),
+        std::is_x86_feature_detected!("avx512f"),
+        field("model name"),
+        field("cpu family")
     );
     for kind in args.kinds.clone() {
         run_kind(&args, &kind, &work);
