@@ -304,7 +304,11 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
     println!(
         "graph search, {} round(s){}: medians; the ratio is the median of the per-round ratios (their range)",
         args.rounds,
-        if faiss_ran(&theirs) { ", each faiss pass right after ours at the same ef" } else { "" }
+        if theirs.iter().any(Option::is_some) {
+            ", each faiss pass right after ours at the same ef"
+        } else {
+            ""
+        }
     );
     println!("| ef_search | recall@10 | queries/s (1 thread) | vs exact (1 thread) | faiss recall@10 | faiss queries/s | ours / faiss queries/s |");
     println!("|---|---|---|---|---|---|---|");
@@ -520,10 +524,6 @@ impl Drop for FaissPeer {
         self.stdin = None;
         let _ = self.child.wait();
     }
-}
-
-fn faiss_ran(theirs: &[Option<(f64, f64)>]) -> bool {
-    theirs.iter().any(Option::is_some)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -74,9 +74,9 @@ pub(crate) struct Index {
     pub dim: usize,
     pub digest: Option<String>,
     pub entries: HashMap<Arc<str>, Entry>,
-    /// Every slot ever assigned since the last rebuild, dead ones included (append only; a
-    /// slot joins through [`Index::push_slot`] so that `alive` covers it).
-    pub slots: Vec<Slot>,
+    /// Every slot ever assigned since the last rebuild, dead ones included: append only, and
+    /// only through [`Index::push_slot`], so that `alive` covers every slot.
+    slots: Vec<Slot>,
     alive: AliveBits,
     /// Row-major, `slots.len() * dim`, L2-normalised.
     pub vectors: Vec<f32>,
@@ -137,7 +137,7 @@ impl Index {
             self.digest = Some(digest.to_owned());
         }
         let id: Arc<str> = Arc::from(id);
-        let slot = self.push_slot(Slot { id: id.clone() }, true);
+        let slot = self.push_slot(id.clone(), true);
         self.vectors.extend_from_slice(vector);
         self.payload.add(slot, &meta);
         self.entries.insert(
@@ -152,12 +152,34 @@ impl Index {
         slot
     }
 
-    /// Appends a slot (dead when a rebuild carries over a tombstone) and returns its number.
-    pub(crate) fn push_slot(&mut self, slot: Slot, alive: bool) -> usize {
+    /// Appends a slot for `id` (dead when a rebuild carries over a tombstone) and returns its
+    /// number.
+    pub(crate) fn push_slot(&mut self, id: Arc<str>, alive: bool) -> usize {
         let n = self.slots.len();
-        self.slots.push(slot);
+        self.slots.push(Slot { id });
         self.alive.push(n, alive);
         n
+    }
+
+    /// Points each live record's entry at its slot, after a rebuild renumbered the slots.
+    pub(crate) fn point_entries_at_slots(&mut self) {
+        for (s, slot) in self.slots.iter().enumerate() {
+            if self.alive.get(s) {
+                if let Some(e) = self.entries.get_mut(&slot.id) {
+                    e.slot = s;
+                }
+            }
+        }
+    }
+
+    /// Slots assigned, dead ones included.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The id recorded in `slot` (live or dead).
+    pub(crate) fn slot_id(&self, slot: usize) -> &Arc<str> {
+        &self.slots[slot].id
     }
 
     /// Whether `slot` holds a live record (false past the end).
@@ -512,16 +534,11 @@ mod tests {
     fn alive_bits_follow_pushes_and_removals() {
         let mut idx = Index::new(2);
         for i in 0..130usize {
-            let n = idx.push_slot(
-                Slot {
-                    id: Arc::from(format!("s{i}")),
-                },
-                i % 3 != 0,
-            );
+            let n = idx.push_slot(Arc::from(format!("s{i}")), i % 3 != 0);
             assert_eq!(n, i);
         }
         idx.insert("live", "d", 0, 0, &[1.0, 0.0], serde_json::Value::Null);
-        let live = idx.slots.len() - 1;
+        let live = idx.slot_count() - 1;
         assert!(idx.is_alive(live));
         for i in 0..130 {
             assert_eq!(idx.is_alive(i), i % 3 != 0, "slot {i}");

@@ -43,12 +43,12 @@ impl Inner {
             let (start, batch) = {
                 let idx = self.index.read();
                 let start = copied.len();
-                for s in scanned..idx.slots.len() {
+                for s in scanned..idx.slot_count() {
                     if idx.is_alive(s) {
                         copied.push(s);
                     }
                 }
-                scanned = idx.slots.len();
+                scanned = idx.slot_count();
                 let batch: Vec<f32> = copied[start..]
                     .iter()
                     .flat_map(|&s| idx.vector(s).iter().copied())
@@ -80,14 +80,13 @@ impl Inner {
         // Swap: with the writer held, nothing is appended while the last slots are moved over.
         let _w = self.writer.lock();
         let mut idx = self.index.write();
-        for s in scanned..idx.slots.len() {
+        for s in scanned..idx.slot_count() {
             if idx.is_alive(s) {
                 copied.push(s);
             }
         }
         let mut fresh = Index::new(self.dim);
         fresh.digest = idx.digest.clone();
-        fresh.slots.reserve(copied.len());
         fresh.vectors.reserve(copied.len() * self.dim);
         let mut late = Vec::new();
         for (new_slot, &old) in copied.iter().enumerate() {
@@ -101,17 +100,11 @@ impl Inner {
                 fresh.dead += 1;
             }
             fresh.vectors.extend_from_slice(idx.vector(old));
-            fresh.push_slot(idx.slots[old].clone(), alive);
+            fresh.push_slot(idx.slot_id(old).clone(), alive);
         }
         fresh.entries = std::mem::take(&mut idx.entries);
         fresh.take_payload(&mut idx, &copied);
-        for (new_slot, s) in fresh.slots.iter().enumerate() {
-            if fresh.is_alive(new_slot) {
-                if let Some(e) = fresh.entries.get_mut(&s.id) {
-                    e.slot = new_slot;
-                }
-            }
-        }
+        fresh.point_entries_at_slots();
         let data: Vec<(usize, &[f32])> = late.iter().map(|&s| (s, fresh.vector(s))).collect();
         let graph = graph.and_then(|g| match g.insert(&data) {
             Ok(()) => Some(g),
@@ -126,7 +119,7 @@ impl Inner {
         tracing::debug!(
             dir = %self.dir.display(),
             live = fresh.len(),
-            dropped = idx.slots.len() - fresh.slots.len(),
+            dropped = idx.slot_count() - fresh.slot_count(),
             graph = fresh.graph.is_some(),
             "index rebuilt"
         );

@@ -417,7 +417,7 @@ impl TaskStore {
         Ok(found
             .into_iter()
             .filter_map(|(slot, score)| {
-                let id = &idx.slots[slot].id;
+                let id = idx.slot_id(slot);
                 let e = idx.entries.get(id)?;
                 Some(Hit {
                     id: id.to_string(),
