@@ -218,7 +218,7 @@ fn run_kind(args: &Args, kind: &str, work: &Path) {
     );
     let graph_bytes = store.graph_memory_bytes().unwrap_or(0);
     println!(
-        "HNSW graph memory (usearch memory_usage: links and its copy of the vectors): {:.1} MB = {:.0} bytes/vector; the store's own f32 vectors {:.1} MB",
+        "HNSW graph memory (its f16 copy of the vectors, links and walk scratch): {:.1} MB = {:.0} bytes/vector; the store's own f32 vectors {:.1} MB",
         graph_bytes as f64 / 1e6,
         graph_bytes as f64 / args.n as f64,
         (args.n * DIM * 4) as f64 / 1e6

@@ -8,8 +8,8 @@
 //! The `avx512` cargo feature (default) compiles the AVX-512 paths in, here and in `gemm` (its
 //! `x86-v4` micro-kernels). A build without it (`--no-default-features`) runs on an AVX-512 CPU
 //! exactly the code an AVX2-only CPU runs, which is how the benchmarks measure that case on a
-//! machine that has AVX-512 (rten's int8 and packed f32 kernels, and usearch, still detect the
-//! CPU themselves).
+//! machine that has AVX-512 (rten's int8 and packed f32 kernels still detect the CPU
+//! themselves).
 
 /// A family of SIMD copies, widest last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

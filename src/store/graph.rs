@@ -1,333 +1,566 @@
-//! The HNSW graph over one index's slots, on usearch (Unum's C++ HNSW behind `cxx`).
+//! The HNSW graph over one index's slots, walking an f16 copy of the vectors.
 //!
-//! Owns the graph's settings (inner product, `M`, `ef_construction`), its copy of the vectors
-//! in f16, growing its capacity, the cap on calls inside usearch at once, and a search that
-//! honours a per-query `ef` and a keep predicate. A graph key is the store's slot number; the
-//! graph never forgets a slot (the store's tombstones are skipped by the predicate, and a rebuild
-//! makes a new graph). Does not own the vectors of record, tombstones or locking of the index
-//! (`index`, `task`), nor the final scores: the index rescores what the graph finds in f32.
+//! Owns the graph's layout (each node's f16 vector, its key, its links on every layer), inserting
+//! (one at a time, beside searches), growing, and a search that honours a per-query `ef` and a
+//! keep predicate. A graph key is the store's slot number; the graph never forgets a slot (the
+//! store's tombstones are skipped by the predicate, and a rebuild makes a new graph). Does not own
+//! the vectors of record, tombstones or locking of the index (`index`, `task`), nor the final
+//! scores: the index rescores what the graph finds in f32 (`f16` owns the error bound).
 //!
-//! Why f16: usearch keeps its own copy of every vector, and a walk's distances wait on those
-//! copies coming from memory (BENCHMARKS.md, usearch point 7). Half the bytes make the graph
-//! about half the memory (152 MB against 286 MB at 100k 512-d) and the build 1.2-1.5x faster,
-//! at the same recall@10; queries ran 1.07-1.33x faster in the last alternation with the f32
-//! graph, about level in an earlier one (BENCHMARKS.md "The graph's copy in f16").
-//! f16 rather than bf16 or i8: unit vectors' components are small (~0.04 for 512-d), and f16's
-//! 11-bit significand keeps a dot product within ~1e-3 of f32, where bf16's 8 bits would not.
+//! Why our own graph rather than a crate's (BENCHMARKS.md "Our own graph"): a walk's time is
+//! mostly waiting for neighbours' vectors to come from memory. This walk first marks a node's
+//! unvisited neighbours, then fetches the next one's vector while computing the current one's
+//! distance, so several fetches are in flight at once, as faiss's walk does. usearch 2.26.6
+//! (the crate before this) computes one distance at a time through a metric callback; its C++
+//! search has a prefetch hook, but its dense index and Rust binding pass a no-op. hnsw_rs pays a
+//! hash-map insert and allocations per visited node. The algorithm is HNSW's (Malkov and
+//! Yashunin, 2018: layers drawn with probability m^-l, best-first walks, the neighbour-selection
+//! heuristic); the memory layout and concurrency are this module's.
 //!
-//! The distance is this module's f16 dot product (AVX2+FMA+F16C, chosen at run time) handed
-//! to usearch as its metric, so usearch is built without its `numkong` C kernels (BENCHMARKS.md
-//! "usearch in place of hnsw_rs": the same queries/s, a faster build, 6 minutes less of a clean
-//! build).
-//!
-//! Why usearch rather than hnsw_rs (BENCHMARKS.md "hnsw_rs against faiss"): with a filter,
-//! hnsw_rs 0.3.5 drops HNSW's stopping rule and pays a SipHash map insert, `Arc` clones and
-//! allocations per visited node; usearch applies the predicate only to what it keeps (as faiss's
-//! `IDSelector` does), so the walk stops as early as an unfiltered one, and it keeps per-thread
-//! visited sets and heaps that are reused across queries.
+//! Concurrency: inserts take turns (`inserting`); searches run beside them without locks on
+//! layer 0. A node's vector and key are written before any link to it is stored (Release), and a
+//! walk reads links with Acquire, so a walk only reaches nodes whose vectors are complete, and a
+//! vector is never written again once linked. A link list being rewritten may be read half old,
+//! half new; every id in it is a complete node either way. Growing reallocates, so it takes
+//! `nodes` for writing; searches and inserts hold it for reading.
 
-use half::slice::HalfFloatSliceExt;
-use parking_lot::{Condvar, Mutex, RwLock};
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
-use usearch::{Index as Usearch, IndexOptions, MetricKind, ScalarKind};
 
-/// Calls that may be inside usearch at once. usearch keeps one search/insert context (visited
-/// set, heaps, a query buffer) per "thread" reserved up front and fails a call that finds none
-/// free; `Gate` holds further callers back instead. A context costs about a vector's bytes plus
-/// what its heaps grow to, so 256 of them are cheap against the graph.
-const CONTEXTS: usize = 256;
+use super::f16dot::{self as f16, Dot};
 
-/// Why a graph call failed: usearch's own message (out of memory, mostly).
+/// The highest layer a node may be drawn for (at m = 16 a node reaches it with probability
+/// 16^-16: never; the cap only bounds a pathological draw).
+const MAX_LEVEL: usize = 16;
+
+/// Why a graph call failed.
 #[derive(Debug, Error)]
 #[error("hnsw graph: {0}")]
 pub(crate) struct GraphError(String);
 
-impl From<cxx::Exception> for GraphError {
-    fn from(e: cxx::Exception) -> Self {
-        GraphError(e.what().to_owned())
+pub(crate) struct Graph {
+    dim: usize,
+    /// Links per node on layers above 0; layer 0 keeps `2 * m` (the paper's advice).
+    m: usize,
+    ef_construction: usize,
+    /// 1 / ln(m): a node reaches layer l with probability m^-l.
+    level_scale: f64,
+    dot: Dot,
+    nodes: RwLock<Nodes>,
+    /// Held by the one insert at a time; the state of the layer draw (SplitMix64), so that the
+    /// same inserts build the same graph.
+    inserting: Mutex<u64>,
+    /// The entry node and its (the graph's top) layer; `None` while empty.
+    entry: RwLock<Option<(u32, usize)>>,
+    /// Walk scratch (visited bits, heaps), reused across calls: one per call in flight at most.
+    walks: Mutex<Vec<Walk>>,
+}
+
+/// Node storage, by internal id (insertion order).
+struct Nodes {
+    dim: usize,
+    cap: usize,
+    /// Nodes whose insert has finished (`Graph::len`).
+    len: AtomicUsize,
+    /// `cap * dim` f16 bits. Atomics only so that an insert can write its own node's vector
+    /// through a shared reference beside walks reading others; walks read them as plain `u16`s
+    /// (see the module doc for why that never races).
+    vectors: Vec<AtomicU16>,
+    /// The store's slot number of each node.
+    keys: Vec<AtomicU64>,
+    /// Layer 0, `1 + 2m` per node: the count, then the ids.
+    links0: Vec<AtomicU32>,
+    /// Layers 1 and up (`[layer - 1]`); empty for the ~(1 - 1/m) of nodes on layer 0 only.
+    upper: Vec<Mutex<Vec<Vec<u32>>>>,
+}
+
+impl Nodes {
+    fn stride0(&self) -> usize {
+        self.links0.len() / self.cap.max(1)
+    }
+
+    /// Node `i`'s vector as f16 bits.
+    fn vector(&self, i: u32) -> &[u16] {
+        let start = i as usize * self.dim;
+        assert!(start + self.dim <= self.vectors.len());
+        // SAFETY: in bounds (checked above); `AtomicU16` has `u16`'s layout. The range is only
+        // read here, and nothing writes it meanwhile: a node's vector is written once, by its
+        // insert, before any link to it is stored with Release, and readers reach it through
+        // links loaded with Acquire (or are that insert).
+        unsafe {
+            std::slice::from_raw_parts(self.vectors.as_ptr().cast::<u16>().add(start), self.dim)
+        }
+    }
+
+    fn key(&self, i: u32) -> usize {
+        self.keys[i as usize].load(Ordering::Relaxed) as usize
+    }
+
+    /// Replaces `out` with node `i`'s links on `layer`.
+    fn links(&self, i: u32, layer: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if layer == 0 {
+            let stride = self.stride0();
+            let base = i as usize * stride;
+            let n = (self.links0[base].load(Ordering::Acquire) as usize).min(stride - 1);
+            out.extend((0..n).map(|j| self.links0[base + 1 + j].load(Ordering::Acquire)));
+        } else if let Some(l) = self.upper[i as usize].lock().get(layer - 1) {
+            out.extend_from_slice(l);
+        }
+    }
+
+    /// Sets node `i`'s links on `layer`: ids first, then the count, so that a reader of the new
+    /// count reads ids at least as new.
+    fn set_links(&self, i: u32, layer: usize, ids: &[u32]) {
+        if layer == 0 {
+            let stride = self.stride0();
+            let base = i as usize * stride;
+            debug_assert!(ids.len() < stride);
+            for (j, &id) in ids.iter().enumerate() {
+                self.links0[base + 1 + j].store(id, Ordering::Release);
+            }
+            self.links0[base].store(ids.len() as u32, Ordering::Release);
+        } else {
+            let mut upper = self.upper[i as usize].lock();
+            upper[layer - 1].clear();
+            upper[layer - 1].extend_from_slice(ids);
+        }
     }
 }
 
-pub(crate) struct Graph {
-    index: Usearch,
-    /// `reserve` reallocates usearch's node table, which a concurrent search or insert would
-    /// read: searches and inserts hold this for reading, growing holds it for writing.
-    grow: RwLock<()>,
-    gate: Gate,
+/// A node and its distance (`1 - dot`) to what is being looked for; ordered by distance.
+#[derive(Clone, Copy, Debug)]
+struct Near {
+    d: f32,
+    node: u32,
+}
+
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.d.total_cmp(&other.d).then(self.node.cmp(&other.node))
+    }
+}
+
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Near {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+
+impl Eq for Near {}
+
+/// One walk's scratch. Visited nodes are bits, cleared after each walk through the list of those
+/// set (a walk touches hundreds of nodes, the bitset covers all of them).
+#[derive(Default)]
+struct Walk {
+    visited: Vec<u64>,
+    touched: Vec<u32>,
+    /// Nodes to expand, nearest first.
+    candidates: BinaryHeap<Reverse<Near>>,
+    /// The best `ef` found that the keep predicate lets through, worst on top.
+    results: BinaryHeap<Near>,
+    links: Vec<u32>,
+    fresh: Vec<u32>,
+}
+
+impl Walk {
+    fn fit(&mut self, cap: usize) {
+        if self.visited.len() * 64 < cap {
+            self.visited.resize(cap.div_ceil(64), 0);
+        }
+    }
 }
 
 impl Graph {
-    /// An empty graph of `dim`-d unit vectors with room for `capacity` slots (it grows as needed).
+    /// An empty graph of `dim`-d unit vectors with room for `capacity` nodes (it grows as needed).
     pub(crate) fn new(
         dim: usize,
         m: usize,
         ef_construction: usize,
         capacity: usize,
     ) -> Result<Self, GraphError> {
-        let options = IndexOptions {
-            dimensions: dim,
-            // Distance 1 - dot: the vectors are L2-normalised, so this ranks like cosine.
-            metric: MetricKind::IP,
-            quantization: ScalarKind::F16,
-            connectivity: m,
-            expansion_add: ef_construction,
-            // usearch searches with max(this, wanted) (index.hpp, `index_gt::search` in 2.26.6);
-            // `search` asks for `ef` results, so 1 here makes the per-query `ef` the candidate
-            // list size (0 would mean its default, 64).
-            expansion_search: 1,
-            multi: false,
+        if dim == 0 || m < 2 {
+            return Err(GraphError(format!(
+                "dim {dim} and m {m}: need dim >= 1, m >= 2"
+            )));
+        }
+        let graph = Graph {
+            dim,
+            m,
+            ef_construction: ef_construction.max(m),
+            level_scale: 1.0 / (m as f64).ln(),
+            dot: f16::dot_for_cpu(),
+            nodes: RwLock::new(Nodes {
+                dim,
+                cap: 0,
+                len: AtomicUsize::new(0),
+                vectors: Vec::new(),
+                keys: Vec::new(),
+                links0: Vec::new(),
+                upper: Vec::new(),
+            }),
+            inserting: Mutex::new(0),
+            entry: RwLock::new(None),
+            walks: Mutex::new(Vec::new()),
         };
-        let mut index = Usearch::new(&options)?;
-        let dot_f16 = dot_f16_for_cpu();
-        // Our own f16 dot product, not usearch's: built without its `numkong` feature
-        // (BENCHMARKS.md "usearch in place of hnsw_rs": that C build was the largest unit of a
-        // clean build), usearch's own kernels are compiled for baseline x86-64 (SSE2 has no f16
-        // conversion at all).
-        index.change_metric::<usearch::f16>(Box::new(
-            move |a: *const usearch::f16, b: *const usearch::f16| {
-                // SAFETY: usearch calls its metric with two vectors of the index's `dim` f16s
-                // (a 2-byte IEEE half, as `u16` bits): stored ones and queries, whose length its
-                // `add` and `search` check against `dim`.
-                let (a, b) = unsafe {
-                    (
-                        std::slice::from_raw_parts(a.cast::<u16>(), dim),
-                        std::slice::from_raw_parts(b.cast::<u16>(), dim),
-                    )
-                };
-                1.0 - dot_f16(a, b)
-            },
-        ));
-        index.reserve_capacity_and_threads(capacity.max(1024), CONTEXTS)?;
-        Ok(Graph {
-            index,
-            grow: RwLock::new(()),
-            gate: Gate::new(CONTEXTS),
-        })
+        graph.grow(capacity.max(1));
+        Ok(graph)
     }
 
-    /// Slots in the graph.
+    /// Nodes in the graph.
     pub(crate) fn len(&self) -> usize {
-        self.index.size()
+        self.nodes.read().len.load(Ordering::Acquire)
     }
 
-    /// Bytes usearch holds for the graph: its nodes and links and its copy of the vectors.
+    /// Bytes the graph holds: the f16 vectors, keys, links, and the walks' scratch.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.index.memory_usage()
-    }
-
-    /// Inserts each `(slot, vector)`, one after another; safe beside searches.
-    ///
-    /// One at a time although usearch allows concurrent inserts: concurrent inserts into
-    /// usearch 2.26.6 leave some nodes without any link to them, so no search finds them
-    /// (measured: 17 of 24,000 points, 3,000 32-d points per graph at M 8, unreachable at any
-    /// `ef` after parallel inserts on 2 threads, none after the same inserts one by one, and none
-    /// in faiss; BENCHMARKS.md "usearch in place of hnsw_rs"). A store must find every record, so
-    /// the build pays for it (100k clustered vectors: 73 s one at a time against 56.5 s on 2
-    /// threads in an earlier run under other load).
-    pub(crate) fn insert(&self, items: &[(usize, &[f32])]) -> Result<(), GraphError> {
-        self.ensure_capacity(self.len() + items.len())?;
-        items
+        use std::mem::size_of;
+        let nodes = self.nodes.read();
+        let upper: usize = nodes
+            .upper
             .iter()
-            .try_for_each(|&(slot, v)| self.insert_one(slot, v))
+            .map(|u| {
+                u.lock()
+                    .iter()
+                    .map(|l| l.capacity() * 4 + 24)
+                    .sum::<usize>()
+            })
+            .sum();
+        let walks: usize = self
+            .walks
+            .lock()
+            .iter()
+            .map(|w| w.visited.capacity() * 8 + w.touched.capacity() * 4)
+            .sum();
+        nodes.vectors.capacity() * 2
+            + nodes.keys.capacity() * 8
+            + nodes.links0.capacity() * 4
+            + nodes.upper.capacity() * size_of::<Mutex<Vec<Vec<u32>>>>()
+            + upper
+            + walks
     }
 
-    fn insert_one(&self, slot: usize, v: &[f32]) -> Result<(), GraphError> {
-        // Rounded once, before the gate, for the first try and the retry alike.
-        let h = halves(v);
-        let h = usearch::f16::from_i16s(&h);
-        let added = {
-            let _g = self.grow.read();
-            let _c = self.gate.enter();
-            self.index.add(slot as u64, h)
-        };
-        match added {
-            Ok(()) => Ok(()),
-            // Another inserter took the room reserved for this one: grow and try once more.
-            Err(_) if self.len() >= self.index.capacity() => {
-                self.ensure_capacity(self.len() + 1)?;
-                let _g = self.grow.read();
-                let _c = self.gate.enter();
-                Ok(self.index.add(slot as u64, h)?)
+    /// Inserts each `(slot, vector)` (unit length), one after another; safe beside searches.
+    pub(crate) fn insert(&self, items: &[(usize, &[f32])]) -> Result<(), GraphError> {
+        let mut draw = self.inserting.lock();
+        let len = self.len();
+        if len + items.len() > u32::MAX as usize {
+            return Err(GraphError(format!(
+                "{} nodes would pass the graph's limit of {}",
+                len + items.len(),
+                u32::MAX
+            )));
+        }
+        self.grow(len + items.len());
+        for &(key, v) in items {
+            if v.len() != self.dim {
+                return Err(GraphError(format!(
+                    "a {}-d vector for a {}-d graph",
+                    v.len(),
+                    self.dim
+                )));
             }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Grows the capacity to at least `n` slots, by half again at least so that one-by-one
-    /// inserts do not reallocate each time (a slot of capacity is ~24 bytes without its vector).
-    fn ensure_capacity(&self, n: usize) -> Result<(), GraphError> {
-        let cap = self.index.capacity();
-        if n <= cap {
-            return Ok(());
-        }
-        let _g = self.grow.write();
-        let cap = self.index.capacity();
-        if n > cap {
-            self.index
-                .reserve_capacity_and_threads(n.max(cap + cap / 2), CONTEXTS)?;
+            let level = self.draw_level(&mut draw);
+            self.insert_one(key, &f16::halves(v), level);
         }
         Ok(())
     }
 
+    fn insert_one(&self, key: usize, h: &[u16], level: usize) {
+        let nodes = self.nodes.read();
+        let id = nodes.len.load(Ordering::Relaxed) as u32;
+        let start = id as usize * self.dim;
+        for (cell, &x) in nodes.vectors[start..start + self.dim].iter().zip(h) {
+            cell.store(x, Ordering::Relaxed);
+        }
+        nodes.keys[id as usize].store(key as u64, Ordering::Relaxed);
+        *nodes.upper[id as usize].lock() = vec![Vec::new(); level];
+        let entry = *self.entry.read();
+        let Some((ep, top)) = entry else {
+            // The first node: nothing to link. The entry's Release (the lock) publishes it.
+            nodes.len.store(id as usize + 1, Ordering::Release);
+            *self.entry.write() = Some((id, level));
+            return;
+        };
+        let mut w = self.take_walk(nodes.cap);
+        let mut best = Near {
+            d: self.distance(&nodes, h, ep),
+            node: ep,
+        };
+        for layer in (level + 1..=top).rev() {
+            best = self.walk(&nodes, &mut w, h, best, 1, layer, None)[0];
+        }
+        let mut chosen = Vec::new();
+        for layer in (0..=level.min(top)).rev() {
+            let found = self.walk(&nodes, &mut w, h, best, self.ef_construction, layer, None);
+            best = found[0];
+            let limit = self.limit(layer);
+            self.select(&nodes, &found, limit, &mut chosen);
+            let ids: Vec<u32> = chosen.iter().map(|c| c.node).collect();
+            nodes.set_links(id, layer, &ids);
+            for c in &chosen {
+                self.connect(&nodes, c.node, Near { d: c.d, node: id }, layer);
+            }
+        }
+        self.give_walk(w);
+        nodes.len.store(id as usize + 1, Ordering::Release);
+        if level > top {
+            *self.entry.write() = Some((id, level));
+        }
+    }
+
+    /// Links `from` to `to` on `layer` (`to.d` is their distance); past the layer's limit, the
+    /// heuristic chooses among the old links and the new one.
+    fn connect(&self, nodes: &Nodes, from: u32, to: Near, layer: usize) {
+        let mut links = Vec::new();
+        nodes.links(from, layer, &mut links);
+        if links.contains(&to.node) {
+            return;
+        }
+        let limit = self.limit(layer);
+        if links.len() < limit {
+            links.push(to.node);
+            nodes.set_links(from, layer, &links);
+            return;
+        }
+        let v = nodes.vector(from);
+        let mut near: Vec<Near> = links
+            .iter()
+            .map(|&n| Near {
+                d: 1.0 - (self.dot)(v, nodes.vector(n)),
+                node: n,
+            })
+            .chain([to])
+            .collect();
+        near.sort_unstable();
+        let mut chosen = Vec::with_capacity(limit);
+        self.select(nodes, &near, limit, &mut chosen);
+        links.clear();
+        links.extend(chosen.iter().map(|c| c.node));
+        nodes.set_links(from, layer, &links);
+    }
+
+    /// HNSW's neighbour heuristic: from `found` (nearest first), keep a candidate only if it is
+    /// nearer the base than to every one kept so far, up to `limit`. Links then spread over
+    /// directions instead of bunching in one cluster, which keeps clusters reachable.
+    fn select(&self, nodes: &Nodes, found: &[Near], limit: usize, out: &mut Vec<Near>) {
+        out.clear();
+        for &c in found {
+            if out.len() >= limit {
+                break;
+            }
+            let v = nodes.vector(c.node);
+            if out
+                .iter()
+                .all(|r| 1.0 - (self.dot)(v, nodes.vector(r.node)) > c.d)
+            {
+                out.push(c);
+            }
+        }
+    }
+
+    fn limit(&self, layer: usize) -> usize {
+        if layer == 0 {
+            2 * self.m
+        } else {
+            self.m
+        }
+    }
+
+    /// A layer for a new node: floor(-ln(u) / ln(m)) for u uniform in (0, 1].
+    fn draw_level(&self, state: &mut u64) -> usize {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        ((-u.ln() * self.level_scale) as usize).min(MAX_LEVEL)
+    }
+
+    /// Room for at least `n` nodes, by half again at least so that one-by-one inserts do not
+    /// reallocate each time.
+    fn grow(&self, n: usize) {
+        if n <= self.nodes.read().cap {
+            return;
+        }
+        let mut nodes = self.nodes.write();
+        if n <= nodes.cap {
+            return;
+        }
+        let cap = n.max(nodes.cap + nodes.cap / 2);
+        let stride0 = 1 + 2 * self.m;
+        nodes
+            .vectors
+            .resize_with(cap * self.dim, || AtomicU16::new(0));
+        nodes.keys.resize_with(cap, || AtomicU64::new(0));
+        nodes
+            .links0
+            .resize_with(cap * stride0, || AtomicU32::new(0));
+        nodes.upper.resize_with(cap, || Mutex::new(Vec::new()));
+        nodes.cap = cap;
+    }
+
     /// The `ef` best slots for `q` (unit length) that `keep` lets through, best first, each with
-    /// its f16 distance (`1 - dot`, within [`F16_DOT_ERROR`] of the f32 one), from a walk with a
-    /// candidate list of `ef`. `keep` is asked only about nodes good enough to be kept, so the
-    /// walk stops where an unfiltered one would; `None` skips the call altogether.
+    /// its f16 distance (`1 - dot`, within [`f16::F16_DOT_ERROR`] of the f32 one), from a walk
+    /// with a candidate list of `ef`. `keep` is asked only about nodes good enough to be kept, so
+    /// the walk stops where an unfiltered one would; `None` skips the call altogether.
     pub(crate) fn search(
         &self,
         q: &[f32],
         ef: usize,
         keep: Option<&dyn Fn(usize) -> bool>,
     ) -> Result<Vec<(usize, f32)>, GraphError> {
-        let q = halves(q);
-        let q = usearch::f16::from_i16s(&q);
-        let _g = self.grow.read();
-        let _c = self.gate.enter();
-        let found = match keep {
-            Some(keep) => self
-                .index
-                .filtered_search(q, ef, |key: u64| keep(key as usize))?,
-            None => self.index.search(q, ef)?,
+        if q.len() != self.dim {
+            return Err(GraphError(format!(
+                "a {}-d query for a {}-d graph",
+                q.len(),
+                self.dim
+            )));
+        }
+        let q = f16::halves(q);
+        let nodes = self.nodes.read();
+        let Some((ep, top)) = *self.entry.read() else {
+            return Ok(Vec::new());
         };
-        let mut found: Vec<(usize, f32)> = found
-            .keys
-            .into_iter()
-            .zip(found.distances)
-            .map(|(k, d)| (k as usize, d))
-            .collect();
-        // usearch returns them sorted; `Index::hits` relies on it, so it is made a guarantee here
-        // (a sorted input costs the stable sort one pass).
-        found.sort_by(|a, b| a.1.total_cmp(&b.1));
-        Ok(found)
+        let mut w = self.take_walk(nodes.cap);
+        let mut best = Near {
+            d: self.distance(&nodes, &q, ep),
+            node: ep,
+        };
+        for layer in (1..=top).rev() {
+            best = self.walk(&nodes, &mut w, &q, best, 1, layer, None)[0];
+        }
+        let found = self.walk(&nodes, &mut w, &q, best, ef.max(1), 0, keep);
+        self.give_walk(w);
+        Ok(found.iter().map(|n| (nodes.key(n.node), n.d)).collect())
+    }
+
+    fn distance(&self, nodes: &Nodes, q: &[u16], node: u32) -> f32 {
+        1.0 - (self.dot)(q, nodes.vector(node))
+    }
+
+    /// HNSW's best-first walk of `layer` from `entry`: the best `ef` nodes that `keep` lets
+    /// through, best first (empty only if none passed).
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        nodes: &Nodes,
+        w: &mut Walk,
+        q: &[u16],
+        entry: Near,
+        ef: usize,
+        layer: usize,
+        keep: Option<&dyn Fn(usize) -> bool>,
+    ) -> Vec<Near> {
+        let Walk {
+            visited,
+            touched,
+            candidates,
+            results,
+            links,
+            fresh,
+        } = w;
+        let mut visit = |n: u32| {
+            let (word, bit) = (n as usize / 64, 1u64 << (n % 64));
+            let first = visited[word] & bit == 0;
+            visited[word] |= bit;
+            if first {
+                touched.push(n);
+            }
+            first
+        };
+        let passes = |n: u32| keep.is_none_or(|k| k(nodes.key(n)));
+        visit(entry.node);
+        candidates.push(Reverse(entry));
+        if passes(entry.node) {
+            results.push(entry);
+        }
+        let bytes = self.dim * 2;
+        while let Some(Reverse(c)) = candidates.pop() {
+            if results.len() >= ef && results.peek().is_some_and(|worst| c.d > worst.d) {
+                break;
+            }
+            nodes.links(c.node, layer, links);
+            fresh.clear();
+            fresh.extend(links.iter().copied().filter(|&n| visit(n)));
+            // Ask for every fresh neighbour's first line now, so their fetches overlap, and
+            // for all of the next one's lines while this one's distance is computed.
+            for &n in fresh.iter() {
+                prefetch(nodes.vector(n).as_ptr(), 64);
+            }
+            for (j, &n) in fresh.iter().enumerate() {
+                if let Some(&next) = fresh.get(j + 1) {
+                    prefetch(nodes.vector(next).as_ptr(), bytes);
+                }
+                let d = 1.0 - (self.dot)(q, nodes.vector(n));
+                if results.len() < ef || results.peek().is_some_and(|worst| d < worst.d) {
+                    candidates.push(Reverse(Near { d, node: n }));
+                    if passes(n) {
+                        results.push(Near { d, node: n });
+                        if results.len() > ef {
+                            results.pop();
+                        }
+                    }
+                }
+            }
+        }
+        for &n in touched.iter() {
+            visited[n as usize / 64] = 0;
+        }
+        touched.clear();
+        candidates.clear();
+        let mut found = std::mem::take(results).into_vec();
+        found.sort_unstable();
+        found
+    }
+
+    fn take_walk(&self, cap: usize) -> Walk {
+        let mut w = self.walks.lock().pop().unwrap_or_default();
+        w.fit(cap);
+        w
+    }
+
+    fn give_walk(&self, w: Walk) {
+        self.walks.lock().push(w);
     }
 }
 
-/// How far the graph's distance between two unit vectors can be from the f32 one. Rounding each
-/// component to f16 moves it by at most 2^-11 of itself (2^-25 absolutely below f16's normal
-/// range), so a product moves by at most ~2^-10 of |a_i b_i|, and Σ|a_i b_i| <= |a||b| = 1
-/// (Cauchy-Schwarz); f32 accumulation adds ~3e-5 at 512-d. 1.1e-3 covers 2^-10 = 9.8e-4 and both.
-pub(crate) const F16_DOT_ERROR: f32 = 1.1e-3;
-
-/// The bits of `v` rounded to IEEE half precision (usearch's f16 is a view of such `i16`s).
-fn halves(v: &[f32]) -> Vec<i16> {
-    let mut h = vec![half::f16::ZERO; v.len()];
-    h.convert_from_f32_slice(v);
-    h.iter().map(|x| x.to_bits() as i16).collect()
-}
-
-/// The f16 dot product for this CPU, chosen once per graph (usearch calls the metric for every
-/// distance). AVX2+FMA+F16C only: an AVX-512F copy (16 lanes, `vcvtph2ps zmm`) ran at 0.47-0.64x
-/// faiss against this one's 0.54-0.81x in alternating runs on a Zen 4 (BENCHMARKS.md "The graph's
-/// copy in f16") and answered as many queries on a full-width Zen 5 ("On an AMD Zen 5", under the
-/// store); a distance waits on memory, not on arithmetic, as with the f32 dot (usearch point 7).
-fn dot_f16_for_cpu() -> fn(&[u16], &[u16]) -> f32 {
+/// Asks the CPU to start fetching `bytes` from `p` into cache; a hint, never a fault.
+#[inline(always)]
+fn prefetch(p: *const u16, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-    {
-        // SAFETY: the CPU features `dot_f16_avx2` is compiled for were just detected.
-        return |a, b| unsafe { dot_f16_avx2(a, b) };
+    for off in (0..bytes).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch reads nothing the program sees and does not fault on any address;
+        // `wrapping_add` keeps the pointer arithmetic itself defined.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(off)) };
     }
-    dot_f16_scalar
-}
-
-/// `a · b` of two f16 vectors (as bits), accumulated in f32.
-fn dot_f16_scalar(a: &[u16], b: &[u16]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| half::f16::from_bits(x).to_f32() * half::f16::from_bits(y).to_f32())
-        .sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(a: &[u16], b: &[u16]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n, the length of both slices; unaligned loads.
-        unsafe {
-            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i).cast()));
-            let b0 = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i).cast()));
-            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(i + 8).cast()));
-            let b1 = _mm256_cvtph_ps(_mm_loadu_si128(b.as_ptr().add(i + 8).cast()));
-            s0 = _mm256_fmadd_ps(a0, b0, s0);
-            s1 = _mm256_fmadd_ps(a1, b1, s1);
-        }
-        i += 16;
-    }
-    let s = _mm256_add_ps(s0, s1);
-    let q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-    _mm_cvtss_f32(q) + dot_f16_scalar(&a[i..n], &b[i..n])
-}
-
-/// A counting gate: at most `cap` holders at once, others wait. Hand-written because std has no
-/// blocking semaphore and it is a dozen lines over parking_lot (already a dependency).
-struct Gate {
-    inside: Mutex<usize>,
-    freed: Condvar,
-    cap: usize,
-}
-
-impl Gate {
-    fn new(cap: usize) -> Self {
-        Gate {
-            inside: Mutex::new(0),
-            freed: Condvar::new(),
-            cap,
-        }
-    }
-
-    fn enter(&self) -> GatePass<'_> {
-        let mut n = self.inside.lock();
-        while *n >= self.cap {
-            self.freed.wait(&mut n);
-        }
-        *n += 1;
-        GatePass(self)
-    }
-}
-
-struct GatePass<'a>(&'a Gate);
-
-impl Drop for GatePass<'_> {
-    fn drop(&mut self) {
-        let mut n = self.0.inside.lock();
-        *n -= 1;
-        self.0.freed.notify_one();
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut v: Vec<f32> = (0..dim)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|a| *a /= n);
-        v
-    }
+    use crate::store::f16dot::tests::unit;
 
     #[test]
     fn grows_past_its_capacity_and_finds_each_point() {
         let dim = 16;
         let g = Graph::new(dim, 8, 32, 1).unwrap();
         let vs: Vec<Vec<f32>> = (0..3000).map(|i| unit(i, dim)).collect();
-        // One by one past the initial 1024, then a parallel batch.
+        // One by one from a capacity of 1, then a batch.
         for (i, v) in vs[..1500].iter().enumerate() {
             g.insert(&[(i, v.as_slice())]).unwrap();
         }
@@ -357,10 +590,30 @@ mod tests {
         assert!(found.iter().all(|s| s.is_multiple_of(2)));
         assert!(!found.contains(&3));
         assert_eq!(g.search(&vs[3], 7, None).unwrap().len(), 7);
+        let none = |_: usize| false;
+        assert!(g.search(&vs[3], 7, Some(&none)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_are_the_callers_and_wrong_lengths_are_refused() {
+        let dim = 8;
+        let g = Graph::new(dim, 4, 16, 10).unwrap();
+        assert!(g.search(&unit(1, dim), 5, None).unwrap().is_empty());
+        let vs: Vec<Vec<f32>> = (0..50).map(|i| unit(i, dim)).collect();
+        let items: Vec<(usize, &[f32])> = vs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (1000 + 7 * i, &v[..]))
+            .collect();
+        g.insert(&items).unwrap();
+        assert_eq!(g.search(&vs[9], 4, None).unwrap()[0].0, 1000 + 63);
+        assert!(g.insert(&[(1, &[0.0; 7][..])]).is_err());
+        assert!(g.search(&[0.0; 9], 4, None).is_err());
+        assert_eq!(g.len(), 50);
     }
 
     /// Every point is reachable: searching for a stored vector finds that vector first, at an
-    /// `ef` far below the graph's size. Fails with usearch's concurrent inserts (see `insert`).
+    /// `ef` far below the graph's size.
     #[test]
     fn every_inserted_point_is_found_by_searching_for_itself() {
         let (dim, n) = (32, 3000);
@@ -379,9 +632,8 @@ mod tests {
         }
     }
 
-    /// The distance usearch walks with is this module's f16 dot product (`new` replaces usearch's
-    /// own metric): with a candidate list as long as the graph the walk reaches every node, so
-    /// its order must be the exact order by that product, best first.
+    /// With a candidate list as long as the graph the walk reaches every node, so its order must
+    /// be the exact order by the f16 dot product, and the distances it reports the f16 ones.
     #[test]
     fn a_walk_as_wide_as_the_graph_ranks_by_the_f16_dot_product() {
         let dim = 24;
@@ -390,56 +642,54 @@ mod tests {
         let vs: Vec<Vec<f32>> = (0..n as u64).map(|i| unit(i, dim)).collect();
         let items: Vec<(usize, &[f32])> = vs.iter().enumerate().map(|(i, v)| (i, &v[..])).collect();
         g.insert(&items).unwrap();
-        let bits = |v: &[f32]| -> Vec<u16> { halves(v).iter().map(|&h| h as u16).collect() };
-        let dot = dot_f16_for_cpu();
+        let dot = f16::dot_for_cpu();
         for seed in [10_001, 10_002, 10_003] {
             let q = unit(seed, dim);
-            let qb = bits(&q);
+            let qb = f16::halves(&q);
             let mut exact: Vec<usize> = (0..n).collect();
-            exact.sort_by(|&a, &b| dot(&qb, &bits(&vs[b])).total_cmp(&dot(&qb, &bits(&vs[a]))));
+            exact.sort_by(|&a, &b| {
+                dot(&qb, &f16::halves(&vs[b])).total_cmp(&dot(&qb, &f16::halves(&vs[a])))
+            });
             let found = g.search(&q, n, None).unwrap();
+            assert_eq!(found.len(), n);
             let slots: Vec<usize> = found.iter().map(|f| f.0).collect();
             assert_eq!(slots[..20], exact[..20]);
-            // The distances it reports are the f16 ones, within the bound of the f32 ones.
             for &(s, d) in &found {
-                assert_eq!(d, 1.0 - dot(&qb, &bits(&vs[s])));
+                assert_eq!(d, 1.0 - dot(&qb, &f16::halves(&vs[s])));
                 let f32_dot: f32 = q.iter().zip(&vs[s]).map(|(x, y)| x * y).sum();
-                assert!((d - (1.0 - f32_dot)).abs() <= F16_DOT_ERROR);
+                assert!((d - (1.0 - f32_dot)).abs() <= f16::F16_DOT_ERROR);
             }
         }
     }
 
-    /// The AVX2 f16 dot product agrees with the scalar one (tails of every length included), and
-    /// on unit vectors both agree with the f32 dot product to within f16 rounding.
+    /// Searches beside inserts (the store's add path) see a consistent graph: every answer is a
+    /// node inserted so far, and once the inserts end every node is found.
     #[test]
-    fn the_f16_dot_product_matches_f32_to_within_rounding() {
-        for dim in [1, 7, 15, 16, 17, 31, 32, 33, 100, 512] {
-            let (a, b) = (unit(dim as u64, dim), unit(dim as u64 + 999, dim));
-            let bits = |v: &[f32]| -> Vec<u16> { halves(v).iter().map(|&h| h as u16).collect() };
-            let (ha, hb) = (bits(&a), bits(&b));
-            let scalar = dot_f16_scalar(&ha, &hb);
-            let f32_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            // A unit vector's components round to f16 with relative error <= 2^-11 each.
-            assert!(
-                (scalar - f32_dot).abs() < 2e-3,
-                "dim {dim}: {scalar} vs {f32_dot}"
-            );
-            assert!(
-                (dot_f16_for_cpu()(&ha, &hb) - scalar).abs() < 1e-5,
-                "dim {dim}"
-            );
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2")
-                && std::is_x86_feature_detected!("fma")
-                && std::is_x86_feature_detected!("f16c")
-            {
-                // SAFETY: the features it is compiled for were just detected.
-                let simd = unsafe { dot_f16_avx2(&ha, &hb) };
-                assert!(
-                    (simd - scalar).abs() < 1e-5,
-                    "dim {dim}: {simd} vs {scalar}"
-                );
-            }
+    fn searches_beside_inserts_find_only_inserted_nodes() {
+        let (dim, n) = (16, 4000);
+        let g = Graph::new(dim, 8, 32, 16).unwrap();
+        let vs: Vec<Vec<f32>> = (0..n as u64).map(|i| unit(i + 7, dim)).collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, v) in vs.iter().enumerate() {
+                    g.insert(&[(i, v.as_slice())]).unwrap();
+                }
+            });
+            s.spawn(|| {
+                let mut i = 0;
+                while g.len() < n {
+                    let done = g.len();
+                    for (slot, _) in g.search(&vs[i % n], 10, None).unwrap() {
+                        assert!(slot < n);
+                        // Answers may include the node being inserted, never one past it.
+                        assert!(slot <= g.len().max(done), "{slot} before its insert");
+                    }
+                    i += 1;
+                }
+            });
+        });
+        for i in (0..n).step_by(13) {
+            assert_eq!(g.search(&vs[i], 64, None).unwrap()[0].0, i);
         }
     }
 }

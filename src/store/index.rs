@@ -6,9 +6,9 @@
 //! (`graph`) built over the slots (`search_graph`, `search_filtered`). Does not own any I/O or
 //! locking: `TaskStore` wraps this in a lock and feeds it from the log.
 //!
-//! Tombstones rather than usearch's `remove`: its remove only marks the node too (it stays in the
-//! walk until the index is compacted), and slot numbers that stay put keep the graph, the vector
-//! array and the payload index addressed by one number.
+//! Tombstones rather than removing nodes from the graph: an HNSW node's removal leaves holes in
+//! its neighbours' links that only a rebuild mends well, and slot numbers that stay put keep the
+//! graph, the vector array and the payload index addressed by one number.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::f16dot::F16_DOT_ERROR;
 use super::filter::Filter;
-use super::graph::{Graph, F16_DOT_ERROR};
+use super::graph::Graph;
 use super::payload::{Candidates, PayloadIndex};
 
 /// Below this many slots a parallel scan costs more in coordination than it saves.
@@ -349,9 +350,9 @@ impl Index {
     }
 
     /// Approximate top-k through the graph, skipping tombstones; `None` when there is no graph
-    /// (or usearch failed, which it logs), so that the caller scans exactly. `plain` (benchmarks
-    /// only) walks without the tombstone predicate and drops tombstones from the answer
-    /// afterwards, so it may return fewer than `k`.
+    /// (or the graph refused the query, which it logs), so that the caller scans exactly.
+    /// `plain` (benchmarks only) walks without the tombstone predicate and drops tombstones from
+    /// the answer afterwards, so it may return fewer than `k`.
     pub(crate) fn search_graph(
         &self,
         q: &[f32],
@@ -374,8 +375,8 @@ impl Index {
         Some(self.hits(q, k, self.graph_walk(graph, q, ef.max(k), keep)?))
     }
 
-    /// Top-k through `graph` among the slots `keep` lets through, best first; empty if usearch
-    /// failed (the caller then scans exactly, as when too few pass).
+    /// Top-k through `graph` among the slots `keep` lets through, best first; empty if the graph
+    /// refused the query (the caller then scans exactly, as when too few pass).
     fn graph_top_k(
         &self,
         graph: &Graph,
@@ -424,7 +425,7 @@ impl Index {
 /// Dot product: [`crate::simd::dot`]'s lane sums, with an AVX2+FMA build of them chosen at run time
 /// (the crate is compiled for baseline x86-64, which only has SSE2). No AVX-512 copy
 /// (`simd::at_level!` would add one): a search's distance waits on memory, and wider variants
-/// timed no faster (BENCHMARKS.md, usearch point 7).
+/// timed no faster (BENCHMARKS.md, "usearch in place of hnsw_rs", point 7).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {

@@ -26,6 +26,7 @@ mod codec;
 mod config;
 pub mod durable;
 mod error;
+mod f16dot;
 mod failpoint;
 mod filter;
 mod graph;
