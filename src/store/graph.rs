@@ -351,8 +351,11 @@ impl Graph {
     }
 
     /// HNSW's neighbour heuristic: from `found` (nearest first), keep a candidate only if it is
-    /// nearer the base than to every one kept so far, up to `limit`. Links then spread over
-    /// directions instead of bunching in one cluster, which keeps clusters reachable.
+    /// no nearer to any one kept so far than to the base, up to `limit`. Links then spread over
+    /// directions instead of bunching in one cluster, which keeps clusters reachable. "No
+    /// nearer" rather than "farther" for copies of one vector (the same video uploaded under two
+    /// ids): with "farther" a copy linked to the base shut every other copy out of the base's
+    /// links, and of ten copies among 2,000 points only six could be reached.
     fn select(&self, nodes: &Nodes, found: &[Near], limit: usize, out: &mut Vec<Near>) {
         out.clear();
         for &c in found {
@@ -362,7 +365,7 @@ impl Graph {
             let v = nodes.vector(c.node);
             if out
                 .iter()
-                .all(|r| 1.0 - (self.dot)(v, nodes.vector(r.node)) > c.d)
+                .all(|r| 1.0 - (self.dot)(v, nodes.vector(r.node)) >= c.d)
             {
                 out.push(c);
             }
@@ -690,6 +693,35 @@ mod tests {
         });
         for i in (0..n).step_by(13) {
             assert_eq!(g.search(&vs[i], 64, None).unwrap()[0].0, i);
+        }
+    }
+
+    /// Copies of one vector (the same video under several ids) are each reachable: searching for
+    /// the vector finds every copy, and so does a walk that only one copy passes.
+    #[test]
+    fn every_copy_of_a_repeated_vector_is_reachable() {
+        let dim = 32;
+        let g = Graph::new(dim, 8, 32, 10).unwrap();
+        let v = unit(424_242, dim);
+        let others: Vec<Vec<f32>> = (0..2000).map(|i| unit(i, dim)).collect();
+        let mut items: Vec<(usize, &[f32])> = Vec::new();
+        for (i, o) in others.iter().enumerate() {
+            items.push((i, o));
+            if i % 200 == 0 {
+                items.push((100_000 + i, &v));
+            }
+        }
+        g.insert(&items).unwrap();
+        let copies: Vec<usize> = (0..2000).step_by(200).map(|i| 100_000 + i).collect();
+        let mut found: Vec<usize> = g.search(&v, 64, None).unwrap()[..copies.len()]
+            .iter()
+            .map(|f| f.0)
+            .collect();
+        found.sort_unstable();
+        assert_eq!(found, copies);
+        for &k in &copies {
+            let only = move |s: usize| s == k;
+            assert_eq!(g.search(&v, 16, Some(&only)).unwrap()[0].0, k, "copy {k}");
         }
     }
 }
