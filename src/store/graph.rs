@@ -5,7 +5,7 @@
 //! keep predicate. A graph key is the store's slot number; the graph never forgets a slot (the
 //! store's tombstones are skipped by the predicate, and a rebuild makes a new graph). Does not own
 //! the vectors of record, tombstones or locking of the index (`index`, `task`), nor the final
-//! scores: the index rescores what the graph finds in f32 (`f16` owns the error bound).
+//! scores: the index rescores what the graph finds in f32 (`f16dot` owns the error bound).
 //!
 //! Why our own graph rather than a crate's (BENCHMARKS.md "Our own graph"): a walk's time is
 //! mostly waiting for neighbours' vectors to come from memory. This walk first marks a node's
@@ -64,6 +64,8 @@ pub(crate) struct Graph {
 struct Nodes {
     dim: usize,
     cap: usize,
+    /// Words per node in `links0`: the count and `2m` ids.
+    stride0: usize,
     /// Nodes whose insert has finished (`Graph::len`).
     len: AtomicUsize,
     /// `cap * dim` f16 bits. Atomics only so that an insert can write its own node's vector
@@ -79,10 +81,6 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn stride0(&self) -> usize {
-        self.links0.len() / self.cap.max(1)
-    }
-
     /// Node `i`'s vector as f16 bits.
     fn vector(&self, i: u32) -> &[u16] {
         let start = i as usize * self.dim;
@@ -104,7 +102,7 @@ impl Nodes {
     fn links(&self, i: u32, layer: usize, out: &mut Vec<u32>) {
         out.clear();
         if layer == 0 {
-            let stride = self.stride0();
+            let stride = self.stride0;
             let base = i as usize * stride;
             let n = (self.links0[base].load(Ordering::Acquire) as usize).min(stride - 1);
             out.extend((0..n).map(|j| self.links0[base + 1 + j].load(Ordering::Acquire)));
@@ -117,7 +115,7 @@ impl Nodes {
     /// count reads ids at least as new.
     fn set_links(&self, i: u32, layer: usize, ids: &[u32]) {
         if layer == 0 {
-            let stride = self.stride0();
+            let stride = self.stride0;
             let base = i as usize * stride;
             debug_assert!(ids.len() < stride);
             for (j, &id) in ids.iter().enumerate() {
@@ -203,6 +201,7 @@ impl Graph {
             nodes: RwLock::new(Nodes {
                 dim,
                 cap: 0,
+                stride0: 1 + 2 * m,
                 len: AtomicUsize::new(0),
                 vectors: Vec::new(),
                 keys: Vec::new(),
@@ -232,7 +231,7 @@ impl Graph {
             .map(|u| {
                 u.lock()
                     .iter()
-                    .map(|l| l.capacity() * 4 + 24)
+                    .map(|l| l.capacity() * 4 + size_of::<Vec<u32>>())
                     .sum::<usize>()
             })
             .sum();
@@ -261,15 +260,16 @@ impl Graph {
                 u32::MAX
             )));
         }
+        // Checked before any is inserted, so that a refused call leaves the graph as it was.
+        if let Some(&(_, v)) = items.iter().find(|(_, v)| v.len() != self.dim) {
+            return Err(GraphError(format!(
+                "a {}-d vector for a {}-d graph",
+                v.len(),
+                self.dim
+            )));
+        }
         self.grow(len + items.len());
         for &(key, v) in items {
-            if v.len() != self.dim {
-                return Err(GraphError(format!(
-                    "a {}-d vector for a {}-d graph",
-                    v.len(),
-                    self.dim
-                )));
-            }
             let level = self.draw_level(&mut draw);
             self.insert_one(key, &f16::halves(v), level);
         }
@@ -294,7 +294,7 @@ impl Graph {
         };
         let mut w = self.take_walk(nodes.cap);
         let mut best = Near {
-            d: self.distance(&nodes, h, ep),
+            d: self.distance(h, nodes.vector(ep)),
             node: ep,
         };
         for layer in (level + 1..=top).rev() {
@@ -337,7 +337,7 @@ impl Graph {
         let mut near: Vec<Near> = links
             .iter()
             .map(|&n| Near {
-                d: 1.0 - (self.dot)(v, nodes.vector(n)),
+                d: self.distance(v, nodes.vector(n)),
                 node: n,
             })
             .chain([to])
@@ -365,7 +365,7 @@ impl Graph {
             let v = nodes.vector(c.node);
             if out
                 .iter()
-                .all(|r| 1.0 - (self.dot)(v, nodes.vector(r.node)) >= c.d)
+                .all(|r| self.distance(v, nodes.vector(r.node)) >= c.d)
             {
                 out.push(c);
             }
@@ -402,7 +402,7 @@ impl Graph {
             return;
         }
         let cap = n.max(nodes.cap + nodes.cap / 2);
-        let stride0 = 1 + 2 * self.m;
+        let stride0 = nodes.stride0;
         nodes
             .vectors
             .resize_with(cap * self.dim, || AtomicU16::new(0));
@@ -438,7 +438,7 @@ impl Graph {
         };
         let mut w = self.take_walk(nodes.cap);
         let mut best = Near {
-            d: self.distance(&nodes, &q, ep),
+            d: self.distance(&q, nodes.vector(ep)),
             node: ep,
         };
         for layer in (1..=top).rev() {
@@ -449,8 +449,9 @@ impl Graph {
         Ok(found.iter().map(|n| (nodes.key(n.node), n.d)).collect())
     }
 
-    fn distance(&self, nodes: &Nodes, q: &[u16], node: u32) -> f32 {
-        1.0 - (self.dot)(q, nodes.vector(node))
+    /// The graph's distance between two f16 vectors: `1 - dot`, so that nearer is smaller.
+    fn distance(&self, a: &[u16], b: &[u16]) -> f32 {
+        1.0 - (self.dot)(a, b)
     }
 
     /// HNSW's best-first walk of `layer` from `entry`: the best `ef` nodes that `keep` lets
@@ -506,7 +507,7 @@ impl Graph {
                 if let Some(&next) = fresh.get(j + 1) {
                     prefetch(nodes.vector(next).as_ptr(), bytes);
                 }
-                let d = 1.0 - (self.dot)(q, nodes.vector(n));
+                let d = self.distance(q, nodes.vector(n));
                 if results.len() < ef || results.peek().is_some_and(|worst| d < worst.d) {
                     candidates.push(Reverse(Near { d, node: n }));
                     if passes(n) {
@@ -523,7 +524,8 @@ impl Graph {
         }
         touched.clear();
         candidates.clear();
-        let mut found = std::mem::take(results).into_vec();
+        // Drained rather than taken, so the heap keeps its room for the next walk.
+        let mut found: Vec<Near> = results.drain().collect();
         found.sort_unstable();
         found
     }
@@ -611,6 +613,8 @@ mod tests {
         g.insert(&items).unwrap();
         assert_eq!(g.search(&vs[9], 4, None).unwrap()[0].0, 1000 + 63);
         assert!(g.insert(&[(1, &[0.0; 7][..])]).is_err());
+        // A batch with one bad vector inserts none of them.
+        assert!(g.insert(&[(2, &vs[0][..]), (3, &[0.0; 7][..])]).is_err());
         assert!(g.search(&[0.0; 9], 4, None).is_err());
         assert_eq!(g.len(), 50);
     }
